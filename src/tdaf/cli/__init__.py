@@ -1,0 +1,1 @@
+"""The ``tdaf`` command line."""

@@ -1,0 +1,161 @@
+"""Attention Network across Recurrence (ANAR), paper §3.2 and Table 1.
+
+An hourglass: a 1x1 "trans" conv, stride-2 3x3 down convs, 4x4 stride-2 transposed
+up convs with skip connections ("SC", 1x1 conv + BN) added before the ReLU, and a final
+1x1 conv (with bias) to one channel followed by a sigmoid. Every other conv/deconv is
+followed by BatchNorm (turned into MFBN by R2DNS) and ReLU. The net effect is an
+upsampling by 2: ANAR reads flow n-1's stage output and produces the mask for flow n's
+stage output, which is twice as large.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ANAR", "ANARSpec", "ANAR_SPECS", "create_anar", "anar_names"]
+
+
+@dataclass(frozen=True)
+class ANARSpec:
+    """Widths of Table 1 as divisors of the input channels ``c``.
+
+    ``trans``: the first 1x1 conv (c/trans); ``downs``: one 3x3 stride-2 conv each;
+    ``ups``: one 4x4 stride-2 transposed conv each (``interpolate`` replaces them with a
+    parameter-free x2 bilinear resize, ANAR-2). Skip connections join down-part outputs
+    to the first ``len(downs)`` up outputs of the same resolution.
+    """
+
+    trans: int
+    downs: tuple[int, ...]
+    ups: tuple[int, ...]
+    interpolate: bool = False
+
+
+ANAR_SPECS: dict[str, ANARSpec] = {
+    "anar7": ANARSpec(trans=4, downs=(8, 8), ups=(16, 16, 32)),
+    "anar5": ANARSpec(trans=4, downs=(8,), ups=(16, 32)),
+    "anar3": ANARSpec(trans=8, downs=(), ups=(32,)),
+    "anar2": ANARSpec(trans=8, downs=(), ups=(), interpolate=True),
+}
+
+
+def anar_names() -> list[str]:
+    return sorted(ANAR_SPECS)
+
+
+def _width(c: int, divisor: int) -> int:
+    return max(1, c // divisor)
+
+
+def _conv(dims: int, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
+          bias: bool = False) -> nn.Module:
+    cls = nn.Conv2d if dims == 2 else nn.Conv3d
+    return cls(cin, cout, k, stride=stride, padding=padding, groups=groups, bias=bias)
+
+
+def _deconv(dims: int, cin: int, cout: int, groups: int = 1) -> nn.Module:
+    cls = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
+    return cls(cin, cout, 4, stride=2, padding=1, groups=groups, bias=False)  # exact x2
+
+
+def _bn(dims: int, c: int) -> nn.Module:
+    return nn.BatchNorm2d(c) if dims == 2 else nn.BatchNorm3d(c)
+
+
+def _resample(dims: int, cin: int, cout: int, up: bool, depthwise: bool) -> nn.Sequential:
+    """A 3x3 stride-2 conv (down) or 4x4 stride-2 transposed conv (up), then BN.
+
+    Depthwise form (MobileNet): a depthwise k x k at the input width, BN, ReLU, then a
+    pointwise 1x1 to the new width, BN. The trailing ReLU is applied by the caller, after
+    any skip connection is added.
+    """
+    layer = (lambda ci, co, g: _deconv(dims, ci, co, groups=g)) if up else (
+        lambda ci, co, g: _conv(dims, ci, co, 3, stride=2, padding=1, groups=g))
+    if not depthwise:
+        return nn.Sequential(layer(cin, cout, 1), _bn(dims, cout))
+    return nn.Sequential(
+        layer(cin, cin, cin), _bn(dims, cin), nn.ReLU(inplace=True),
+        _conv(dims, cin, cout, 1), _bn(dims, cout),
+    )
+
+
+def _crop_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    # An up conv doubles exactly; after a stride-2 conv on an odd size that is one
+    # more than the skip's size, so drop the extra row/column (trace-friendly slicing).
+    index = [slice(None), slice(None)] + [slice(0, s) for s in ref.shape[2:]]
+    return x[tuple(index)]
+
+
+class ANAR(nn.Module):
+    """One ANAR attention module g_l (Table 1): ``(B, c, *S) -> (B, 1, *2S)`` in (0, 1)."""
+
+    def __init__(self, channels: int, spec: ANARSpec | str = "anar3", dims: int = 2, depthwise: bool = False) -> None:
+        super().__init__()
+        if isinstance(spec, str):
+            spec = _lookup(spec)
+        if dims not in (2, 3):
+            raise ValueError(f"ANAR dims must be 2 or 3, got {dims}")
+        if channels < 1:
+            raise ValueError(f"ANAR channels must be >= 1, got {channels}")
+        self.in_channels = channels
+        self.dims = dims
+        self.spec = spec
+        width = _width(channels, spec.trans)
+        self.trans = nn.Sequential(_conv(dims, channels, width, 1), _bn(dims, width), nn.ReLU(inplace=True))
+        down_widths = [width]
+        self.downs = nn.ModuleList()
+        for div in spec.downs:
+            out = _width(channels, div)
+            self.downs.append(nn.Sequential(_resample(dims, down_widths[-1], out, False, depthwise),
+                                            nn.ReLU(inplace=True)))
+            down_widths.append(out)
+        self.ups = nn.ModuleList()
+        self.skips = nn.ModuleList()
+        cur = down_widths[-1]
+        for i, div in enumerate(spec.ups):
+            out = _width(channels, div)
+            self.ups.append(_resample(dims, cur, out, True, depthwise))
+            if i < len(spec.downs):  # SC from the down-part output of the same resolution
+                src = down_widths[-(i + 2)]
+                self.skips.append(nn.Sequential(_conv(dims, src, out, 1), _bn(dims, out)))
+            cur = out
+        self.head = _conv(dims, cur, 1, 1, bias=True)
+        self.interpolate = spec.interpolate
+        self._mode = "bilinear" if dims == 2 else "trilinear"
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.trans(x)
+        feats = [y]
+        for down in self.downs:
+            y = down(y)
+            feats.append(y)
+        for i, up in enumerate(self.ups):
+            y = up(y)
+            if i < len(self.skips):
+                src = feats[-(i + 2)]
+                y = _crop_to(y, src) + self.skips[i](src)
+            y = F.relu(y)
+        if self.interpolate:
+            y = F.interpolate(y, scale_factor=2.0, mode=self._mode, align_corners=False)
+        return torch.sigmoid(self.head(y))
+
+
+def _lookup(name: str) -> ANARSpec:
+    key = name.lower().replace("-", "")
+    if key not in ANAR_SPECS:
+        raise ValueError(f"anar: unknown variant {name!r}; allowed: {', '.join(anar_names())}")
+    return ANAR_SPECS[key]
+
+
+def create_anar(name: str, channels: int, dims: int = 2, depthwise: bool = False) -> ANAR:
+    """Build ANAR-2/3/5/7 by name (``"anar3"``, ``"ANAR-5"``, ...)."""
+    return ANAR(channels, _lookup(name), dims=dims, depthwise=depthwise)

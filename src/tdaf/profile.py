@@ -1,0 +1,72 @@
+"""Parameters, multiply-accumulates and CPU latency of a model, as the paper reports them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_params", "count_gmacs", "measure_latency", "profile_model"]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gmacs(model: nn.Module, example: torch.Tensor) -> float:
+    """GMACs of one forward pass of ``example`` (batch included), from
+    ``torch.utils.flop_counter``: MACs = FLOPs / 2, the convention of the paper's
+    "GFlops" columns (ResNet-50 at 224: 4.1)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, iters: int = 5) -> float:
+    """Median eval-mode forward time in milliseconds."""
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + iters):
+                start = time.perf_counter()
+                model(example)
+                if example.is_cuda:
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
+
+
+def profile_model(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    batch_size: int = 1,
+    latency: bool = True,
+    warmup: int = 2,
+    iters: int = 5,
+) -> dict[str, Any]:
+    """``params``, ``gmacs`` (per image) and ``latency_ms`` (per batch) of ``model``."""
+    example = torch.randn(batch_size, *input_size)
+    out: dict[str, Any] = {
+        "params": count_params(model),
+        "gmacs": count_gmacs(model, example[:1]),
+        "input_size": list(input_size),
+        "batch_size": batch_size,
+    }
+    if latency:
+        out["latency_ms"] = measure_latency(model, example, warmup=warmup, iters=iters)
+        out["threads"] = torch.get_num_threads()
+    return out
