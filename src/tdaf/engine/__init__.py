@@ -1,0 +1,1 @@
+"""Shared machinery for every task: checkpoints (and the trainer)."""
