@@ -1,0 +1,75 @@
+"""scikit-learn's handwritten digits as a 10-class image data set (the quick-start data).
+
+``sklearn.datasets.load_digits()`` ships 1,797 real 8x8 scans of handwritten digits
+(UCI "Optical Recognition of Handwritten Digits", 43 writers), values 0..16 with 16 the
+ink. They are scaled to 0..255 and upscaled to 32x32 with bilinear interpolation, light
+digit on a dark ground, so CIFAR-style models take them unchanged; models get 3
+channels (the grey value repeated).
+
+The split is fixed and independent of the training seed: a stratified 80/20 split
+(``train_test_split(..., test_size=0.2, stratify=labels, random_state=0)``), 1,437
+training and 360 test images; ``val`` is the test split.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from ._base import RawDataset
+
+__all__ = ["DigitsDataset", "DIGITS_MEAN", "DIGITS_STD", "SPLIT_SEED", "digits_pixels"]
+
+SPLIT_SEED = 0
+IMAGE_SIZE = 32
+# Per-channel mean/std of the 32x32 training split in [0, 1] (the same for R, G, B):
+# computed by ``digits_pixels("train")`` (tests/test_data.py recomputes them).
+DIGITS_MEAN = (0.3057, 0.3057, 0.3057)
+DIGITS_STD = (0.3235, 0.3235, 0.3235)
+
+
+@lru_cache(maxsize=1)
+def _all_digits() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    big = np.stack([
+        np.asarray(Image.fromarray(im, "L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+        for im in images
+    ])
+    labels = bunch.target.astype(np.int64)
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=SPLIT_SEED
+    )
+    return big, labels, (np.sort(train), np.sort(test))
+
+
+def digits_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, 32, 32) uint8 images and (N,) labels of a split (``train`` or ``val``)."""
+    images, labels, (train, test) = _all_digits()
+    if split not in ("train", "val"):
+        raise ValueError(f"split: got {split!r}; allowed: train, val")
+    idx = train if split == "train" else test
+    return images[idx], labels[idx]
+
+
+class DigitsDataset(RawDataset):
+    """One split of the digits (``train``: 1,437 images, ``val``: 360), as 32x32 greyscale PIL images."""
+
+    def __init__(self, split: str = "train") -> None:
+        self.images, self.labels = digits_pixels(split)
+        self.split = split
+        self.classes = [str(i) for i in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[Image.Image | None, int, str]:
+        return Image.fromarray(self.images[index], "L"), int(self.labels[index]), f"digits/{self.split}/{index}"
+
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
