@@ -1,0 +1,104 @@
+"""Model loading shared by ``tdaf predict``, ``tdaf attention`` and ``tdaf export``:
+a trained checkpoint (``--checkpoint``) or a registered, untrained model (``--model``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine.checkpoint import model_from_checkpoint
+from ..models import create_model, model_cfg
+from ..r2dns import R2DNS
+
+__all__ = ["LoadedModel", "add_model_args", "load_model", "resolve_device", "add_device_arg"]
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode and what the commands need to know about it."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    name: str
+    trained: bool
+    source: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def r2dns(self) -> R2DNS | None:
+        found = [m for m in self.model.modules() if isinstance(m, R2DNS)]
+        return found[0] if len(found) == 1 else None
+
+    @property
+    def is_classifier(self) -> bool:
+        return isinstance(getattr(self.model, "num_classes", None), int) and self.model.num_classes > 0
+
+    def describe(self) -> str:
+        r = self.r2dns
+        tdaf = f", {r.anar_name}, {r.flows} flows" if r is not None else ""
+        return f"{self.name}{tdaf} ({self.source})"
+
+
+def add_model_args(p: argparse.ArgumentParser, allow_name: bool = True) -> None:
+    """``--checkpoint CKPT`` (a file written by ``tdaf train``) or ``--model NAME`` (+ its options)."""
+    g = p.add_argument_group("model")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="CKPT", help="a tdaf checkpoint written by `tdaf train`")
+    if not allow_name:
+        return
+    src.add_argument("--model", metavar="NAME",
+                     help="a registered model name, untrained (random weights: for testing the pipeline only)")
+    g.add_argument("--num-classes", type=int, default=None, help="with --model: classifier size (default: the model's)")
+    g.add_argument("--flows", type=int, default=None, help="with --model (tdaf_ models): number of flows N (default 3)")
+    g.add_argument("--anar", default=None, help="with --model (tdaf_ models): anar2 | anar3 | anar5 | anar7 (default anar3)")
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model named by ``--checkpoint`` or ``--model`` (eval mode, on the CPU)."""
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt:
+        for opt in ("num_classes", "flows", "anar"):
+            if getattr(args, opt, None) is not None:
+                raise ValueError(
+                    f"--{opt.replace('_', '-')}: only with --model; a checkpoint already fixes the architecture"
+                )
+        model, meta = model_from_checkpoint(ckpt, what="--checkpoint")
+        return LoadedModel(model=model, meta=meta, name=str(meta.get("model_name", "?")), trained=True,
+                           source=f"checkpoint {Path(ckpt).name}", kwargs=dict(meta.get("model_kwargs", {})))
+    name = args.model
+    cfg = model_cfg(name)
+    kwargs = {k: v for k in ("num_classes", "flows", "anar") if (v := getattr(args, k, None)) is not None}
+    model = create_model(name, **kwargs).eval()
+    meta = {
+        "input_size": list(cfg.get("input_size", (3, 224, 224))),
+        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "resize": None,
+        "class_names": None,
+        "model_name": name,
+        "model_kwargs": kwargs,
+    }
+    return LoadedModel(model=model, meta=meta, name=name, trained=False, source="untrained", kwargs=kwargs)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: got {name!r}; allowed: cpu, cuda, cuda:N ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: got {name!r}, but no CUDA device is available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: got {name!r}; allowed: cpu, cuda, cuda:N")
+    return dev

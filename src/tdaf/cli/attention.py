@@ -1,0 +1,140 @@
+"""``tdaf attention``: the paper's Fig. 3b/c for your own images (stages x flows grid)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..data.transforms import eval_transform
+from ..io import collect_images, open_image, unique_stems
+from ..viz import MAP_FORMATS, compute_attention, save_attention_figure, save_maps
+from ._load import LoadedModel, add_device_arg, add_model_args, load_model, resolve_device
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attention",
+        help="draw a TDAF model's attention maps over images (paper Fig. 3b/c)",
+        description="For each image, write OUT/STEM.attention.png: one row per stage with an ANAR "
+        "(1..L-1), one column per flow (1..N); each ANAR map g(x) is upsampled (bilinear) to the input "
+        "size and drawn over the input. Flow 1 has no attention (its cells show the input alone) and a "
+        "stage that the previous flow did not run is not gated (grey cell). Works for any 2D TDAF model "
+        "(classifier: the title gives the predicted label). For a video (3D) model, the images are the "
+        "frames of one clip, in order, and --frame picks the frame to draw. Images are preprocessed as "
+        "`tdaf eval` does; --input-size resizes them straight to another size instead.",
+        epilog="examples: tdaf attention --checkpoint runs/digits/best.pt digit.png --out attn/ ; "
+        "tdaf attention --model tdaf_resnet50 cat.jpg --out attn/ --save-maps npy",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (recursive)")
+    add_model_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="resize images straight to H x W (default: the checkpoint's preprocessing, or the "
+                   "model's input size for --model)")
+    p.add_argument("--save-maps", choices=MAP_FORMATS, default=None,
+                   help="also save the raw maps at their own resolution: npy (one file per map), npz, or pt "
+                   "(a dict of tensors)")
+    p.add_argument("--frame", type=int, default=None, help="video models: the clip frame to draw (default: middle)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colour map (default jet)")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the maps over the image (default 0.5)")
+    p.add_argument("--normalize", action="store_true",
+                   help="stretch each map to its own min..max (default: one 0..1 scale for all cells)")
+    p.add_argument("--dpi", type=int, default=100, help="figure resolution (default 100)")
+    add_device_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _meta(loaded: LoadedModel, input_size: list[int] | None) -> dict[str, Any]:
+    meta = dict(loaded.meta)
+    if input_size is not None:
+        if any(s < 1 for s in input_size):
+            raise ValueError(f"--input-size: got {input_size}; allowed: two positive integers H W")
+        channels = int(meta.get("input_size", [3])[0])
+        meta.update(input_size=[channels, *input_size], resize=None)
+    return meta
+
+
+def _title(loaded: LoadedModel, out: Any, source: str) -> str:
+    parts = [f"{source} - {loaded.name}"]
+    if loaded.is_classifier and isinstance(out, torch.Tensor) and out.dim() == 2:
+        prob, idx = torch.softmax(out.float(), dim=1)[0].max(0)
+        names = loaded.meta.get("class_names")
+        label = names[int(idx)] if names and int(idx) < len(names) else f"class {int(idx)}"
+        parts.append(f"predicted: {label} ({float(prob):.2f})")
+    if not loaded.trained:
+        parts.append("UNTRAINED model (random weights): maps mean nothing")
+    return "\n".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha: got {args.alpha}; allowed: 0..1")
+    if args.dpi < 10:
+        raise ValueError(f"--dpi: got {args.dpi}; allowed: >= 10")
+    import matplotlib
+
+    if args.cmap not in matplotlib.colormaps:
+        raise ValueError(f"--cmap: unknown colour map {args.cmap!r} (see matplotlib.colormaps)")
+    device = resolve_device(args.device)
+    images = collect_images(args.images)
+    loaded = load_model(args)
+    r2dns = loaded.r2dns
+    if r2dns is None:
+        raise ValueError(
+            f"{loaded.name} has no TDAF attention (no R2DNS module): use a tdaf_ model "
+            f"(e.g. tdaf_{loaded.name.removeprefix('tdaf_')})"
+        )
+    if r2dns.flows < 2:
+        raise ValueError(f"{loaded.name} runs 1 flow, so it has no attention maps; use --flows 2 or more")
+    meta = _meta(loaded, args.input_size)
+    transform = eval_transform(meta)
+    model = loaded.model.to(device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common = dict(mean=meta["mean"], std=meta["std"], cmap=args.cmap, alpha=args.alpha, normalize=args.normalize,
+                  flows=r2dns.flows, dpi=args.dpi)
+    info = {"tdaf:model": loaded.describe()}
+    written: list[Path] = []
+    if r2dns.dims == 3:
+        # A video model: the images are the frames of one clip.
+        frames = [open_image(f) for f in images.files]
+        clip = torch.stack([transform(f) for f in frames], dim=1)[None].to(device)  # (1, C, T, H, W)
+        out, maps = compute_attention(model, clip)
+        frame = args.frame if args.frame is not None else clip.shape[2] // 2
+        stem = f"{unique_stems(images.files[:1])[0]}_clip"
+        written.append(save_attention_figure(
+            clip.cpu(), maps, out_dir / f"{stem}.frame{frame}.attention.png", frame=frame,
+            title=_title(loaded, out, f"clip of {len(frames)} frames, frame {frame}"), metadata=info, **common))
+        if args.save_maps:
+            written += save_maps(maps, out_dir, stem, args.save_maps)
+    else:
+        if args.frame is not None:
+            raise ValueError(f"--frame: only for video (3D) models; {loaded.name} is a 2D model")
+        bar = tqdm(total=len(images), unit="img", desc="attention", disable=args.no_progress or None, file=sys.stderr)
+        for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files)):
+            try:
+                img = open_image(path)
+            except ValueError as e:
+                if not from_folder:
+                    raise
+                tqdm.write(f"skipped {e}", file=sys.stderr)
+                bar.update(1)
+                continue
+            x = transform(img)[None].to(device)
+            out, maps = compute_attention(model, x)
+            written.append(save_attention_figure(
+                x.cpu(), maps, out_dir / f"{stem}.attention.png", title=_title(loaded, out, path.name),
+                metadata=dict(info, **{"tdaf:image": path.name}), **common))
+            if args.save_maps:
+                written += save_maps(maps, out_dir, stem, args.save_maps)
+            bar.update(1)
+        bar.close()
+    for p in written:
+        print(p)
+    return 0

@@ -1,0 +1,96 @@
+"""``tdaf export``: ONNX or TorchScript file of a model, with a parity check against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
+from ._load import LoadedModel, add_model_args, load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or TorchScript and check it against PyTorch",
+        description="Write an ONNX (run by onnxruntime) or TorchScript file of a trained checkpoint or an "
+        "untrained registered model. The input has a dynamic batch size and, where the model allows it, "
+        "dynamic height and width (TDAF models do, odd sizes included). Afterwards the export is run on random "
+        "inputs at the export size and at a second, odd size with another batch size, and the max absolute "
+        "difference to PyTorch is printed; the command fails (exit 1) if it exceeds --tolerance (relative to "
+        "the output's scale when that exceeds 1). The file records the model name, class names, mean, std "
+        "and input size (ONNX metadata_props; TorchScript extra file tdaf.json).",
+        epilog="example: tdaf export --checkpoint runs/digits/best.pt --format onnx --out digits.onnx",
+    )
+    add_model_args(p)
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (e.g. model.onnx, model.pt)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="example input height and width (default: the checkpoint's / model's input size)")
+    p.add_argument("--check-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="second size for the parity check (default: an odd size ~1.4x H, 1.15x W, e.g. 45x37 "
+                   "for 32x32)")
+    p.add_argument("--static-hw", action="store_true", help="fix height and width to --input-size (batch stays dynamic)")
+    p.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="torchscript",
+                   help="torch.onnx exporter: torchscript (default; fast) or dynamo (torch.export + onnxscript, "
+                   "slower)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed abs difference (default 1e-4)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=run)
+
+
+def _metadata(loaded: LoadedModel) -> dict[str, Any]:
+    meta = loaded.meta
+    keys = ("class_names", "mean", "std", "input_size", "resize", "data")
+    out: dict[str, Any] = {"model": loaded.name, "model_kwargs": loaded.kwargs, "trained": loaded.trained,
+                           "source": loaded.source}
+    out.update({k: meta[k] for k in keys if k in meta})
+    return out
+
+
+def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float) -> str:
+    size_mb = report.path.stat().st_size / 1e6
+    how = f"ONNX opset {report.opset}, {report.exporter} exporter" if report.format == "onnx" else "TorchScript (traced)"
+    c, h, w = report.input_size
+    lines = [
+        f"exported {loaded.describe()} -> {report.path} ({how}, {size_mb:.1f} MB)",
+        f"input (B, {c}, H, W): batch dynamic, height/width "
+        + ("dynamic" if report.dynamic_hw else f"fixed at {h}x{w}"),
+        f"parity vs PyTorch ({'onnxruntime' if report.format == 'onnx' else 'torch.jit.load'}), random inputs:",
+    ]
+    for p in report.parity:
+        where = f"  batch {p.batch} @ {p.size[0]}x{p.size[1]}: "
+        lines.append(where + (f"FAILED to run ({p.error})" if p.error else
+                              f"max abs diff {p.max_abs_diff:.2e} (outputs up to {p.max_abs_ref:.3g})"))
+    lines += [f"note: {n}" for n in report.notes]
+    lines.append(("ok" if report.ok(tolerance) else "FAILED") + f": tolerance {tolerance:g}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tolerance <= 0:
+        raise ValueError(f"--tolerance: got {args.tolerance}; allowed: > 0")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a folder; give a file name (e.g. {out / ('model.' + args.format)})")
+    loaded = load_model(args)
+    meta_size = list(loaded.meta.get("input_size") or [])
+    if len(meta_size) != 3:
+        raise ValueError(f"{loaded.source}: no input_size [C, H, W] recorded; give --input-size H W")
+    size = [int(meta_size[0]), *(args.input_size or meta_size[1:])]
+    report = export_model(
+        loaded.model, out, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
+        exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded),
+    )
+    if args.json:
+        print(json.dumps(dict(report.to_dict(), ok=report.ok(args.tolerance), tolerance=args.tolerance)))
+    else:
+        print(_describe(report, loaded, args.tolerance))
+    if not report.ok(args.tolerance):
+        print(f"tdaf export: error: parity check failed (tolerance {args.tolerance:g}); see above", file=sys.stderr)
+        return 1
+    return 0

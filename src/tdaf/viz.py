@@ -1,0 +1,298 @@
+"""Attention pictures of a TDAF model, like the paper's Fig. 3b/c (§3.2, §4).
+
+The grid has one row per stage l that has an ANAR (l = 1..L-1) and one column per flow
+n = 1..N: the "top-down" direction of the paper runs along a row (flow 2's coarse map,
+refined by the later flows, Fig. 3b) and the "bottom-up" direction down a column
+(stage 1's fine map to the deepest stage's coarse one, Fig. 3c). Each map, a sigmoid
+output in (0, 1) recorded with :func:`tdaf.record_attention`, is upsampled (bilinear)
+to the input's size and drawn over the de-normalised input with a colour map.
+
+Cells without a map are still drawn, so the grid always reads stages x flows:
+
+* flow 1 (the first flow) has no attention at all, by construction of Eq. 5: its cells
+  show the input alone, titled "no attention (first flow)";
+* flow n > 1 has no map at stage l when flow n-1 did not run stage l (Eq. 1: early
+  flows are shorter); those cells show the input in grey, titled "not gated".
+
+Maps of a video model are 5-D ``(B, 1, T, H, W)``; they are resized over T, H and W to
+the clip's size and one frame is drawn (``frame``).
+
+Figures are built with matplotlib's object API (``Figure`` + Agg canvas), so nothing
+here touches pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import nn
+
+from .attention import record_attention
+
+__all__ = [
+    "AttentionGrid", "attention_grid", "attention_figure", "save_attention_figure", "compute_attention",
+    "denormalize", "maps_to_arrays", "save_maps", "MAP_FORMATS",
+]
+
+Maps = Mapping[tuple[int, int], torch.Tensor]
+
+MAP_FORMATS = ("npy", "npz", "pt")
+
+
+@dataclass
+class AttentionGrid:
+    """The layout of an attention figure: ``stages`` (rows) x ``flows`` (columns), and
+    what each cell shows: ``"map"``, ``"first"`` (flow 1: no attention) or ``"none"``
+    (flow n-1 did not run this stage)."""
+
+    stages: list[int]
+    flows: list[int]
+    cells: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.stages), len(self.flows)
+
+
+def attention_grid(maps: Maps, flows: int | None = None) -> AttentionGrid:
+    """Rows and columns for ``maps`` (keys ``(stage, flow)``, 1-based). ``flows`` is the
+    model's N (default: the largest flow in ``maps``)."""
+    if not maps:
+        raise ValueError(
+            "maps: no attention maps were recorded (a TDAF model with flows=1 has none; use flows >= 2)"
+        )
+    for key in maps:
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, int) and k >= 1 for k in key)):
+            raise ValueError(f"maps: keys must be (stage, flow) pairs of 1-based ints, got {key!r}")
+    n_flows = max(f for _, f in maps) if flows is None else int(flows)
+    stages = sorted({s for s, _ in maps})
+    grid = AttentionGrid(stages=stages, flows=list(range(1, n_flows + 1)))
+    for s in stages:
+        for n in grid.flows:
+            grid.cells[(s, n)] = "map" if (s, n) in maps else ("first" if n == 1 else "none")
+    return grid
+
+
+def compute_attention(model: nn.Module, x: torch.Tensor) -> tuple[Any, dict[tuple[int, int], torch.Tensor]]:
+    """Run ``model`` on ``x`` (no grad) and return ``(output, maps)`` with the maps of
+    :func:`tdaf.record_attention` (``(B, 1, H, W)`` or ``(B, 1, T, H, W)``, on the CPU)."""
+    with torch.no_grad(), record_attention(model) as recorded:
+        out = model(x)
+    return out, {k: v.float().cpu() for k, v in recorded.items()}
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """A normalised ``(C, H, W)`` tensor back to an ``(H, W, 3)`` float image in [0, 1]."""
+    if x.dim() != 3:
+        raise ValueError(f"image: expected a (C, H, W) tensor, got shape {tuple(x.shape)}")
+    x = x.detach().float().cpu()
+    if mean is not None and std is not None:
+        c = x.shape[0]
+        m = torch.as_tensor(list(mean), dtype=x.dtype)[:c].view(-1, 1, 1)
+        s = torch.as_tensor(list(std), dtype=x.dtype)[:c].view(-1, 1, 1)
+        x = x * s + m
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return x[:3].clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _as_picture(image: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+                index: int, frame: int | None, video: bool) -> tuple[np.ndarray, int | None]:
+    """The picture to draw, (H, W, 3) in [0, 1], and the clip length T for a video input."""
+    want = "a clip: (C, T, H, W) or (B, C, T, H, W) tensor, or (T, H, W, 3) array" if video else (
+        "an image: (C, H, W) or (B, C, H, W) tensor, (H, W, 3) array or PIL image")
+    if isinstance(image, Image.Image) and not video:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0, None
+    if isinstance(image, np.ndarray):
+        arr = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+        if video and arr.ndim == 4 and arr.shape[-1] == 3:
+            t = arr.shape[0]
+            return np.clip(arr[_frame_index(frame, t)], 0, 1), t
+        if not video and arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if not video and arr.ndim == 3 and arr.shape[2] in (3, 4):
+            return np.clip(arr[..., :3], 0, 1), None
+    if isinstance(image, torch.Tensor):
+        x = image
+        if x.dim() == (6 if video else 5) - 1:  # a batch
+            if not -x.shape[0] <= index < x.shape[0]:
+                raise ValueError(f"index: got {index}; the image batch holds {x.shape[0]}")
+            x = x[index]
+        if video and x.dim() == 4:
+            t = x.shape[1]
+            return denormalize(x[:, _frame_index(frame, t)], mean, std), t
+        if not video and x.dim() == 3:
+            return denormalize(x, mean, std), None
+    shape = getattr(image, "shape", None) or getattr(image, "size", None)
+    raise ValueError(f"image: expected {want}; got {type(image).__name__} of shape {shape}")
+
+
+def _frame_index(frame: int | None, t: int) -> int:
+    if frame is None:
+        return t // 2
+    if not -t <= frame < t:
+        raise ValueError(f"frame: got {frame}; allowed: 0..{t - 1} (the clip has {t} frames)")
+    return frame % t
+
+
+def _upsampled(m: torch.Tensor, index: int, size: tuple[int, ...], frame: int | None) -> np.ndarray:
+    """One map, resized to the input (bilinear; trilinear over T, H, W for video)."""
+    if m.dim() not in (4, 5) or m.shape[1] != 1:
+        raise ValueError(f"maps: expected (B, 1, H, W) or (B, 1, T, H, W) tensors, got shape {tuple(m.shape)}")
+    if not -m.shape[0] <= index < m.shape[0]:
+        raise ValueError(f"index: got {index}; the maps hold a batch of {m.shape[0]}")
+    one = m[index:index + 1].float()
+    if one.dim() == 5:
+        if len(size) != 3:
+            raise ValueError("maps: 5-D (video) maps need a clip as image: (C, T, H, W) tensor or (T, H, W, 3) array")
+        up = F.interpolate(one, size=size, mode="trilinear", align_corners=False)[0, 0]
+        return up[_frame_index(frame, size[0])].clamp(0, 1).numpy()
+    up = F.interpolate(one, size=size[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return up.clamp(0, 1).numpy()
+
+
+def attention_figure(
+    image: Any,
+    maps: Maps,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    index: int = 0,
+    frame: int | None = None,
+    flows: int | None = None,
+    title: str | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    normalize: bool = False,
+    cell_inches: float = 1.9,
+) -> tuple[Figure, AttentionGrid]:
+    """Build the stages x flows attention figure (paper Fig. 3b/c) for one image.
+
+    Args:
+        image: the model input: a normalised ``(C, H, W)`` tensor (de-normalised with
+            ``mean``/``std``), a batch ``(B, C, H, W)`` (``index`` picks one), a video clip
+            ``(C, T, H, W)`` / ``(B, C, T, H, W)``, or a PIL image / ``(H, W, 3)`` array.
+        maps: ``{(stage, flow): (B, 1, h, w) or (B, 1, t, h, w)}`` from
+            :func:`compute_attention` or :func:`tdaf.record_attention`.
+        index: which batch element to draw.
+        frame: video only, the clip frame to draw (default: the middle one).
+        flows: the model's number of flows N (default: the largest flow in ``maps``).
+        title: figure title (e.g. the predicted label).
+        cmap, alpha: colour map and its opacity over the input.
+        normalize: stretch each map to its own min..max (shows structure in nearly flat
+            maps); by default every map uses the same 0..1 scale, so cells compare.
+
+    Returns ``(figure, grid)``; ``grid`` says what each cell shows.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: got {alpha}; allowed: 0..1")
+    grid = attention_grid(maps, flows)
+    video = any(m.dim() == 5 for m in maps.values())
+    picture, clip_len = _as_picture(image, mean, std, index, frame, video)
+    h, w = picture.shape[:2]
+    size: tuple[int, ...] = (clip_len, h, w) if clip_len is not None else (h, w)
+    grey = np.repeat(picture.mean(axis=2, keepdims=True), 3, axis=2) * 0.6 + 0.2
+    rows, cols = grid.shape
+    aspect = h / w
+    fig = Figure(figsize=(cols * cell_inches + 1.0, rows * cell_inches * aspect + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    norm = Normalize(0.0, 1.0)
+    for i, stage in enumerate(grid.stages):
+        for j, flow in enumerate(grid.flows):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            kind = grid.cells[(stage, flow)]
+            if kind == "map":
+                m = maps[(stage, flow)]
+                up = _upsampled(m, index, size, frame)
+                lo, hi = float(up.min()), float(up.max())
+                shown = (up - lo) / (hi - lo) if normalize and hi > lo else up
+                ax.imshow(picture, interpolation="bilinear")
+                ax.imshow(shown, cmap=cmap, norm=norm, alpha=alpha, interpolation="bilinear")
+                native = "x".join(str(s) for s in m.shape[2:])
+                ax.set_title(f"stage {stage}, flow {flow}\n{native} map, {lo:.2f}-{hi:.2f}", fontsize=7)
+            elif kind == "first":
+                ax.imshow(picture, interpolation="bilinear")
+                ax.set_title(f"stage {stage}, flow 1\nno attention (first flow)", fontsize=7)
+            else:
+                ax.imshow(grey, interpolation="bilinear")
+                ax.set_title(f"stage {stage}, flow {flow}\nnot gated: flow {flow - 1} has no stage {stage}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"stage {stage}", fontsize=8)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.8, pad=0.02)
+    bar.set_label("attention, per-map min..max" if normalize else "attention g(x)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.suptitle(title or "TDAF attention maps", fontsize=9)
+    return fig, grid
+
+
+def save_attention_figure(
+    image: Any,
+    maps: Maps,
+    path: str | os.PathLike[str],
+    *,
+    dpi: int = 100,
+    metadata: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Write the attention figure of :func:`attention_figure` to ``path`` (PNG, or any
+    format matplotlib writes, by suffix). The PNG's text chunks record the grid
+    (``tdaf:stages``, ``tdaf:flows``) and any ``metadata`` (model, checkpoint, ...).
+
+    ``kwargs`` go to :func:`attention_figure` (``mean``, ``std``, ``index``, ``frame``,
+    ``title``, ``cmap``, ``alpha``, ``normalize``, ``flows``). Returns the path.
+    """
+    fig, grid = attention_figure(image, maps, **kwargs)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    info = None
+    if p.suffix.lower() == ".png":
+        info = {"Software": "tdaf", "tdaf:stages": ",".join(map(str, grid.stages)),
+                "tdaf:flows": ",".join(map(str, grid.flows))}
+        info.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    fig.savefig(p, dpi=dpi, metadata=info)
+    return p
+
+
+def maps_to_arrays(maps: Maps, index: int = 0) -> dict[str, np.ndarray]:
+    """Raw maps of one batch element at their own resolution, named ``stage{l}_flow{n}``:
+    ``(1, h, w)`` or ``(1, t, h, w)`` float32 arrays."""
+    return {f"stage{s}_flow{n}": maps[(s, n)][index].float().cpu().numpy() for s, n in sorted(maps)}
+
+
+def save_maps(maps: Maps, out_dir: str | os.PathLike[str], stem: str, fmt: str, index: int = 0) -> list[Path]:
+    """Save the raw maps of one image: ``npy`` (one ``STEM.stage{l}_flow{n}.npy`` per map),
+    ``npz`` (one ``STEM.maps.npz``) or ``pt`` (one ``STEM.maps.pt`` dict of tensors, loads
+    with ``torch.load(weights_only=True)``)."""
+    from .engine.checkpoint import atomic_save
+
+    if fmt not in MAP_FORMATS:
+        raise ValueError(f"--save-maps: got {fmt!r}; allowed: {', '.join(MAP_FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = maps_to_arrays(maps, index)
+    if fmt == "npy":
+        paths = []
+        for name, arr in arrays.items():
+            paths.append(out / f"{stem}.{name}.npy")
+            np.save(paths[-1], arr)
+        return paths
+    if fmt == "npz":
+        path = out / f"{stem}.maps.npz"
+        np.savez(path, **arrays)
+        return [path]
+    path = out / f"{stem}.maps.pt"
+    atomic_save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+    return [path]
