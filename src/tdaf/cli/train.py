@@ -1,0 +1,219 @@
+"""``tdaf train`` and ``tdaf eval``: train a classifier with the paper's recipes, evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DATASETS, RECIPES
+from ..engine.config import SCHEDULES, TrainConfig, load_config_file
+
+log = logging.getLogger("tdaf.train")
+
+_S = argparse.SUPPRESS
+_BOOL = argparse.BooleanOptionalAction
+
+TRAIN_EPILOG = """\
+examples:
+  tdaf train --data digits --model tdaf_resnet18_cifar --epochs 2 --batch-size 64 --seed 0 --out runs/d
+  tdaf train --data digits --model tdaf_resnet18_cifar --epochs 4 --out runs/d --resume runs/d/last.pt
+  tdaf train --config configs/tab2_cifar10_tdaf_resnet50_anar3.yaml --data-dir ~/data/cifar-10-batches-py
+  tdaf train --config configs/tab3a_imagenet_tdaf_resnet50_anar3_3f.yaml --data-dir /data/imagenet
+  torchrun --nproc-per-node 8 -m tdaf train --config ... (data-parallel; see docs/training.md)
+
+Writes OUT/last.pt every epoch and OUT/best.pt on a new best validation top-1 (both atomically),
+OUT/metrics.csv, OUT/tb/ (TensorBoard) and OUT/config.yaml. Values: defaults < --config file <
+flags. --batch-size is the global batch over all processes; the learning rate is
+lr x batch-size / lr-batch (the paper's 0.1 x batch/256).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_train(sub)
+    _register_eval(sub)
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a TDAF model or its baseline (one CPU, one GPU, or many processes)",
+        description="Train a classifier with the recipes of the paper (§4.1): SGD, momentum 0.9, weight decay "
+        "1e-4, lr 0.1 x batch/256, ImageNet scale augmentation or CIFAR pad-crop-flip. A baseline and its "
+        "TDAF model train with identical settings.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=_S,
+    )
+    p.add_argument("--config", metavar="YAML", help="a config file (see configs/); flags override its values")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="registered model, e.g. resnet18_cifar, tdaf_resnet50 (default resnet18_cifar)")
+    g.add_argument("--flows", type=int, help="TDAF flows N (default 3)")
+    g.add_argument("--anar", help="TDAF attention module: anar2 | anar3 | anar5 | anar7 (default anar3)")
+    g.add_argument("--eta", type=float, help="half-scale residual of Eq. 5 (default 0.5)")
+    g.add_argument("--downsample", help="TDAF downsampling between flows: avg | bilinear (default avg)")
+    g.add_argument("--pretrained", metavar="FILE", help="initialise the plain backbone from a local state dict")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=list(DATASETS), help="data set (default digits: built in, no download)")
+    g.add_argument("--data-dir", metavar="PATH",
+                   help="cifar10: the cifar-10-batches-py folder (or its parent); imagefolder: a folder with "
+                   "train/CLASS/*.jpg and val/CLASS/*.jpg")
+    g.add_argument("--input-size", type=int, metavar="PX",
+                   help="crop size (default: 32 for digits/cifar10, 224 for imagefolder)")
+    g.add_argument("--recipe", choices=list(RECIPES),
+                   help="training augmentation (default: digits -> digits (pad-crop), cifar10 -> cifar "
+                   "(pad-crop-flip), imagefolder -> imagenet (scale 256-480, crop, flip))")
+    g.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random subset of N images")
+    g.add_argument("--val-subset", type=int, metavar="N", help="validate on a fixed random subset of N images")
+    g.add_argument("--workers", type=int, help="data loader processes per training process (default: automatic)")
+    g.add_argument("--strict", action=_BOOL, help="stop at the first unreadable image instead of skipping it")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="epochs (default 10)")
+    g.add_argument("--batch-size", type=int, help="global batch over all processes (default 64)")
+    g.add_argument("--accum-steps", type=int, help="micro-batches accumulated per step in each process (default 1)")
+    g.add_argument("--lr", type=float, help="learning rate at --lr-batch images per step (default 0.1)")
+    g.add_argument("--lr-batch", type=int, help="the batch --lr refers to; lr scales linearly (default 256)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default 1e-4)")
+    g.add_argument("--nesterov", action=_BOOL, help="Nesterov momentum (default off)")
+    g.add_argument("--schedule", choices=list(SCHEDULES), help="lr schedule (default step)")
+    g.add_argument("--milestones", type=int, nargs="+", metavar="EPOCH",
+                   help="step schedule: epochs where lr is multiplied by --gamma (default 50%% and 75%% of --epochs)")
+    g.add_argument("--gamma", type=float, help="step schedule factor (default 0.1)")
+    g.add_argument("--warmup-epochs", type=float, help="linear lr warm-up (default 0)")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0)")
+    g.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--amp", action=_BOOL, help="bf16 autocast (mixed precision)")
+    g.add_argument("--channels-last", action=_BOOL, help="channels-last memory format")
+    g.add_argument("--compile", action=_BOOL, help="torch.compile the model")
+    g.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")
+    g.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
+    g.add_argument("--overwrite", action=_BOOL, help="start over in an --out folder that holds a checkpoint")
+    g.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last; default 1)")
+    g.add_argument("--progress", action=_BOOL, help="progress bars (default on)")
+    g.add_argument("--tensorboard", action=_BOOL, help="TensorBoard events in OUT/tb (default on)")
+    g.add_argument("--log-every", type=int, help="TensorBoard step scalars every N steps (default 20)")
+    p.set_defaults(func=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < the --config file (and its bases) < flags given on the command line."""
+    values: dict[str, Any] = {}
+    source = "command line"
+    config = getattr(args, "config", None)
+    if config:
+        values = load_config_file(config)
+        source = f"--config {config} (with flags)"
+        TrainConfig.from_dict(values, f"--config {config}")  # report file errors against the file
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
+    values.update(flags)
+    if values.get("resume") and "out" not in values:
+        values["out"] = str(Path(values["resume"]).expanduser().parent)
+    return TrainConfig.from_dict(values, source)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..engine.trainer import NonFiniteLossError, Trainer
+
+    cfg = config_from_args(args)
+    _threads(getattr(args, "threads", None))
+    try:
+        Trainer(cfg).fit()
+    except NonFiniteLossError as e:
+        print(f"tdaf train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads: got {n}; allowed: >= 1")
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------- eval
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint: top-1 / top-5 (1-crop or 10-crop test)",
+        description="Evaluate a tdaf checkpoint on a data set split with the checkpoint's own preprocessing "
+        "(input size, mean/std, resize). --ten-crop is the 10-crop test of the paper's Tab. 3a (ImageNet-style "
+        "data).",
+        epilog="example: tdaf eval --checkpoint runs/d/best.pt --data digits --json",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by tdaf train")
+    p.add_argument("--data", choices=list(DATASETS), default=None,
+                   help="data set (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-dir", metavar="PATH", default=None, help="folder of cifar10 / imagefolder data")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="split to evaluate (default val)")
+    p.add_argument("--subset", type=int, metavar="N", default=None, help="a fixed random subset of N images")
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
+    p.add_argument("--ten-crop", action="store_true", help="10-crop test (corners + centre, and mirrors)")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: automatic)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5 as fractions in [0, 1])")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from ..data import ShardSampler, TransformedDataset, collate_skip, open_split, subset_indices
+    from ..data.transforms import eval_transform, ten_crop_transform
+    from ..engine.checkpoint import model_from_checkpoint
+    from ..engine.distributed import setup, teardown
+    from ..engine.evaluate import evaluate
+
+    _threads(args.threads)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
+    model, meta = model_from_checkpoint(args.checkpoint, "--checkpoint")
+    data = args.data or meta.get("data")
+    if data is None:
+        raise ValueError(f"--data: {args.checkpoint} does not record its data set; give --data")
+    if data == "digits" and args.data_dir is not None:
+        raise ValueError("--data-dir: digits is built in and reads no folder; drop --data-dir")
+    raw = open_split(data, args.split, args.data_dir)
+    classes = list(meta.get("class_names") or [])
+    if classes and len(classes) != len(raw.classes):
+        raise ValueError(f"--data: {data} has {len(raw.classes)} classes, the checkpoint's model {len(classes)}")
+    if classes and classes != raw.classes:
+        diff = next(i for i, (a, b) in enumerate(zip(classes, raw.classes)) if a != b)
+        raise ValueError(f"--data: class {diff} is {raw.classes[diff]!r} here but {classes[diff]!r} in the "
+                         f"checkpoint; the data's class folders must match the training data")
+    transform = ten_crop_transform(meta) if args.ten_crop else eval_transform(meta)
+    dataset = TransformedDataset(raw, transform, indices=subset_indices(len(raw), args.subset), seeded=False)
+    env = setup(args.device)
+    try:
+        workers = args.workers if args.workers is not None else (0 if data == "digits" else 4)
+        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=workers, collate_fn=collate_skip,
+                            sampler=ShardSampler(len(dataset), env.world_size, env.rank),
+                            pin_memory=env.device.type == "cuda")
+        model.to(env.device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        result = evaluate(model, loader, env.device, amp=args.amp, channels_last=args.channels_last,
+                          strict=args.strict, progress=not args.json and env.is_main)
+    finally:
+        if env.distributed:
+            teardown()
+    if not env.is_main:
+        return 0
+    out = {"checkpoint": str(args.checkpoint), "model": meta.get("model_name"), "data": data, "split": args.split,
+           "crops": 10 if args.ten_crop else 1, "epoch": meta.get("epoch"), **result}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['model']} on {data}/{args.split} ({out['images']} images, {out['crops']}-crop"
+              f"{', %d unreadable skipped' % out['skipped'] if out['skipped'] else ''}): "
+              f"top-1 {out['top1']:.4f}  top-5 {out['top5']:.4f}  loss {out['loss']:.4f}")
+    return 0

@@ -1,0 +1,216 @@
+"""Training configuration: defaults < YAML file(s) < command-line flags.
+
+A YAML file holds the same keys as :class:`TrainConfig` (dashes or underscores), and may
+name a ``base:`` file (relative to itself) whose keys it overrides. The configs under
+``configs/`` use one base per recipe, so a baseline and its TDAF model share every
+setting but the model (paper §4.1: "trained with identical optimization scheme").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "load_config_file", "SCHEDULES"]
+
+SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in every checkpoint)."""
+
+    # model
+    model: str = "resnet18_cifar"
+    flows: int | None = None
+    anar: str | None = None
+    eta: float | None = None
+    downsample: str | None = None
+    pretrained: str | None = None
+    # data
+    data: str = "digits"
+    data_dir: str | None = None
+    input_size: int | None = None
+    recipe: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    workers: int | None = None
+    strict: bool = False
+    # optimisation (He et al. 2016, as the paper trains its baselines and TDAF models)
+    epochs: int = 10
+    batch_size: int = 64
+    accum_steps: int = 1
+    lr: float = 0.1
+    lr_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    # execution
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    out: str = "runs/train"
+    resume: str | None = None
+    overwrite: bool = False
+    eval_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    log_every: int = 20
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Validated config from a mapping; unknown keys and wrong types are errors naming ``source``."""
+        hints = typing.get_type_hints(cls)
+        known = cls.keys()
+        clean: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ValueError(f"{source}: unknown key {raw_key!r}{hint}; allowed: {', '.join(known)}")
+            clean[key] = _coerce(key, value, hints[key], source)
+        cfg = cls(**clean)
+        cfg.validate(source)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merged(self, overrides: dict[str, Any], source: str = "command line") -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **overrides}, source)
+
+    @property
+    def base_lr(self) -> float:
+        """The learning rate at this batch size: ``lr * batch_size / lr_batch`` (linear scaling)."""
+        return self.lr * self.batch_size / self.lr_batch
+
+    def step_milestones(self) -> list[int]:
+        if self.milestones is not None:
+            return sorted(self.milestones)
+        return sorted({max(1, round(self.epochs * 0.5)), max(1, round(self.epochs * 0.75))})
+
+    def validate(self, source: str = "config") -> None:
+        def bad(key: str, allowed: str) -> ValueError:
+            return ValueError(f"{source}: {key}: got {getattr(self, key)!r}; allowed: {allowed}")
+
+        from ..data import DATASETS, RECIPES
+        from ..models import is_model
+        from ..models._registry import unknown_model_error
+
+        if not is_model(self.model):
+            e = unknown_model_error(self.model)
+            raise ValueError(f"{source}: {e}")
+        if self.data not in DATASETS:
+            raise bad("data", ", ".join(DATASETS))
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise bad("recipe", ", ".join(RECIPES))
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", ", ".join(SCHEDULES))
+        for key in ("epochs", "batch_size", "accum_steps", "lr_batch", "eval_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise bad(key, "an integer >= 1")
+        for key in ("input_size", "train_subset", "val_subset"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise bad(key, "an integer >= 1, or null")
+        if self.workers is not None and self.workers < 0:
+            raise bad("workers", "an integer >= 0, or null (automatic)")
+        if not self.lr > 0:
+            raise bad("lr", "a number > 0")
+        for key in ("momentum", "label_smoothing"):
+            if not 0 <= getattr(self, key) < 1:
+                raise bad(key, "a number in [0, 1)")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "a number >= 0")
+        if not 0 < self.gamma <= 1:
+            raise bad("gamma", "a number in (0, 1]")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise bad("warmup_epochs", f"a number in [0, epochs={self.epochs})")
+        if self.milestones is not None and any(not 0 < m < self.epochs for m in self.milestones):
+            raise bad("milestones", f"epochs strictly between 0 and epochs={self.epochs}")
+        if self.batch_size % self.accum_steps:
+            raise bad("batch_size", f"a multiple of accum_steps={self.accum_steps} (batch_size is the global batch)")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise bad("device", "auto, cpu, cuda or cuda:N")
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Check a YAML/CLI value against the field's type (ints may stand for floats)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {key}: got null; allowed: a value of type {_type_name(hint)}")
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    origin = typing.get_origin(base)
+    if origin is list:
+        (item,) = typing.get_args(base)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{source}: {key}: got {value!r}; allowed: a list of {item.__name__}")
+        return [_coerce(key, v, item, source) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {key}: got {value!r}; allowed: a mapping")
+        return dict(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+    raise ValueError(f"{source}: {key}: got {value!r} ({type(value).__name__}); allowed: {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def load_config_file(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of a YAML config, with its ``base:`` chain resolved (raw values, unvalidated)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"--config: file not found: {p}")
+    if p.is_dir():
+        raise ValueError(f"--config: {p} is a folder; expected a YAML file (see configs/)")
+    if p.resolve() in _seen:
+        raise ValueError(f"--config: {p}: 'base' chain loops back to itself")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config: {p} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"--config: {p} must hold a mapping of keys to values, found {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"--config: {p}: base: got {base!r}; allowed: a path to another YAML file")
+    parent = load_config_file(p.parent / base, (*_seen, p.resolve()))
+    return {**parent, **data}
