@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Sub-command modules, in the order --help lists them.
-COMMAND_MODULES = ("profile", "predict", "attention", "export")
+COMMAND_MODULES = ("profile", "train", "demo", "predict", "attention", "export")
 
 
 class UserError(Exception):
