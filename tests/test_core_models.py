@@ -215,3 +215,18 @@ def test_profile_cli_table_and_errors(capsys: pytest.CaptureFixture[str]) -> Non
     assert "resnet18_cifar" in table and "anar5" in table and "GMACs" in table
     assert cli_main(["profile", "resnet51"]) == 2
     assert "unknown name 'resnet51'" in capsys.readouterr().err
+
+
+def test_timm_layout_pretrained_file(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    net = _trained_bn_stats(timm.create_model("resnet18", num_classes=5, pretrained=False))
+    path = tmp_path / "timm_resnet18.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    model = tdaf.create_model("tdaf_resnet18", num_classes=5, flows=1, pretrained=path).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x), rtol=0, atol=1e-5)
