@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 ONNX_EXPORTERS = ("torchscript", "dynamo")
-DEFAULT_OPSET = 17
+# The TorchScript-based exporter's well-trodden opset; the dynamo exporter implements 18 and up.
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
@@ -154,14 +155,18 @@ def export_onnx(
     *,
     dynamic_hw: bool = True,
     exporter: str = "torchscript",
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` (eval mode, CPU) to an ONNX file with a dynamic batch size and,
     with ``dynamic_hw``, dynamic height and width. ``input_size`` is (C, H, W) of the
-    example input. ``metadata`` goes to the model's ``metadata_props`` (JSON-encoded)."""
+    example input. ``opset`` defaults to :data:`DEFAULT_OPSET` of the exporter.
+    ``metadata`` goes to the model's ``metadata_props`` (JSON-encoded)."""
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"exporter: got {exporter!r}; allowed: {', '.join(ONNX_EXPORTERS)}")
+    opset = DEFAULT_OPSET[exporter] if opset is None else int(opset)
+    if exporter == "dynamo" and opset < 18:
+        raise ValueError(f"--opset: got {opset}; the dynamo exporter needs opset >= 18")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     c, h, w = (int(s) for s in input_size)
@@ -208,6 +213,13 @@ def _add_onnx_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
+
+
+def _onnx_opset(path: Path) -> int | None:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def run_onnx(path: str | os.PathLike[str], x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
@@ -292,7 +304,7 @@ def export_model(
     check_size: Sequence[int] | None = None,
     dynamic_hw: bool = True,
     exporter: str = "torchscript",
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     tolerance: float = 1e-4,
     metadata: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -336,9 +348,10 @@ def export_model(
 
     report = ExportReport(
         path=write(dynamic_hw), format=fmt, input_size=(channels, *size), dynamic_batch=True,
-        dynamic_hw=dynamic_hw, exporter=exporter if fmt == "onnx" else None, opset=opset if fmt == "onnx" else None,
-        notes=notes,
+        dynamic_hw=dynamic_hw, exporter=exporter if fmt == "onnx" else None, notes=notes,
     )
+    if fmt == "onnx":
+        report.opset = _onnx_opset(report.path)
     first = _parity(model, report.path, fmt, check_batches[0], size, channels, seed)
     report.parity.append(first)
     if not dynamic_hw:

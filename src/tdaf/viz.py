@@ -24,7 +24,7 @@ here touches pyplot's global state or needs a display.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ from .attention import record_attention
 
 __all__ = [
     "AttentionGrid", "attention_grid", "attention_figure", "save_attention_figure", "compute_attention",
-    "denormalize", "maps_to_arrays", "save_maps", "MAP_FORMATS",
+    "denormalize", "maps_to_arrays", "save_maps", "MAP_FORMATS", "figure_title", "save_attention_figures",
+    "checkpoint_attention_figures",
 ]
 
 Maps = Mapping[tuple[int, int], torch.Tensor]
@@ -248,8 +249,8 @@ def save_attention_figure(
     **kwargs: Any,
 ) -> Path:
     """Write the attention figure of :func:`attention_figure` to ``path`` (PNG, or any
-    format matplotlib writes, by suffix). The PNG's text chunks record the grid
-    (``tdaf:stages``, ``tdaf:flows``) and any ``metadata`` (model, checkpoint, ...).
+    format matplotlib writes, by suffix). The PNG's text chunks record the title, the
+    grid (``tdaf:stages``, ``tdaf:flows``) and any ``metadata`` (model, checkpoint, ...).
 
     ``kwargs`` go to :func:`attention_figure` (``mean``, ``std``, ``index``, ``frame``,
     ``title``, ``cmap``, ``alpha``, ``normalize``, ``flows``). Returns the path.
@@ -259,8 +260,8 @@ def save_attention_figure(
     p.parent.mkdir(parents=True, exist_ok=True)
     info = None
     if p.suffix.lower() == ".png":
-        info = {"Software": "tdaf", "tdaf:stages": ",".join(map(str, grid.stages)),
-                "tdaf:flows": ",".join(map(str, grid.flows))}
+        info = {"Software": "tdaf", "Title": kwargs.get("title") or "TDAF attention maps",
+                "tdaf:stages": ",".join(map(str, grid.stages)), "tdaf:flows": ",".join(map(str, grid.flows))}
         info.update({str(k): str(v) for k, v in (metadata or {}).items()})
     fig.savefig(p, dpi=dpi, metadata=info)
     return p
@@ -296,3 +297,70 @@ def save_maps(maps: Maps, out_dir: str | os.PathLike[str], stem: str, fmt: str, 
     path = out / f"{stem}.maps.pt"
     atomic_save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
     return [path]
+
+
+def figure_title(heading: str, model_name: str, output: Any = None, class_names: Sequence[str] | None = None,
+                 trained: bool = True) -> str:
+    """Title lines: ``heading - model``, the predicted label and probability when
+    ``output`` is a classifier's ``(1, K)`` logits, and a warning for untrained weights."""
+    parts = [f"{heading} - {model_name}"]
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 1:
+        prob, idx = torch.softmax(output.float(), dim=1)[0].max(0)
+        i = int(idx)
+        label = str(class_names[i]) if class_names and i < len(class_names) else f"class {i}"
+        parts.append(f"predicted: {label} ({float(prob):.2f})")
+    if not trained:
+        parts.append("UNTRAINED model (random weights): maps mean nothing")
+    return "\n".join(parts)
+
+
+def save_attention_figures(
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    images: Iterable[tuple[str, Image.Image]],
+    out_dir: str | os.PathLike[str],
+    *,
+    trained: bool = True,
+    device: torch.device | str = "cpu",
+    save_maps_as: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    progress: Any = None,
+    **kwargs: Any,
+) -> list[Path]:
+    """One attention figure per ``(name, PIL image)``: ``OUT/NAME.attention.png``, the
+    image preprocessed with ``meta`` (:func:`tdaf.data.transforms.eval_transform`), titled
+    with the prediction of a classifier. With ``save_maps_as`` (``npy``/``npz``/``pt``)
+    the raw maps too. ``progress`` is called once per image (e.g. a tqdm ``update``).
+    ``kwargs`` go to :func:`attention_figure`. Returns the written paths."""
+    from .data.transforms import eval_transform
+
+    transform = eval_transform(dict(meta))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).eval()
+    name = str(meta.get("model_name", type(model).__name__))
+    written: list[Path] = []
+    for stem, img in images:
+        x = transform(img)[None].to(device)
+        output, maps = compute_attention(model, x)
+        title = figure_title(stem, name, output.cpu() if isinstance(output, torch.Tensor) else None,
+                             meta.get("class_names"), trained)
+        written.append(save_attention_figure(
+            x.cpu(), maps, out / f"{stem}.attention.png", mean=meta["mean"], std=meta["std"], title=title,
+            metadata=dict(metadata or {}, **{"tdaf:image": stem}), **kwargs))
+        if save_maps_as:
+            written += save_maps(maps, out, stem, save_maps_as)
+        if progress is not None:
+            progress()
+    return written
+
+
+def checkpoint_attention_figures(checkpoint: str | os.PathLike[str], images: Iterable[tuple[str, Image.Image]],
+                                 out_dir: str | os.PathLike[str], **kwargs: Any) -> list[Path]:
+    """:func:`save_attention_figures` for a tdaf checkpoint (e.g. the demo's trained
+    TDAF model on a few test digits)."""
+    from .engine.checkpoint import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(checkpoint)
+    kwargs.setdefault("metadata", {"tdaf:checkpoint": Path(checkpoint).name})
+    return save_attention_figures(model, meta, images, out_dir, **kwargs)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..data.transforms import eval_transform
 from ..io import collect_images, open_image, unique_stems
-from ..viz import MAP_FORMATS, compute_attention, save_attention_figure, save_maps
+from ..viz import (
+    MAP_FORMATS, compute_attention, figure_title, save_attention_figure, save_attention_figures, save_maps,
+)
 from ._load import LoadedModel, add_device_arg, add_model_args, load_model, resolve_device
 
 
@@ -60,18 +64,6 @@ def _meta(loaded: LoadedModel, input_size: list[int] | None) -> dict[str, Any]:
     return meta
 
 
-def _title(loaded: LoadedModel, out: Any, source: str) -> str:
-    parts = [f"{source} - {loaded.name}"]
-    if loaded.is_classifier and isinstance(out, torch.Tensor) and out.dim() == 2:
-        prob, idx = torch.softmax(out.float(), dim=1)[0].max(0)
-        names = loaded.meta.get("class_names")
-        label = names[int(idx)] if names and int(idx) < len(names) else f"class {int(idx)}"
-        parts.append(f"predicted: {label} ({float(prob):.2f})")
-    if not loaded.trained:
-        parts.append("UNTRAINED model (random weights): maps mean nothing")
-    return "\n".join(parts)
-
-
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha: got {args.alpha}; allowed: 0..1")
@@ -93,47 +85,46 @@ def run(args: argparse.Namespace) -> int:
     if r2dns.flows < 2:
         raise ValueError(f"{loaded.name} runs 1 flow, so it has no attention maps; use --flows 2 or more")
     meta = _meta(loaded, args.input_size)
-    transform = eval_transform(meta)
     model = loaded.model.to(device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    common = dict(mean=meta["mean"], std=meta["std"], cmap=args.cmap, alpha=args.alpha, normalize=args.normalize,
-                  flows=r2dns.flows, dpi=args.dpi)
+    common = dict(cmap=args.cmap, alpha=args.alpha, normalize=args.normalize, flows=r2dns.flows, dpi=args.dpi)
     info = {"tdaf:model": loaded.describe()}
     written: list[Path] = []
     if r2dns.dims == 3:
         # A video model: the images are the frames of one clip.
+        transform = eval_transform(meta)
         frames = [open_image(f) for f in images.files]
         clip = torch.stack([transform(f) for f in frames], dim=1)[None].to(device)  # (1, C, T, H, W)
         out, maps = compute_attention(model, clip)
         frame = args.frame if args.frame is not None else clip.shape[2] // 2
         stem = f"{unique_stems(images.files[:1])[0]}_clip"
+        title = figure_title(f"clip of {len(frames)} frames, frame {frame}", loaded.name,
+                             out.cpu() if isinstance(out, torch.Tensor) else None, meta.get("class_names"),
+                             loaded.trained)
         written.append(save_attention_figure(
-            clip.cpu(), maps, out_dir / f"{stem}.frame{frame}.attention.png", frame=frame,
-            title=_title(loaded, out, f"clip of {len(frames)} frames, frame {frame}"), metadata=info, **common))
+            clip.cpu(), maps, out_dir / f"{stem}.frame{frame}.attention.png", frame=frame, title=title,
+            metadata=info, mean=meta["mean"], std=meta["std"], **common))
         if args.save_maps:
             written += save_maps(maps, out_dir, stem, args.save_maps)
     else:
         if args.frame is not None:
             raise ValueError(f"--frame: only for video (3D) models; {loaded.name} is a 2D model")
         bar = tqdm(total=len(images), unit="img", desc="attention", disable=args.no_progress or None, file=sys.stderr)
-        for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files)):
-            try:
-                img = open_image(path)
-            except ValueError as e:
-                if not from_folder:
-                    raise
-                tqdm.write(f"skipped {e}", file=sys.stderr)
-                bar.update(1)
-                continue
-            x = transform(img)[None].to(device)
-            out, maps = compute_attention(model, x)
-            written.append(save_attention_figure(
-                x.cpu(), maps, out_dir / f"{stem}.attention.png", title=_title(loaded, out, path.name),
-                metadata=dict(info, **{"tdaf:image": path.name}), **common))
-            if args.save_maps:
-                written += save_maps(maps, out_dir, stem, args.save_maps)
-            bar.update(1)
+
+        def readable() -> Iterator[tuple[str, Image.Image]]:
+            for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files)):
+                try:
+                    yield stem, open_image(path)
+                except ValueError as e:
+                    if not from_folder:
+                        raise
+                    tqdm.write(f"skipped {e}", file=sys.stderr)
+                    bar.update(1)
+
+        written += save_attention_figures(
+            model, meta, readable(), out_dir, trained=loaded.trained, device=device, save_maps_as=args.save_maps,
+            metadata=info, progress=lambda: bar.update(1), **common)
         bar.close()
     for p in written:
         print(p)

@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="torchscript",
                    help="torch.onnx exporter: torchscript (default; fast) or dynamo (torch.export + onnxscript, "
                    "slower)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=None,
+                   help=f"ONNX opset (default {DEFAULT_OPSET['torchscript']}; {DEFAULT_OPSET['dynamo']} with "
+                   f"--onnx-exporter dynamo, which needs >= 18)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed abs difference (default 1e-4)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
