@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
           f"summary: {out / 'summary.json'}, {out / 'summary.csv'}")
     print(f"checkpoints: {runs[0]['checkpoint']}, {runs[1]['checkpoint']} "
           f"(e.g. tdaf eval --checkpoint {runs[1]['checkpoint']} --json)")
+    print(f"attention pictures (paper Fig. 3b/c): {', '.join(map(str, attention_pictures(runs[1]['checkpoint'], out)))}")
     return 0
 
 
@@ -162,3 +163,20 @@ def save_curves(runs: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# --- Attention pictures of the trained TDAF model (added with tdaf attention; see docs/attention.md) ---
+
+def attention_pictures(checkpoint: str | Path, out: Path, digits: tuple[int, ...] = (0, 3, 8)) -> list[Path]:
+    """OUT/attention/testN_digitD.attention.png: the stages x flows attention grid of the
+    checkpoint on the first test image of each digit in ``digits``."""
+    import numpy as np
+    from PIL import Image
+
+    from ..data.digits import digits_pixels
+    from ..viz import checkpoint_attention_figures
+
+    images, labels = digits_pixels("val")
+    picks = [int(np.flatnonzero(labels == d)[0]) for d in digits]
+    named = [(f"test{i}_digit{labels[i]}", Image.fromarray(images[i], "L")) for i in picks]
+    return checkpoint_attention_figures(checkpoint, named, out / "attention")
