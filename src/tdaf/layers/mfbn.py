@@ -20,6 +20,18 @@ __all__ = ["MultiFlowBatchNorm", "convert_to_mfbn", "set_flow", "mfbn_modules"]
 _INPUT_DIMS = {1: (2, 3), 2: (4,), 3: (5,)}
 
 
+def _check_dims(x: torch.Tensor, dims: int) -> None:
+    if x.dim() not in _INPUT_DIMS[dims]:
+        raise ValueError(
+            f"MultiFlowBatchNorm(dims={dims}) expects a {' or '.join(map(str, _INPUT_DIMS[dims]))}-D "
+            f"input, got {x.dim()}-D"
+        )
+
+
+# A leaf for torch.fx, so models with MFBN can be symbolically traced.
+torch.fx.wrap("_check_dims")
+
+
 class MultiFlowBatchNorm(nn.Module):
     """BatchNorm over 1d/2d/3d inputs with shared affine and per-flow statistics (Eq. 4).
 
@@ -75,11 +87,7 @@ class MultiFlowBatchNorm(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() not in _INPUT_DIMS[self.dims]:
-            raise ValueError(
-                f"MultiFlowBatchNorm(dims={self.dims}) expects a {' or '.join(map(str, _INPUT_DIMS[self.dims]))}-D "
-                f"input, got {x.dim()}-D"
-            )
+        _check_dims(x, self.dims)
         flow = self.flow
         momentum = 0.0 if self.momentum is None else self.momentum
         running_mean = running_var = None
@@ -160,7 +168,7 @@ def convert_to_mfbn(module: nn.Module, flows: int) -> nn.Module:
             if bn.track_running_stats:
                 new.running_mean.copy_(bn.running_mean.unsqueeze(0).expand(flows, -1))
                 new.running_var.copy_(bn.running_var.unsqueeze(0).expand(flows, -1))
-                new.num_batches_tracked.fill_(int(bn.num_batches_tracked))
+                new.num_batches_tracked.copy_(bn.num_batches_tracked.expand(flows))  # no .item(): works on meta tensors
         new.train(bn.training)
         return new
     for name, child in module.named_children():

@@ -32,7 +32,12 @@ _ARCHS: dict[str, dict[str, Any]] = {
     "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
     "resnet101": dict(block=Bottleneck, layers=(3, 4, 23, 3)),
     "resnet152": dict(block=Bottleneck, layers=(3, 8, 36, 3)),
+    # ResNeXt (Xie et al. 2017) is torchvision's ResNet with grouped 3x3 convs (paper Tab. 3a).
+    "resnext50_32x4d": dict(block=Bottleneck, layers=(3, 4, 6, 3), groups=32, width_per_group=4),
+    "resnext101_32x8d": dict(block=Bottleneck, layers=(3, 4, 23, 3), groups=32, width_per_group=8),
 }
+# The paper uses these on ImageNet only, so they get no *_cifar variants.
+_IMAGENET_ONLY = frozenset({"resnext50_32x4d", "resnext101_32x8d"})
 
 
 def _cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:
@@ -101,7 +106,7 @@ def _create_resnet(
 
 
 def _register(arch: str) -> None:
-    for cifar in (False, True):
+    for cifar in (False,) if arch in _IMAGENET_ONLY else (False, True):
         for tdaf in (False, True):
             name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
 
@@ -110,7 +115,7 @@ def _register(arch: str) -> None:
 
             builder.__name__ = builder.__qualname__ = name
             builder.__doc__ = (
-                f"{'TDAF-' if tdaf else ''}{arch.replace('resnet', 'ResNet-')}"
+                f"{'TDAF-' if tdaf else ''}{arch.replace('resnext', 'ResNeXt-').replace('resnet', 'ResNet-')}"
                 f"{' for 32x32 (CIFAR) input' if cifar else ''}."
             )
             cfg = _cfg(cifar, tdaf=tdaf, arch=arch)

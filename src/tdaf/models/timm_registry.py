@@ -1,0 +1,110 @@
+"""tdaf models in timm's registry: ``timm.create_model("tdaf_resnet50", num_classes=10)``.
+
+Each tdaf model becomes a timm entry point (this module is its timm "module", and
+``default_cfgs`` holds its timm pretrained config: input size, mean/std, interpolation,
+crop, classifier). Keyword arguments pass through to :func:`tdaf.create_model`
+(``flows``, ``anar``, ``num_classes``, ...), and ``features_only=True`` /
+``out_indices`` give the last flow's stage maps with a timm ``FeatureInfo``.
+
+Nothing is downloaded: ``pretrained`` is a local file, given as
+``pretrained="plain.pth"`` or ``pretrained=True, pretrained_cfg_overlay=dict(file="plain.pth")``
+(timm's way to name a local file). Plain models whose name timm already uses (timm's own
+``resnet50``, ``vgg16``, ``seresnet50``, ...) keep timm's entry: tdaf never overwrites
+timm's models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+from timm.models import is_model as timm_is_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._pretrained import PretrainedCfg
+from timm.models._registry import _model_to_module, generate_default_cfgs
+from timm.models._registry import register_model as timm_register_model
+from torch import nn
+
+from ._registry import create_model, list_models, model_cfg
+
+__all__ = ["sync_timm_registry", "registered_in_timm", "shadowed_by_timm"]
+
+_TIMM_MODULE = __name__.rpartition(".")[2]
+_TIMM_KEYS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+# torchvision's evaluation transform (resize 256, centre crop 224) for configs that do not say.
+_DATA_DEFAULTS = dict(interpolation="bilinear", crop_pct=0.875, crop_mode="center")
+
+# timm reads the pretrained configs of a module's entry points from its ``default_cfgs``.
+default_cfgs: dict[str, Any] = {}
+_OWN: list[str] = []
+_SHADOWED: list[str] = []
+
+
+def registered_in_timm() -> list[str]:
+    """tdaf model names registered in timm by this module."""
+    return list(_OWN)
+
+
+def shadowed_by_timm() -> list[str]:
+    """tdaf plain-model names that timm already has (left to timm)."""
+    return list(_SHADOWED)
+
+
+def _timm_cfg(name: str) -> dict[str, Any]:
+    cfg = {**_DATA_DEFAULTS, **model_cfg(name)}
+    out = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in _TIMM_KEYS}
+    out.pop("architecture", None)
+    return out
+
+
+def _entrypoint(name: str) -> Callable[..., nn.Module]:
+    def entrypoint(
+        pretrained: bool | str | os.PathLike[str] = False,
+        pretrained_cfg: Any = None,
+        pretrained_cfg_overlay: dict[str, Any] | None = None,
+        cache_dir: Any = None,
+        **kwargs: Any,
+    ) -> nn.Module:
+        resolved = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg,
+                                          pretrained_cfg_overlay=pretrained_cfg_overlay)
+        if isinstance(pretrained, (str, os.PathLike)):
+            file: str | os.PathLike[str] | None = pretrained
+        elif pretrained:
+            file = resolved.file
+            if not file:
+                raise ValueError(
+                    f"pretrained: tdaf never downloads weights; name a local state-dict file of the plain backbone: "
+                    f"timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file='plain.pth'))"
+                )
+        else:
+            file = None
+        model = create_model(name, pretrained=file, **kwargs)
+        merged = {k: v for k, v in resolved.to_dict().items() if v is not None}
+        merged.update(model.pretrained_cfg)
+        merged.update(pretrained_cfg_overlay or {})
+        model.pretrained_cfg = model.default_cfg = merged
+        return model
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"tdaf model {name!r} (see tdaf.create_model)."
+    return entrypoint
+
+
+def sync_timm_registry() -> list[str]:
+    """Register in timm every tdaf model not registered yet (call it after registering
+    new tdaf models); returns the newly registered names."""
+    new = []
+    for name in list_models():
+        if name in _OWN or name in _SHADOWED:
+            continue
+        if timm_is_model(name) and _model_to_module.get(name) != _TIMM_MODULE:
+            _SHADOWED.append(name)
+            continue
+        default_cfgs.update(generate_default_cfgs({name: _timm_cfg(name)}))
+        timm_register_model(_entrypoint(name))
+        _OWN.append(name)
+        new.append(name)
+    return new

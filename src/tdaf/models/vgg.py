@@ -1,0 +1,165 @@
+"""VGG (Simonyan & Zisserman 2014) and TDAF-VGG, on torchvision's VGG (paper §4.1, Tab. 2, 3a).
+
+Stages (L = 5): the five conv blocks of ``features``, each ending in its 2x2 max-pool
+(stride 2 each, total 32), so the ANAR gates act on each block's pooled output, as the
+paper's "ANAR modules after each max-pooling layer". The head is VGG's own: 7x7 adaptive
+average pool and three fully connected layers.
+
+CIFAR variants (``*_cifar``) keep the same network and head at 32x32 input (the 1x1 map
+after block 5 is replicated to 7x7 by the adaptive pool): the paper's Tab. 2 counts
+138.4M parameters for CIFAR VGG16, which is torchvision's VGG16 with its ImageNet head.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from ..r2dns import R2DNS, StageNet
+from ._pretrained import load_pretrained
+from ._registry import register_model
+from .classifier import TDAFClassifier
+from .resnet import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["VGGHead", "vgg_stages"]
+
+_ARCHS = ("vgg16", "vgg19", "vgg16_bn", "vgg19_bn")
+
+
+class VGGHead(nn.Module):
+    """VGG's classifier as a TDAF head: 7x7 adaptive average pool, flatten, FC-ReLU-Dropout
+    twice (``pre_logits``), then ``fc`` (timm's head contract: ``forward(x, pre_logits)``,
+    ``reset(num_classes, pool_type)``)."""
+
+    def __init__(self, avgpool: nn.Module, classifier: nn.Sequential, num_classes: int) -> None:
+        super().__init__()
+        layers = list(classifier.children())
+        self.pool = avgpool
+        self.pre_logits = nn.Sequential(*layers[:-1])
+        self.hidden_size = layers[-1].in_features
+        self.fc: nn.Module = layers[-1] if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.pool(x), 1)
+        x = self.pre_logits(x)
+        return x if pre_logits else self.fc(x)
+
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        if pool_type not in (None, "avg"):
+            raise ValueError(f"global_pool: got {pool_type!r}; VGG's head always average-pools to 7x7 (allowed: 'avg')")
+        self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def vgg_stages(features: nn.Sequential) -> tuple[list[nn.Module], list[int], list[int]]:
+    """Split VGG's ``features`` after each max-pool: stages, output channels, strides."""
+    stages: list[nn.Module] = []
+    channels: list[int] = []
+    block: list[tuple[str, nn.Module]] = []
+    width = 0
+    for name, layer in features.named_children():
+        block.append((name, layer))
+        if isinstance(layer, nn.Conv2d):
+            width = layer.out_channels
+        if isinstance(layer, nn.MaxPool2d):
+            # Keep torchvision's indices as names, so a stage's keys read "features.<i>".
+            stages.append(nn.Sequential(OrderedDict(block)))
+            channels.append(width)
+            block = []
+    if block:
+        raise ValueError("VGG features do not end with a max-pool")
+    return stages, channels, [2] * len(stages)
+
+
+def _build_for_loading(arch: str, num_classes: int, drop_rate: float) -> nn.Module:
+    """torchvision's VGG without its random initialisation, which takes seconds for the
+    25088x4096 layer and which the file overwrites anyway: built on the meta device, then
+    given memory. Only what a file may lack is initialised (as torchvision does): the last
+    layer, skipped when the class count differs, and the BatchNorm batch counters."""
+    current = torch.get_default_device()
+    with torch.device("meta"):
+        net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, dropout=drop_rate)
+    net = net.to_empty(device=current)
+    fc = net.classifier[6]
+    nn.init.normal_(fc.weight, 0, 0.01)
+    nn.init.zeros_(fc.bias)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.num_batches_tracked.zero_()
+    return net
+
+
+def _cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:
+    base = dict(
+        input_size=(3, 32, 32) if cifar else (3, 224, 224),
+        mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
+        std=CIFAR_STD if cifar else IMAGENET_STD,
+        num_classes=10 if cifar else 1000,
+        classifier="head.fc",
+        first_conv="backbone.stages.0.0",
+        family="vgg",
+    )
+    base.update(kwargs)
+    return base
+
+
+def _create_vgg(
+    arch: str,
+    *,
+    tdaf: bool,
+    cifar: bool = False,
+    num_classes: int | None = None,
+    pretrained: str | os.PathLike[str] | None = None,
+    flows: int = 3,
+    anar: str = "anar3",
+    eta: float = 0.5,
+    downsample: str = "avg",
+    drop_rate: float = 0.5,
+) -> TDAFClassifier:
+    name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
+    cfg = _cfg(cifar, tdaf=tdaf, arch=arch)
+    num_classes = cfg["num_classes"] if num_classes is None else num_classes
+    if pretrained is None:
+        net = torchvision.models.get_model(arch, weights=None, num_classes=max(num_classes, 1), dropout=drop_rate)
+    else:
+        net = _build_for_loading(arch, max(num_classes, 1), drop_rate)
+        load_pretrained(net, pretrained, name, classifier=("classifier.6",))
+    stages, channels, strides = vgg_stages(net.features)
+    if tdaf:
+        backbone: R2DNS | StageNet = R2DNS(
+            stages, channels, strides, flows=flows, anar=anar, eta=eta, downsample=downsample
+        )
+    else:
+        backbone = StageNet(stages, channels, strides)
+    head = VGGHead(net.avgpool, net.classifier, num_classes)
+    model = TDAFClassifier(backbone, num_classes, head=head, pretrained_cfg=dict(cfg, architecture=name))
+    model.head_hidden_size = head.hidden_size
+    if tdaf:
+        model.pretrained_cfg.update(flows=flows, anar=anar, eta=eta, downsample=downsample)
+    return model
+
+
+def _register(arch: str) -> None:
+    for cifar in (False, True):
+        for tdaf in (False, True):
+            name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
+
+            def builder(_arch: str = arch, _tdaf: bool = tdaf, _cifar: bool = cifar, **kwargs: Any) -> TDAFClassifier:
+                return _create_vgg(_arch, tdaf=_tdaf, cifar=_cifar, **kwargs)
+
+            builder.__name__ = builder.__qualname__ = name
+            builder.__doc__ = (
+                f"{'TDAF-' if tdaf else ''}{arch.upper().replace('_BN', ' with BatchNorm')}"
+                f"{' for 32x32 (CIFAR) input' if cifar else ''}."
+            )
+            cfg = _cfg(cifar, tdaf=tdaf, arch=arch)
+            cfg["baseline" if tdaf else "tdaf_variant"] = name.removeprefix("tdaf_") if tdaf else "tdaf_" + name
+            register_model(cfg)(builder)
+
+
+for _arch in _ARCHS:
+    _register(_arch)
