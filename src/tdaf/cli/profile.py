@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from ..models import create_model, model_cfg
+from ..models import create_model, list_models, model_cfg
 from ..profile import profile_model
 
 
@@ -19,9 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Count parameters and GMACs (torch.utils.flop_counter; MACs = FLOPs/2, as the paper "
         "counts) and time the forward pass on this machine. For a tdaf_ model the plain baseline is "
         "profiled too and the overhead shown, like the paper's Tab. 3a.",
-        epilog="example: tdaf profile tdaf_resnet50 --flows 3 --anar anar3 --input-size 224 224",
+        epilog="examples: tdaf profile tdaf_resnet50 --flows 3 --anar anar3 --input-size 224 224; "
+               "tdaf profile --all --markdown > zoo.md (every registered model); "
+               "tdaf profile --all 'tdaf_vgg*'; tdaf profile tdaf_timm/efficientnet_b0 timm/efficientnet_b0",
     )
-    p.add_argument("model", help="registered model name (see tdaf.list_models())")
+    p.add_argument("model", nargs="*", default=[],
+                   help="registered model name (see tdaf.list_models(); tdaf_timm/<timm name> works too); "
+                        "several names give one table; with --all, shell-style patterns that filter the zoo")
     p.add_argument("--flows", type=int, default=None, help="number of flows N (tdaf_ models; default 3)")
     p.add_argument("--anar", default=None, help="anar2 | anar3 | anar5 | anar7 (tdaf_ models; default anar3)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
@@ -31,7 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=5, help="timed forward passes (median is reported; default 5)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing (params and GMACs only)")
     p.add_argument("--no-baseline", action="store_true", help="do not profile the plain baseline")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table "
+                   "(one JSON object per line for several models)")
+    p.add_argument("--all", action="store_true",
+                   help="profile every registered model (the model zoo table): parameters and GMACs at each model's "
+                        "default input size, and for tdaf_ and msconcat_ models the overhead against the plain "
+                        "backbone; no latency (models are built on the meta device, without memory)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in docs/models.md)")
     p.set_defaults(func=run)
 
 
@@ -52,6 +64,11 @@ def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any]) -> 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
+    if args.all or len(args.model) > 1:
+        return _run_zoo(args)
+    if not args.model:
+        raise ValueError("model: give a model name (see tdaf.list_models()), several names, or --all")
+    args.model = args.model[0]
     cfg = model_cfg(args.model)
     tdaf_args = {k: v for k, v in (("flows", args.flows), ("anar", args.anar)) if v is not None}
     result = _profile(args.model, args, tdaf_args)
@@ -69,11 +86,110 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=None))
         return 0
     rows = ([baseline] if baseline else []) + [result]
-    print(_table(rows, baseline))
+    print(_table(rows, baseline, markdown=args.markdown))
     return 0
 
 
-def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
+def _zoo_names(args: argparse.Namespace) -> list[str]:
+    if not args.all:
+        for name in args.model:
+            model_cfg(name)  # unknown names fail before any work
+        return list(dict.fromkeys(args.model))
+    if not args.model:
+        return list_models()
+    names = [n for n in list_models() if any(fnmatch.fnmatch(n, pat) for pat in args.model)]
+    if not names:
+        raise ValueError(f"model: no registered model matches {' '.join(args.model)} (see tdaf.list_models())")
+    return names
+
+
+def _order(names: list[str]) -> list[str]:
+    """Each plain model, then the models built on it (tdaf_, msconcat_)."""
+    ordered: list[str] = []
+    children: dict[str, list[str]] = {}
+    for n in names:
+        base = model_cfg(n).get("baseline")
+        if base in names:
+            children.setdefault(base, []).append(n)
+    for n in names:
+        if model_cfg(n).get("baseline") not in names:
+            ordered.append(n)
+            ordered.extend(children.get(n, []))
+    return ordered
+
+
+def _zoo_row(name: str, args: argparse.Namespace, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if name in cache:
+        return cache[name]
+    cfg = model_cfg(name)
+    kwargs: dict[str, Any] = {}
+    if cfg.get("tdaf"):
+        kwargs = {k: v for k, v in (("flows", args.flows), ("anar", args.anar)) if v is not None}
+    size = tuple(args.input_size) if args.input_size else tuple(cfg["input_size"][1:])
+    # Parameters and MACs need shapes only: the meta device skips weight init and memory.
+    with torch.device("meta"):
+        model = create_model(name, num_classes=args.num_classes, **kwargs)
+        row = profile_model(model, (cfg["input_size"][0], *size), latency=False)
+    row["model"] = name
+    if cfg.get("tdaf") or cfg.get("tdaf_args"):  # TDAF models and the multi-scale ablation have flows
+        row["flows"] = model.backbone.flows
+    if cfg.get("tdaf"):
+        row["anar"] = model.backbone.anar_name
+    if cfg.get("baseline"):
+        base = _zoo_row(cfg["baseline"], args, cache)
+        row["baseline_model"] = base["model"]
+        row["overhead"] = {"params": row["params"] / base["params"] - 1, "gmacs": row["gmacs"] / base["gmacs"] - 1,
+                           "params_added": row["params"] - base["params"]}
+    cache[name] = row
+    return row
+
+
+def _run_zoo(args: argparse.Namespace) -> int:
+    names = _order(_zoo_names(args))
+    cache: dict[str, dict[str, Any]] = {}
+    rows = []
+    for name in tqdm(names, desc="profile", unit="model", disable=args.json or len(names) < 3):
+        rows.append(_zoo_row(name, args, cache))
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(_zoo_table(rows, args.markdown))
+    return 0
+
+
+def _zoo_table(rows: list[dict[str, Any]], markdown: bool) -> str:
+    head = ["Model", "Input", "ANAR", "#F", "Params (M)", "GMACs", "Params vs. plain", "GMACs vs. plain"]
+    lines = []
+    for r in rows:
+        over = r.get("overhead")
+        lines.append([
+            f"`{r['model']}`" if markdown else r["model"],
+            "x".join(map(str, r["input_size"][1:])),
+            str(r.get("anar", "-")),
+            str(r.get("flows", "-")),
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['gmacs']:.3f}" if r["gmacs"] < 1 else f"{r['gmacs']:.2f}",
+            f"{over['params_added'] / 1e6:+.3f}M ({over['params']:+.1%})" if over else "-",
+            f"{over['gmacs']:+.1%}" if over else "-",
+        ])
+    note = ("GMACs per image at the input size shown (FLOPs/2, torch.utils.flop_counter); "
+            "overheads against the plain backbone of the same row group; tdaf_ models with their default "
+            "flows and ANAR unless --flows/--anar were given")
+    return _format(head, lines, markdown, note)
+
+
+def _format(head: list[str], lines: list[list[str]], markdown: bool, note: str) -> str:
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out + ["", note])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), note])
+
+
+def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, markdown: bool = False) -> str:
     head = ["Model", "ANAR", "#F", "Params", "GMACs", "Latency (ms)"]
     lines = []
     for r in rows:
@@ -85,9 +201,7 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
             if "latency_ms" in r:
                 lat += f" ({r['latency_ms'] / baseline['latency_ms'] - 1:+.1%})"
         lines.append([r["model"], str(r.get("anar", "-")), str(r.get("flows", "-")), params, gmacs, lat])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     r0 = rows[-1]
     note = (f"input {r0['input_size'][1]}x{r0['input_size'][2]}, GMACs per image (FLOPs/2), latency: "
             f"median CPU forward of batch {r0['batch_size']} on {torch.get_num_threads()} threads")
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), note])
+    return _format(head, lines, markdown, note)
