@@ -240,7 +240,7 @@ def test_demo_table_and_curves(tmp_path):
         return {"model": name, "flows": flows, "anar": "anar3" if flows != "-" else "-", "top1": top1, "top5": 1.0,
                 "params": 11_000_000 if flows == "-" else 11_550_000, "gmacs": 0.5 if flows == "-" else 0.6,
                 "latency_ms": 10.0 if flows == "-" else 12.0, "threads": 2, "train_s": 100.0, "epochs": 3,
-                "history": hist}
+                "history": hist, "steps": [((i + 1) / 4, loss / (1 + i / 4)) for i in range(12)]}
 
     runs = [run("resnet18_cifar", "-", 0.95, 1.0), run("tdaf_resnet18_cifar", 3, 0.97, 0.9)]
     table = format_table(runs)
@@ -248,3 +248,30 @@ def test_demo_table_and_curves(tmp_path):
     assert "12.0 (+20.0%)" in table
     png = save_curves(runs, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_train_from_cifar_and_imagefolder_folders(tmp_path, capsys, caplog):
+    from test_data import _write_cifar, _write_imagefolder
+
+    _write_cifar(tmp_path / "c", per_batch=4)
+    common = ["--model", "resnet18_cifar", "--epochs", "1", "--batch-size", "4", "--input-size", "8",
+              "--workers", "0", "--no-progress", "--no-tensorboard"]
+    assert main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "c"), *common,
+                 "--out", str(tmp_path / "cifar")]) == 0
+    meta = load_checkpoint(tmp_path / "cifar" / "last.pt")["meta"]
+    assert meta["class_names"][:2] == ["airplane", "automobile"] and meta["resize"] is None
+    assert meta["metrics"]["images"] == 4  # the 4 images of test_batch
+
+    _write_imagefolder(tmp_path / "f", broken=True)  # 7 training files, one of them unreadable
+    with caplog.at_level("WARNING", logger="tdaf.train"):
+        assert main(["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "f"), *common,
+                     "--batch-size", "7", "--out", str(tmp_path / "folder")]) == 0
+    assert "skipped 1 unreadable training images (e.g." in caplog.text and "broken.jpg" in caplog.text
+    ckpt = load_checkpoint(tmp_path / "folder" / "last.pt")
+    assert ckpt["meta"]["class_names"] == ["cat", "dog"] and ckpt["meta"]["resize"] == 9  # 8 x 256/224
+    assert ckpt["history"][-1]["skipped"] == 1
+    capsys.readouterr()
+    assert main(["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "f"), *common, "--batch-size", "7",
+                 "--strict", "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert "tdaf train: error: unreadable image" in err and "broken.jpg" in err and "--strict" in err

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             "params": prof["params"], "gmacs": prof["gmacs"], "latency_ms": prof["latency_ms"],
             "threads": prof["threads"], "train_s": train_s, "epochs": cfg.epochs,
             "checkpoint": str(result["last"]), "history": result["history"],
+            "steps": [list(s) for s in result["steps"]],
         })
     total_s = time.perf_counter() - start
     table = format_table(runs)
@@ -147,13 +148,23 @@ def save_curves(runs: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for r, style in zip(runs, ("-o", "-s")):
-        epochs = [h["epoch"] for h in r["history"]]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for r, marker, color in zip(runs, ("o", "s"), ("tab:blue", "tab:red")):
         label = r["model"] if r["flows"] == "-" else f"{r['model']} ({r['anar']}, {r['flows']} flows)"
-        ax_loss.plot(epochs, [h["train_loss"] for h in r["history"]], style, label=label)
-        ax_acc.plot(epochs, [100 * h["val_top1"] for h in r["history"]], style, label=label)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss (digits)")
+        if r.get("steps"):  # per optimizer step, with an exponential moving average over ~10 steps
+            x, loss = zip(*r["steps"])
+            ema, smooth = loss[0], []
+            for v in loss:
+                ema = 0.9 * ema + 0.1 * v
+                smooth.append(ema)
+            ax_loss.plot(x, loss, color=color, alpha=0.25, linewidth=0.8)
+            ax_loss.plot(x, smooth, color=color, label=label)
+        else:
+            ax_loss.plot([h["epoch"] for h in r["history"]], [h["train_loss"] for h in r["history"]],
+                         marker=marker, color=color, label=label)
+        ax_acc.plot([h["epoch"] for h in r["history"]], [100 * h["val_top1"] for h in r["history"]],
+                    marker=marker, color=color, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss per step (digits)", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="Test top-1 (360 digits)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

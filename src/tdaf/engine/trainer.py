@@ -117,8 +117,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class Trainer:
     """Trains ``task``'s model on the configured data (see the module doc).
 
-    ``fit()`` returns ``{"history": [per-epoch metrics], "best_metric", "best_epoch",
-    "last", "best", "out", "info"}``. The task defaults to :class:`ClassificationTask`.
+    ``fit()`` returns ``{"history": [per-epoch metrics], "steps": [(epoch, loss) per optimizer
+    step of this run], "best_metric", "best_epoch", "last", "best", "out", "info", "model_kwargs"}``. The task defaults to :class:`ClassificationTask`.
     """
 
     def __init__(self, cfg: TrainConfig, task: Task | None = None) -> None:
@@ -203,6 +203,7 @@ class Trainer:
             log.info("the checkpoint has %d epochs of %d: nothing to do (raise --epochs to continue)",
                      start_epoch, cfg.epochs)
         epoch_times: list[float] = []
+        self.step_losses: list[tuple[float, float]] = []
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
@@ -213,6 +214,9 @@ class Trainer:
                     val = evaluate(model, val_loader, env.device, self.task, amp=cfg.amp,  # type: ignore[arg-type]
                                    channels_last=cfg.channels_last, strict=cfg.strict,
                                    progress=cfg.progress and env.is_main, desc=f"val {epoch + 1}")
+                if val and val["skipped"] and env.is_main:
+                    log.warning("epoch %d: skipped %d unreadable validation images (e.g. %s)", epoch + 1,
+                                val["skipped"], ", ".join(val.get("skipped_examples", [])))
                 metric = val[self.task.main_metric] if val else math.nan
                 improved = val is not None and metric > best
                 if improved:
@@ -237,7 +241,8 @@ class Trainer:
         if env.is_main and history:
             log.info("done: best val top-1 %.4f at epoch %d; checkpoints %s, %s", best, best_epoch,
                      out / "last.pt", out / "best.pt")
-        return {"history": history, "best_metric": best, "best_epoch": best_epoch, "out": out,
+        return {"history": history, "steps": self.step_losses, "best_metric": best, "best_epoch": best_epoch,
+                "out": out,
                 "last": out / "last.pt", "best": out / "best.pt", "info": info, "model_kwargs": kwargs}
 
     def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -284,7 +289,8 @@ class Trainer:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         ddp = isinstance(_ddp_of(train_model), nn.parallel.DistributedDataParallel)
         sums = torch.zeros(3, dtype=torch.float64, device=env.device)
-        skipped, lr = 0, 0.0
+        step_sums = torch.zeros(2, dtype=torch.float64, device=env.device)
+        skipped, lr, examples = 0, 0.0, []
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (cfg.progress and env.is_main), dynamic_ncols=True, leave=False)
         t0 = time.perf_counter()
@@ -298,6 +304,7 @@ class Trainer:
                     group["lr"] = lr
             check_skipped(bad, cfg.strict)
             skipped += len(bad)
+            examples += bad[: max(0, 3 - len(examples))]
             if x is None:
                 raise UnreadableImageError(f"every image of a training batch is unreadable (e.g. {bad[0]}); "
                                            f"check the data folder")
@@ -323,7 +330,10 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             sums += local[:3]
+            step_sums += local[[0, 2]]
             if last_micro:
+                self.step_losses.append((epoch + (step_in_epoch + 1) / steps, (step_sums[0] / step_sums[1]).item()))
+                step_sums.zero_()
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}", lr=f"{lr:.3g}",
@@ -336,7 +346,8 @@ class Trainer:
         skipped_total = torch.tensor([float(skipped)], dtype=torch.float64, device=env.device)
         all_reduce_sum(skipped_total)
         if skipped_total.item() and env.is_main:
-            log.warning("epoch %d: skipped %d unreadable training images", epoch + 1, int(skipped_total.item()))
+            log.warning("epoch %d: skipped %d unreadable training images (e.g. %s)", epoch + 1,
+                        int(skipped_total.item()), ", ".join(examples) or "on other processes")
         loss_sum, hits, n = sums.tolist()
         return {"loss": loss_sum / n, "top1": hits / n, "lr": lr, "images_per_s": n / elapsed,
                 "skipped": int(skipped_total.item())}
