@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/tdaf profile tdaf_resnet50
+	$(VENV)/bin/tdaf demo --out runs/demo
 
 test: install
 	$(PY) -m pytest tests
