@@ -6,7 +6,7 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from timm.models._features import FeatureInfo
+from timm.models import FeatureInfo
 from torch import nn
 
 from ..r2dns import R2DNS

@@ -159,7 +159,7 @@ def split_timm_model(
 
     Raises ValueError (naming the model) when the features are not produced by a chain
     of the model's top-level modules: a level nested inside a block, modules run out of
-    order or twice, code between modules, or non-tensor stage outputs (e.g. DPN, HRNet, ViT).
+    order or twice, code between modules, or non-tensor stage outputs (e.g. HRNet, Xception, ViT).
     ``model`` is taken apart: its stage modules move to the returned stages.
     """
     info = _feature_levels(model, name)
@@ -232,6 +232,8 @@ def split_timm_model(
         members = [i for i in order if start < i <= end]
         stages.append(nn.Sequential(OrderedDict((flat[i][0], flat[i][2]) for i in members)))
         start = end
+    for stage in stages[1:]:
+        _no_inplace_entry(stage)
     neck = nn.Sequential(OrderedDict((flat[i][0], flat[i][2]) for i in order if i > ends[-1]))
     # What stays in the model is what forward_head needs; stage and neck modules (and modules
     # before the last level that forward_features never runs) are removed to avoid holding them twice.
@@ -243,6 +245,16 @@ def split_timm_model(
     strides = [reductions[0]] + [b // a for a, b in zip(reductions, reductions[1:])]
     num_features = int(getattr(model, "num_features", channels[-1]))
     return TimmStages(stages, channels, strides, levels, TimmHead(model, neck), num_features)
+
+
+def _no_inplace_entry(stage: nn.Module) -> None:
+    # R2DNS keeps each stage output for the next flow's ANAR while the next stage runs on
+    # it: a stage must not start by overwriting its input (e.g. a leading ReLU(inplace=True)).
+    first = stage
+    while len(first._modules) > 0:
+        first = next(iter(first._modules.values()))
+        if getattr(first, "inplace", False) is True:
+            first.inplace = False
 
 
 def _in_chans(model: nn.Module) -> int:

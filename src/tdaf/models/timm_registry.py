@@ -20,18 +20,17 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from timm.models import generate_default_cfgs, model_entrypoint
 from timm.models import is_model as timm_is_model
+from timm.models import register_model as timm_register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._pretrained import PretrainedCfg
-from timm.models._registry import _model_to_module, generate_default_cfgs
-from timm.models._registry import register_model as timm_register_model
 from torch import nn
 
 from ._registry import create_model, list_models, model_cfg
 
 __all__ = ["sync_timm_registry", "registered_in_timm", "shadowed_by_timm"]
 
-_TIMM_MODULE = __name__.rpartition(".")[2]
 _TIMM_KEYS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 # torchvision's evaluation transform (resize 256, centre crop 224) for configs that do not say.
 _DATA_DEFAULTS = dict(interpolation="bilinear", crop_pct=0.875, crop_mode="center")
@@ -100,7 +99,7 @@ def sync_timm_registry() -> list[str]:
     for name in list_models():
         if name in _OWN or name in _SHADOWED:
             continue
-        if timm_is_model(name) and _model_to_module.get(name) != _TIMM_MODULE:
+        if timm_is_model(name) and model_entrypoint(name).__module__ != __name__:
             _SHADOWED.append(name)
             continue
         default_cfgs.update(generate_default_cfgs({name: _timm_cfg(name)}))
