@@ -21,6 +21,8 @@ from tdaf.models.classifier import TDAFClassifier
 from tdaf.r2dns import R2DNS
 
 torch.set_num_threads(1)
+# torch.jit.load/trace warn that TorchScript is deprecated on every call; the format is what we test.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 
 SIZES = [(2, 32, 32), (3, 45, 37)]  # (batch, H, W): the export size, then an odd, non-square one
 

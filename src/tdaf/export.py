@@ -27,11 +27,12 @@ size and at a second (odd) size with another, so dynamic batch and H/W are both 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,13 +197,29 @@ def export_onnx(
             from torch.export import Dim
 
             shape = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} if dynamic_hw else {0: Dim.DYNAMIC}
-            torch.onnx.export(
-                model, (example,), str(p), dynamo=True, input_names=[INPUT_NAME], output_names=out_names,
-                dynamic_shapes=(shape,), opset_version=opset, external_data=False, verbose=False,
-            )
+            with _quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+                torch.onnx.export(
+                    model, (example,), str(p), dynamo=True, input_names=[INPUT_NAME], output_names=out_names,
+                    dynamic_shapes=(shape,), opset_version=opset, external_data=False, verbose=False,
+                )
     if metadata:
         _add_onnx_metadata(p, metadata)
     return p
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING for a while: the dynamo exporter's optimisation
+    passes log dozens of INFO lines per export, which the CLI's INFO logging would show."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _add_onnx_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
@@ -213,6 +230,19 @@ def _add_onnx_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
+
+
+def _require_onnx() -> None:
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ValueError(
+            f"--format onnx: needs the {' and '.join(missing)} package(s): pip install 'tdaf[export]'"
+        )
 
 
 def _onnx_opset(path: Path) -> int | None:
@@ -260,9 +290,10 @@ def _runs_at(model: nn.Module, channels: int, size: tuple[int, ...]) -> str | No
     """None if PyTorch runs ``model`` on a (1, C, *size) input, else the error, one line."""
     try:
         with torch.no_grad():
-            _outputs(model(torch.zeros(1, channels, *size)))
+            out = model(torch.zeros(1, channels, *size))
     except (RuntimeError, ValueError) as e:
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    _outputs(out)  # a clear error for outputs that cannot be exported
     return None
 
 
@@ -323,6 +354,8 @@ def export_model(
         raise ValueError(f"input_size: got {list(input_size)}; allowed: [C, H, W]")
     if any(b < 1 for b in check_batches):
         raise ValueError(f"check batch sizes: got {list(check_batches)}; allowed: >= 1")
+    if fmt == "onnx":
+        _require_onnx()
     model = model.eval().cpu()
     channels = int(input_size[0])
     size = (int(input_size[1]), int(input_size[2]))
