@@ -190,3 +190,19 @@ def test_attention_errors(checkpoint, tmp_path: Path, capsys) -> None:
         attention_grid({(0, 2): torch.rand(1, 1, 4, 4)})
     with pytest.raises(ValueError, match="--save-maps"):
         save_maps(_synthetic_maps(), tmp_path, "x", "mat")
+
+
+def test_demo_saves_attention_pictures_of_test_digits(checkpoint, tmp_path: Path) -> None:
+    from tdaf.cli.demo import attention_pictures
+    from tdaf.data.digits import digits_pixels
+
+    _, ckpt, _ = checkpoint
+    paths = attention_pictures(ckpt, tmp_path, digits=(0, 7))
+    _, labels = digits_pixels("val")
+    first = [int(np.flatnonzero(labels == d)[0]) for d in (0, 7)]
+    assert [p.name for p in paths] == [f"test{first[0]}_digit0.attention.png", f"test{first[1]}_digit7.attention.png"]
+    for p in paths:
+        assert p.parent == tmp_path / "attention"
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.text["tdaf:stages"] == "1,2,3" and "predicted:" in im.text["Title"]
+            assert im.text["tdaf:checkpoint"] == "ckpt.pt"
