@@ -208,12 +208,15 @@ def test_config_files_merge_and_validate(tmp_path):
 def test_every_paper_config_validates(path):
     values = load_config_file(CONFIGS / path)
     cfg = TrainConfig.from_dict(values, path)
-    base = "_cifar10_recipe" if path.startswith("tab2") else "_imagenet_recipe" if path.startswith("tab3a") else None
-    if base:  # a baseline and its TDAF model differ only in the model
-        recipe = load_config_file(CONFIGS / f"{base}.yaml")
-        assert {k: v for k, v in values.items() if k in recipe} == recipe
-        assert set(values) - set(recipe) <= {"model", "flows", "anar", "out"}
-        assert cfg.model.startswith("tdaf_") == (cfg.flows is not None)
+    base = {"tab2": "_cifar10_recipe", "tab3a": "_imagenet_recipe", "digits": "_digits_recipe"}[path.split("_")[0]]
+    recipe = load_config_file(CONFIGS / f"{base}.yaml")  # a baseline and its TDAF model differ only in the model
+    assert {k: v for k, v in values.items() if k in recipe} == recipe
+    assert set(values) - set(recipe) <= {"model", "flows", "anar", "out"}
+    assert cfg.model.startswith("tdaf_") == (cfg.flows is not None)
+    if base == "_digits_recipe":  # the files say what tdaf demo runs
+        from tdaf.cli.demo import DEMO_RECIPE
+
+        assert recipe == DEMO_RECIPE
 
 
 def test_paper_schedules():
