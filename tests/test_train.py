@@ -94,15 +94,18 @@ def test_resume_is_exact(tmp_path):
     with pytest.raises(Preempted):  # killed in epoch 2, step 1: only epoch 1's checkpoint exists
         Trainer(_cfg(tmp_path, "cut", **tdaf), task=_StopAt(3)).fit()
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
-    resumed = Trainer(_cfg(tmp_path, "cut", resume=str(tmp_path / "cut" / "last.pt"), **tdaf)).fit()
+    # resume from the command line, as a user would: same flags plus --resume (--out defaults to its folder)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, **tdaf}.items() if k not in ("progress", "tensorboard")]
+    assert main(["train", *flags, "--no-progress", "--no-tensorboard",
+                 "--resume", str(tmp_path / "cut" / "last.pt")]) == 0
     a = load_checkpoint(full["last"])
-    b = load_checkpoint(resumed["last"])
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     for key, state in a["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
-    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
+    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in b["history"]]
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
     # and it trained: the weights moved away from the (seeded) initialisation
     seed_everything(0)
