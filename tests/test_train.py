@@ -190,11 +190,12 @@ def test_an_out_folder_with_a_checkpoint_is_not_overwritten_silently(tmp_path):
 
 
 def test_config_files_merge_and_validate(tmp_path):
-    (tmp_path / "base.yaml").write_text("epochs: 7\nbatch-size: 32\nlr: 0.2\n")
+    (tmp_path / "base.yaml").write_text("epochs: 7\nbatch-size: 32\nlr: 0.2\nweight_decay: 5e-4\n")
     (tmp_path / "run.yaml").write_text("base: base.yaml\nmodel: tdaf_resnet18_cifar\nflows: 2\nlr: 0.3\n")
 
     cfg = config_from_args(argparse.Namespace(config=str(tmp_path / "run.yaml"), lr=0.4))  # a flag beats the file
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.flows, cfg.model) == (7, 32, 0.4, 2, "tdaf_resnet18_cifar")
+    assert cfg.weight_decay == 5e-4  # YAML reads 5e-4 as a string; it is still a number
     (tmp_path / "typo.yaml").write_text("epoch: 3\n")
     with pytest.raises(ValueError, match=r"typo.yaml: unknown key 'epoch' \(did you mean epochs"):
         config_from_args(argparse.Namespace(config=str(tmp_path / "typo.yaml")))
