@@ -2,8 +2,9 @@
 
 Eval forward and one SGD training step, the two models interleaved round by round so
 that machine noise hits both alike; then memory: the bytes autograd saves for the
-backward pass (activations) and the peak resident memory of a fresh process doing one
-training step. Prints the ratios and the targets of the core issue.
+backward pass (activations: what a training step's memory grows with; on CPU there is
+no allocator peak to read, and process RSS is dominated by the allocator's caching).
+Prints the ratios and the targets of the core issue.
 
     python benchmarks/overhead.py                     # ResNet-50 vs TDAF (ANAR-3, 3 flows), 224, batch 8
     python benchmarks/overhead.py --model resnet18 --rounds 3 --batch-size 4
@@ -12,8 +13,6 @@ training step. Prints the ratios and the targets of the core issue.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import statistics
 import sys
 import time
@@ -78,26 +77,6 @@ def _saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
     return total
 
 
-def _peak_rss_child(name: str, args: argparse.Namespace, queue: mp.Queue) -> None:
-    torch.set_num_threads(args.threads)
-    model = _build(name, args)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = _inputs(args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _train_step(model, opt, x, y)
-    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))  # KiB on Linux
-
-
-def _peak_rss(name: str, args: argparse.Namespace) -> tuple[int, int]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_rss_child, args=(name, args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50", help="plain baseline name (default resnet50)")
@@ -152,10 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         act = {k: _saved_activation_bytes(m, x, y) for k, m in models.items()}
         rows.append(("saved activations", f"{act['baseline'] / 2**20:.0f} MiB", f"{act['tdaf'] / 2**20:.0f} MiB",
                      f"{act['tdaf'] / act['baseline']:.3f}", ""))
-        rss = {k: _peak_rss(n, args) for k, n in names.items()}
-        step = {k: (after - before) / 2**10 for k, (before, after) in rss.items()}
-        rows.append(("peak RSS growth, train step", f"{step['baseline']:.0f} MiB", f"{step['tdaf']:.0f} MiB",
-                     f"{step['tdaf'] / step['baseline']:.3f}", "(fresh process each)"))
     head = ("measure", "baseline", "TDAF", "ratio", "target")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
