@@ -14,9 +14,8 @@ from typing import Any
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..r2dns import R2DNS, StageNet
 from ._pretrained import load_pretrained
-from ._registry import register_model
+from ._builder import register_variants, staged_backbone, tdaf_settings
 from .classifier import TDAFClassifier
 
 __all__: list[str] = []
@@ -91,37 +90,17 @@ def _create_resnet(
     if pretrained is not None:
         load_pretrained(net, pretrained, name, classifier=("fc",))
     stages, channels, strides = _resnet_stages(net, cifar)
-    if tdaf:
-        backbone: R2DNS | StageNet = R2DNS(
-            stages, channels, strides, flows=flows, anar=anar, eta=eta, downsample=downsample
-        )
-    else:
-        backbone = StageNet(stages, channels, strides)
-    model = TDAFClassifier(backbone, num_classes, drop_rate=drop_rate, pretrained_cfg=dict(cfg, architecture=name))
+    backbone = staged_backbone(stages, channels, strides, tdaf=tdaf, flows=flows, anar=anar, eta=eta,
+                               downsample=downsample)
+    cfg.update(tdaf_settings(backbone), architecture=name)
+    model = TDAFClassifier(backbone, num_classes, drop_rate=drop_rate, pretrained_cfg=cfg)
     if num_classes > 0:
         model.head.fc = net.fc  # keeps pretrained classifier weights when the class count matches
-    if tdaf:
-        model.pretrained_cfg.update(flows=flows, anar=anar, eta=eta, downsample=downsample)
     return model
 
 
-def _register(arch: str) -> None:
-    for cifar in (False,) if arch in _IMAGENET_ONLY else (False, True):
-        for tdaf in (False, True):
-            name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
-
-            def builder(_arch: str = arch, _tdaf: bool = tdaf, _cifar: bool = cifar, **kwargs: Any) -> TDAFClassifier:
-                return _create_resnet(_arch, tdaf=_tdaf, cifar=_cifar, **kwargs)
-
-            builder.__name__ = builder.__qualname__ = name
-            builder.__doc__ = (
-                f"{'TDAF-' if tdaf else ''}{arch.replace('resnext', 'ResNeXt-').replace('resnet', 'ResNet-')}"
-                f"{' for 32x32 (CIFAR) input' if cifar else ''}."
-            )
-            cfg = _cfg(cifar, tdaf=tdaf, arch=arch)
-            cfg["baseline" if tdaf else "tdaf_variant"] = name.removeprefix("tdaf_") if tdaf else "tdaf_" + name
-            register_model(cfg)(builder)
-
-
 for _arch in _ARCHS:
-    _register(_arch)
+    register_variants(
+        _arch, _create_resnet, _cfg, _arch.replace("resnext", "ResNeXt-").replace("resnet", "ResNet-"),
+        cifar_variants=_arch not in _IMAGENET_ONLY,
+    )

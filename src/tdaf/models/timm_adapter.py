@@ -31,7 +31,7 @@ import torch
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 from torch import nn
 
-from ..r2dns import R2DNS, StageNet
+from ._builder import staged_backbone
 from ._pretrained import load_pretrained
 from ._registry import register_prefix
 from .classifier import TDAFClassifier
@@ -332,13 +332,8 @@ def create_timm_model(
     split = split_timm_model(net, timm_name, stage_levels)
     stages = [split_norm_act(s, timm_name) for s in split.stages]
     in_chans = int(timm_kwargs.get("in_chans", 3))
-    if tdaf:
-        backbone: R2DNS | StageNet = R2DNS(
-            stages, split.channels, split.strides, flows=flows, anar=anar, eta=eta, downsample=downsample,
-            depthwise=depthwise, in_chans=in_chans,
-        )
-    else:
-        backbone = StageNet(stages, split.channels, split.strides, in_chans=in_chans)
+    backbone = staged_backbone(stages, split.channels, split.strides, tdaf=tdaf, flows=flows, anar=anar, eta=eta,
+                               downsample=downsample, depthwise=depthwise, in_chans=in_chans)
     cfg.update(architecture=name, timm_model=timm_name, stage_levels=split.levels)
     model = TDAFClassifier(backbone, num_classes, head=split.head, num_features=split.num_features,
                            pretrained_cfg=cfg)

@@ -20,9 +20,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..r2dns import R2DNS, StageNet
 from ._pretrained import load_pretrained
-from ._registry import register_model
+from ._builder import register_variants, staged_backbone, tdaf_settings
 from .classifier import TDAFClassifier
 from .resnet import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
@@ -129,37 +128,14 @@ def _create_vgg(
         net = _build_for_loading(arch, max(num_classes, 1), drop_rate)
         load_pretrained(net, pretrained, name, classifier=("classifier.6",))
     stages, channels, strides = vgg_stages(net.features)
-    if tdaf:
-        backbone: R2DNS | StageNet = R2DNS(
-            stages, channels, strides, flows=flows, anar=anar, eta=eta, downsample=downsample
-        )
-    else:
-        backbone = StageNet(stages, channels, strides)
+    backbone = staged_backbone(stages, channels, strides, tdaf=tdaf, flows=flows, anar=anar, eta=eta,
+                               downsample=downsample)
     head = VGGHead(net.avgpool, net.classifier, num_classes)
-    model = TDAFClassifier(backbone, num_classes, head=head, pretrained_cfg=dict(cfg, architecture=name))
+    cfg.update(tdaf_settings(backbone), architecture=name)
+    model = TDAFClassifier(backbone, num_classes, head=head, pretrained_cfg=cfg)
     model.head_hidden_size = head.hidden_size
-    if tdaf:
-        model.pretrained_cfg.update(flows=flows, anar=anar, eta=eta, downsample=downsample)
     return model
 
 
-def _register(arch: str) -> None:
-    for cifar in (False, True):
-        for tdaf in (False, True):
-            name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
-
-            def builder(_arch: str = arch, _tdaf: bool = tdaf, _cifar: bool = cifar, **kwargs: Any) -> TDAFClassifier:
-                return _create_vgg(_arch, tdaf=_tdaf, cifar=_cifar, **kwargs)
-
-            builder.__name__ = builder.__qualname__ = name
-            builder.__doc__ = (
-                f"{'TDAF-' if tdaf else ''}{arch.upper().replace('_BN', ' with BatchNorm')}"
-                f"{' for 32x32 (CIFAR) input' if cifar else ''}."
-            )
-            cfg = _cfg(cifar, tdaf=tdaf, arch=arch)
-            cfg["baseline" if tdaf else "tdaf_variant"] = name.removeprefix("tdaf_") if tdaf else "tdaf_" + name
-            register_model(cfg)(builder)
-
-
 for _arch in _ARCHS:
-    _register(_arch)
+    register_variants(_arch, _create_vgg, _cfg, _arch.upper().replace("_BN", " with BatchNorm"))
