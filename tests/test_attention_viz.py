@@ -20,7 +20,6 @@ from tdaf.engine.checkpoint import atomic_save, checkpoint_payload
 from tdaf.r2dns import R2DNS
 from tdaf.viz import attention_figure, attention_grid, compute_attention, save_attention_figure, save_maps
 
-torch.set_num_threads(1)
 
 CLASSES = ["cat", "dog", "bird"]
 META = dict(class_names=CLASSES, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], input_size=[3, 32, 32], resize=None,

@@ -12,7 +12,6 @@ from tdaf.layers import ANAR, MultiFlowBatchNorm, convert_to_mfbn, create_anar
 from tdaf.layers.downsample import Downsample
 from tdaf.r2dns import R2DNS, min_input_size
 
-torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------- ANAR

@@ -16,7 +16,6 @@ from tdaf.cli.main import main as cli_main
 from tdaf.layers import ANAR, MultiFlowBatchNorm
 from tdaf.profile import count_gmacs
 
-torch.set_num_threads(1)
 
 
 def _trained_bn_stats(model: nn.Module, size: int = 64) -> nn.Module:

@@ -18,13 +18,6 @@ from tdaf.data.digits import DIGITS_MEAN, DIGITS_STD, digits_pixels
 from tdaf.data.imagefolder import ImageFolderDataset
 from tdaf.data.transforms import eval_transform, ten_crop_transform, train_transform
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine's stalled OpenMP barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- digits

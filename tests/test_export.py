@@ -20,7 +20,6 @@ from tdaf.export import export_model, second_size
 from tdaf.models.classifier import TDAFClassifier
 from tdaf.r2dns import R2DNS
 
-torch.set_num_threads(1)
 # torch.jit.load/trace warn that TorchScript is deprecated on every call; the format is what we test.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 

@@ -20,7 +20,6 @@ from tdaf.data.digits import digits_pixels
 from tdaf.data.transforms import eval_transform
 from tdaf.engine.checkpoint import atomic_save, checkpoint_payload
 
-torch.set_num_threads(1)
 
 CLASSES = ["digit0", "digit1", "digit2"]  # sorted, as ImageFolder orders class folders
 META = dict(class_names=CLASSES, mean=[0.3057] * 3, std=[0.3235] * 3, input_size=[3, 32, 32], resize=None,

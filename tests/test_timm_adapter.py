@@ -13,7 +13,6 @@ from torch import nn
 import tdaf
 from tdaf.layers import MultiFlowBatchNorm
 
-torch.set_num_threads(1)
 
 # name -> channels of the stages (timm's feature levels at reduction >= 4)
 MODELS = {

@@ -17,7 +17,6 @@ from tdaf.cli.main import main as cli_main
 from tdaf.models import timm_registry
 from tdaf.profile import count_gmacs
 
-torch.set_num_threads(1)
 
 
 def test_every_tdaf_model_is_a_timm_model() -> None:

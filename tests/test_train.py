@@ -19,13 +19,6 @@ from tdaf.engine.tasks import ClassificationTask
 from tdaf import create_model
 from tdaf.engine.trainer import Trainer, lr_at, seed_everything
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine's stalled OpenMP barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

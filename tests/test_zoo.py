@@ -19,7 +19,6 @@ import tdaf
 from tdaf.layers import ANAR, MultiFlowBatchNorm
 from tdaf.models.msconcat import MultiScaleConcat
 
-torch.set_num_threads(1)
 
 ALL_MODELS = tdaf.list_models()
 # The heavyweights (> 40M parameters) take seconds each just to initialise their weights on
