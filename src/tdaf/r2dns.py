@@ -25,7 +25,9 @@ from .layers.anar import ANAR, create_anar
 from .layers.downsample import Downsample
 from .layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
 
-__all__ = ["R2DNS", "StageNet", "min_input_size", "check_input"]
+__all__ = [
+    "R2DNS", "StageNet", "min_input_size", "check_input", "validate_stages", "validate_flows", "flow_inputs",
+]
 
 Stride = int | tuple[int, ...]
 
@@ -101,7 +103,7 @@ class StageNet(nn.Module):
     def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[Stride],
                  dims: int = 2, in_chans: int | None = 3) -> None:
         super().__init__()
-        _validate_stages(stages, channels, strides)
+        validate_stages(stages, channels, strides)
         self.stages = nn.ModuleList(stages)
         self.channels = list(channels)
         self.strides = list(strides)
@@ -121,13 +123,30 @@ class StageNet(nn.Module):
         return outs
 
 
-def _validate_stages(stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[Stride]) -> None:
+def validate_stages(stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[Stride]) -> None:
     if len(stages) == 0:
         raise ValueError("stages: need at least one stage")
     if len(channels) != len(stages) or len(strides) != len(stages):
         raise ValueError(
             f"stages: got {len(stages)} stages but {len(channels)} channel counts and {len(strides)} strides"
         )
+
+
+def validate_flows(flows: int, num_stages: int) -> None:
+    if not isinstance(flows, int) or isinstance(flows, bool) or not 1 <= flows <= num_stages:
+        raise ValueError(
+            f"flows: got {flows!r}; allowed: an integer from 1 to the number of stages ({num_stages})"
+        )
+
+
+def flow_inputs(x: torch.Tensor, down: nn.Module, flows: int) -> list[torch.Tensor]:
+    """Eq. 2: the inputs of flows 1..N, flow N's being ``x`` and each earlier one ``down``
+    of the next."""
+    inputs = [x]
+    for _ in range(flows - 1):
+        inputs.append(down(inputs[-1]))
+    inputs.reverse()
+    return inputs
 
 
 class R2DNS(nn.Module):
@@ -162,12 +181,9 @@ class R2DNS(nn.Module):
         in_chans: int | None = 3,
     ) -> None:
         super().__init__()
-        _validate_stages(stages, channels, strides)
+        validate_stages(stages, channels, strides)
         num_stages = len(stages)
-        if not isinstance(flows, int) or isinstance(flows, bool) or not 1 <= flows <= num_stages:
-            raise ValueError(
-                f"flows: got {flows!r}; allowed: an integer from 1 to the number of stages ({num_stages})"
-            )
+        validate_flows(flows, num_stages)
         if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0.0 <= eta <= 1.0):
             raise ValueError(f"eta: got {eta!r}; allowed: a number in [0, 1] (paper: 0.5)")
         self.stages = nn.ModuleList(stages)
@@ -203,10 +219,7 @@ class R2DNS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
-        inputs = [x]
-        for _ in range(self.flows - 1):
-            inputs.append(self.down(inputs[-1]))
-        inputs.reverse()  # inputs[n - 1] is flow n's input
+        inputs = flow_inputs(x, self.down, self.flows)  # inputs[n - 1] is flow n's input
         previous: list[torch.Tensor] = []
         for n in range(1, self.flows + 1):
             set_flow(self._mfbn, n - 1)

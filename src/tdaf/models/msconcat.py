@@ -20,7 +20,7 @@ from torch import nn
 
 from ..layers.downsample import Downsample
 from ..layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
-from ..r2dns import Stride, check_input, min_input_size
+from ..r2dns import Stride, check_input, flow_inputs, min_input_size, validate_flows, validate_stages
 from ._registry import create_model, model_cfg, register_model
 from .classifier import TDAFClassifier
 
@@ -48,14 +48,8 @@ class MultiScaleConcat(nn.Module):
         in_chans: int | None = 3,
     ) -> None:
         super().__init__()
-        if len(stages) == 0 or len(channels) != len(stages) or len(strides) != len(stages):
-            raise ValueError(
-                f"stages: got {len(stages)} stages, {len(channels)} channel counts and {len(strides)} strides"
-            )
-        if not isinstance(flows, int) or isinstance(flows, bool) or not 1 <= flows <= len(stages):
-            raise ValueError(
-                f"flows: got {flows!r}; allowed: an integer from 1 to the number of stages ({len(stages)})"
-            )
+        validate_stages(stages, channels, strides)
+        validate_flows(flows, len(stages))
         self.stages = nn.ModuleList(stages)
         self.channels = list(channels)
         self.strides = list(strides)
@@ -82,10 +76,7 @@ class MultiScaleConcat(nn.Module):
 
     def forward_flows(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
-        inputs = [x]
-        for _ in range(self.flows - 1):
-            inputs.append(self.down(inputs[-1]))
-        inputs.reverse()
+        inputs = flow_inputs(x, self.down, self.flows)
         result = []
         for n in range(1, self.flows + 1):
             set_flow(self._mfbn, n - 1)
