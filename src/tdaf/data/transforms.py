@@ -26,23 +26,15 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from ..io.images import to_rgb
+
 __all__ = [
-    "RECIPES", "eval_transform", "train_transform", "ten_crop_transform", "to_rgb", "FitSize", "default_resize",
+    "RECIPES", "eval_transform", "train_transform", "ten_crop_transform", "FitSize", "default_resize",
 ]
 
 RECIPES = ("imagenet", "cifar", "digits", "none")
 
 _META_KEYS = ("input_size", "mean", "std")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode (L, P, RGBA, CMYK, I;16 ...) to RGB; 16-bit greyscale is rescaled."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # PIL's convert("L") clips 16-bit values instead of scaling them.
-        img = img.point(lambda v: v / 256).convert("L")
-    return img.convert("RGB")
 
 
 class FitSize(torch.nn.Module):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..engine.checkpoint import load_state_dict_file
+from ..io.files import load_state_dict_file
 
 __all__ = ["load_pretrained"]
 

@@ -9,7 +9,7 @@ Rules, shared by both commands (and documented in docs/predict.md):
   ignored and counted; an image-named file that cannot be decoded is skipped with a
   warning and counted, so one bad file does not stop a large folder.
 * Every PIL mode is converted to RGB the way training converts it
-  (:func:`tdaf.data.transforms.to_rgb`): greyscale is repeated, palette and CMYK are
+  (:func:`to_rgb`): greyscale is repeated, palette and CMYK are
   converted, alpha is dropped, 16-bit greyscale (``I;16``, ``I``) is scaled to 8 bits.
   EXIF orientation tags are ignored, as the training loaders ignore them, so a
   prediction on a file equals its evaluation by ``tdaf eval``.
@@ -25,10 +25,20 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageList", "collect_images", "open_image", "unique_stems"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageList", "collect_images", "open_image", "unique_stems", "to_rgb"]
 
 
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted({e.lower() for e in IMG_EXTENSIONS} | {".gif"}))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, CMYK, I;16 ...) to RGB; 16-bit greyscale is rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PIL's convert("L") clips 16-bit values instead of scaling them.
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
 
 
 @dataclass
@@ -91,8 +101,6 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and decode one image file as RGB; ValueError naming the file if it is not an image."""
-    from .data.transforms import to_rgb
-
     p = Path(path)
     try:
         with open(p, "rb") as f:

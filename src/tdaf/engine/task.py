@@ -1,0 +1,192 @@
+"""The task interface: what the trainer needs from a task, and nothing more.
+
+The trainer (:mod:`tdaf.engine.trainer`) is shared by every task of the paper
+(classification §4.1, detection §4.2, pose §4.3, video §4.4). It never looks behind
+this interface: a task builds its model and its data, turns a batch into losses, and
+supplies an :class:`Evaluator` whose metrics decide ``best.pt``. Tasks live in their own
+packages (``tdaf.classification``, ...) and register themselves with
+:func:`register_task`; the engine names none of them.
+
+Batches: a task's ``collate`` returns a :class:`Batch`, ``(inputs, targets, skipped)``:
+``inputs`` is whatever the model takes (None when every item of the batch was
+unreadable), ``targets`` whatever the loss and the evaluator take, ``skipped`` the names
+of unreadable items (skipped and counted by the trainer, or fatal under ``strict``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "register_task", "get_task",
+    "task_names", "move_to",
+]
+
+
+class Batch(NamedTuple):
+    """One collated batch: model inputs (None if all items were unreadable), targets,
+    and the names of the unreadable items that were left out."""
+
+    inputs: Any
+    targets: Any
+    skipped: list[str]
+
+
+@dataclass
+class StepOutput:
+    """A training step's result for one micro-batch.
+
+    ``loss`` is the scalar to back-propagate (a mean over the micro-batch); ``count`` the
+    number of samples; ``sums`` summable statistics (e.g. correct predictions, or each
+    loss term times ``count``), reported per epoch as ``train_<key>`` = sum / count.
+    """
+
+    loss: torch.Tensor
+    count: int
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TaskData:
+    """A task's data for one run.
+
+    ``meta`` is what a checkpoint must know to use the model on new data (class names,
+    mean/std, input size, ...; stored under the checkpoint's ``meta``); ``in_memory``
+    data sets load without worker processes by default.
+    """
+
+    train: Dataset
+    val: Dataset
+    collate: Callable[[list[Any]], Batch]
+    meta: dict[str, Any]
+    in_memory: bool = False
+    description: str = ""
+
+
+@dataclass
+class BuiltModel:
+    """A model and the ``(name, kwargs)`` that rebuild it (``tdaf.create_model`` or the
+    task's own builder), recorded in checkpoints."""
+
+    model: nn.Module
+    name: str
+    kwargs: dict[str, Any]
+
+
+class Evaluator(ABC):
+    """Accumulates a task's validation metrics: ``update`` per batch, ``gather`` across
+    processes, ``compute`` once. ``compute`` returns plain numbers keyed by metric name."""
+
+    @abstractmethod
+    def update(self, outputs: Any, targets: Any) -> None: ...
+
+    def gather(self) -> None:
+        """Combine the state of every process (a no-op in one process)."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(ABC):
+    """One of the paper's tasks, as the trainer sees it.
+
+    Attributes:
+        name: the registry name, recorded in checkpoints.
+        main_metric: the evaluator key that decides ``best.pt``.
+        greater_is_better: direction of ``main_metric``.
+        log_metrics: evaluator keys written to ``metrics.csv`` as ``val_<key>``
+            (default: every key the evaluator returns).
+        train_metrics: ``StepOutput.sums`` keys written as ``train_<key>``.
+    """
+
+    name: str = ""
+    main_metric: str = ""
+    greater_is_better: bool = True
+    log_metrics: tuple[str, ...] | None = None
+    train_metrics: tuple[str, ...] = ()
+
+    def check_config(self, cfg: Any, source: str = "config") -> None:
+        """Raise ValueError (naming ``source``) for settings this task cannot run."""
+
+    @abstractmethod
+    def build_model(self, cfg: Any, meta: dict[str, Any]) -> BuiltModel:
+        """The model for ``cfg`` and the data described by ``meta``."""
+
+    @abstractmethod
+    def build_data(self, cfg: Any) -> TaskData:
+        """The training and validation sets of ``cfg``."""
+
+    def input_dims(self) -> int:
+        """Spatial dimensions of the model input (2: images; 3: video clips)."""
+        return 2
+
+    def move(self, inputs: Any, targets: Any, device: torch.device,
+             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Any, Any]:
+        """Move a batch to ``device`` (tensors, and lists / dicts of them)."""
+        return move_to(inputs, device, memory_format), move_to(targets, device)
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, inputs: Any, targets: Any) -> StepOutput:
+        """Forward in training mode and the losses of one micro-batch."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, inputs: Any) -> Any:
+        """Eval-mode outputs that :meth:`Evaluator.update` takes."""
+
+    @abstractmethod
+    def evaluator(self) -> Evaluator:
+        """A fresh evaluator for one validation pass."""
+
+    def better(self, value: float, best: float | None) -> bool:
+        if value != value:  # NaN never improves
+            return False
+        if best is None:
+            return True
+        return value > best if self.greater_is_better else value < best
+
+
+def move_to(obj: Any, device: torch.device, memory_format: torch.memory_format | None = None) -> Any:
+    """Tensors (in lists, tuples and dicts, recursively) moved to ``device``; 4-D/5-D
+    tensors in ``memory_format`` where given (channels-last picks the 3-D variant for 5-D)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.to(device, non_blocking=True)
+        if memory_format is not None and memory_format != torch.contiguous_format and t.dim() in (4, 5):
+            fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+            t = t.contiguous(memory_format=fmt)
+        return t
+    if isinstance(obj, dict):
+        return {k: move_to(v, device, memory_format) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to(v, device, memory_format) for v in obj)
+    return obj
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+    """Make ``factory(**options)`` available as task ``name`` (``tdaf train --task NAME``)."""
+    if name in _TASKS and _TASKS[name] is not factory:
+        raise ValueError(f"task {name!r} is registered twice")
+    _TASKS[name] = factory
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """A new task object of the registered ``name``."""
+    if name not in _TASKS:
+        close = difflib.get_close_matches(name, list(_TASKS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"task: got {name!r}{hint}; allowed: {', '.join(task_names()) or 'none registered'}")
+    return _TASKS[name](**options)

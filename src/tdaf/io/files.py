@@ -1,0 +1,171 @@
+"""Files on disk, below every other part of tdaf: safe loading, atomic saving, writable folders.
+
+Opening a file never runs code from it: everything loads with
+``torch.load(..., weights_only=True)`` (or safetensors), and a pickle that asks for more
+is refused with a clear error. Saving writes a temporary file in the same folder, syncs
+it and renames it over the target, so an interrupted save never destroys the last good
+file; temporaries left by a killed process are removed by :func:`clean_stale_temporaries`.
+
+This module imports nothing from tdaf, so models, the engine and the commands can all
+use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "safe_load", "load_state_dict_file", "atomic_save", "atomic_write_text", "ensure_writable_dir",
+    "clean_stale_temporaries", "first_line", "TEMP_SUFFIX",
+]
+
+TEMP_SUFFIX = ".tmp"
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none
+    (``EOFError()`` from an empty file has no message)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def safe_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """Load a torch file with ``weights_only=True``; clear errors for every failure.
+
+    ``what`` names the parameter or role of the file in error messages.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what}: file not found: {p}")
+    if p.is_dir():
+        raise ValueError(f"{what}: {p} is a directory, expected a file")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read {p} ({first_line(e)})") from e
+    if size == 0:
+        raise ValueError(f"{what}: {p} is empty (0 bytes): a save was interrupted or the file was truncated")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file  # optional dependency, only for this format
+
+        try:
+            return load_file(str(p), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{what}: {p} is not a readable safetensors file ({first_line(e)})") from e
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        message = str(e)
+        if "Weights only load failed" in message or "weights_only" in message:
+            # A real pickle that names globals beyond tensors and plain containers.
+            detail = next((ln.strip() for ln in message.splitlines() if "GLOBAL" in ln or "Unsupported" in ln),
+                          first_line(e))
+            raise ValueError(
+                f"{what}: refused to load {p}: it contains Python objects beyond tensors and plain containers, "
+                f"and loading it could run code from the file (weights_only=True). Re-save it as a plain "
+                f"state dict. Details: {detail}"
+            ) from e
+        raise ValueError(f"{what}: {p} is not a PyTorch file (not a pickle torch can read: {first_line(e)})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
+        raise ValueError(f"{what}: {p} is truncated or not a PyTorch file ({first_line(e)})") from e
+
+
+def load_state_dict_file(path: str | os.PathLike[str], what: str = "pretrained") -> dict[str, torch.Tensor]:
+    """A state dict from a file: a bare state dict, or one nested under ``state_dict``,
+    ``model`` or ``model_state_dict`` (``module.`` prefixes from DDP are removed)."""
+    obj = safe_load(path, what)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{what}: {path} does not hold a state dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(p.name), suffix=TEMP_SUFFIX, dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        # Also on KeyboardInterrupt / SystemExit (SIGINT, SIGTERM): no half-written leftovers.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write a text file atomically (a reader sees the old or the new content, never half)."""
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = 0.0) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_save` (``.NAME.*.tmp``) that a killed process
+    left in ``folder``; returns the removed paths. Call it before a run starts writing
+    there (a live writer's temporary is younger than ``older_than_s``)."""
+    removed = []
+    p = Path(folder)
+    if not p.is_dir():
+        return removed
+    now = time.time()
+    for f in p.iterdir():
+        if f.name.startswith(".") and f.name.endswith(TEMP_SUFFIX) and f.is_file():
+            try:
+                if now - f.stat().st_mtime >= older_than_s:
+                    f.unlink()
+                    removed.append(f)
+            except OSError:
+                pass
+    return removed
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Create ``path`` if needed and check that files can be written in it, before any
+    long work starts. ValueError naming ``what`` when it is a file, lies below a file, or
+    cannot be written."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what}: {p} is a file, expected a folder (or a path where one can be created)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what}: cannot create {p}: {parent} is a file, not a folder")
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TEMP_SUFFIX, dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                  errno.EROFS: "read-only file system"}.get(e.errno or 0, first_line(e))
+        raise ValueError(f"{what}: cannot write in {p} ({reason})") from e
+    return p
