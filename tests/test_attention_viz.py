@@ -15,7 +15,7 @@ from torch import nn
 
 import tdaf
 from tdaf.cli.main import main
-from tdaf.data.transforms import eval_transform
+from tdaf.classification.data import eval_transform
 from tdaf.engine.checkpoint import atomic_save, checkpoint_payload
 from tdaf.r2dns import R2DNS
 from tdaf.viz import attention_figure, attention_grid, compute_attention, save_attention_figure, save_maps

@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tdaf.data import (
-    GlobalBatchSampler, ShardSampler, TransformedDataset, build_datasets, collate_skip, open_split,
-)
-from tdaf.data.cifar10 import Cifar10Dataset
+from tdaf.classification.data import build_datasets, open_split
+from tdaf.classification.data.cifar10 import Cifar10Dataset
+from tdaf.classification.data.imagefolder import ImageFolderDataset
+from tdaf.classification.data.transforms import eval_transform, ten_crop_transform, train_transform
+from tdaf.data import GlobalBatchSampler, ShardSampler, TransformedDataset, collate_skip
 from tdaf.data.digits import DIGITS_MEAN, DIGITS_STD, digits_pixels
-from tdaf.data.imagefolder import ImageFolderDataset
-from tdaf.data.transforms import eval_transform, ten_crop_transform, train_transform
 
 
 
@@ -161,7 +160,7 @@ def test_imagefolder_layout_labels_and_skipping(tmp_path):
     ds = TransformedDataset(train, eval_transform(meta), seeded=False)
     x, y, skipped = collate_skip([ds[i] for i in range(len(ds))])
     assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 0, 1, 1, 1]
-    assert len(skipped) == 1 and skipped[0].endswith("broken.jpg")
+    assert len(skipped) == 1 and "broken.jpg (" in skipped[0] and skipped[0].endswith(")")  # names the reason
 
 
 def test_imagefolder_errors_show_the_layout(tmp_path):
@@ -181,7 +180,7 @@ def test_imagefolder_errors_show_the_layout(tmp_path):
 
 
 def test_build_datasets_errors():
-    with pytest.raises(ValueError, match="data: got 'mnist'; allowed: digits, cifar10, imagefolder"):
+    with pytest.raises(ValueError, match="data: got 'mnist'; allowed for task classification: digits, cifar10, imagefolder"):
         build_datasets("mnist")
     with pytest.raises(ValueError, match="--data-dir: digits is built in"):
         build_datasets("digits", "/tmp")

@@ -17,7 +17,7 @@ import tdaf
 from tdaf.layers import MultiFlowBatchNorm
 from tdaf.cli.main import main
 from tdaf.data.digits import digits_pixels
-from tdaf.data.transforms import eval_transform
+from tdaf.classification.data import eval_transform
 from tdaf.engine.checkpoint import atomic_save, checkpoint_payload
 
 

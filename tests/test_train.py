@@ -15,7 +15,7 @@ from tdaf.cli.main import main
 from tdaf.cli.train import config_from_args
 from tdaf.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from tdaf.engine.config import TrainConfig, load_config_file
-from tdaf.engine.tasks import ClassificationTask
+from tdaf.classification import ClassificationTask
 from tdaf import create_model
 from tdaf.engine.trainer import Trainer, lr_at, seed_everything
 
@@ -74,11 +74,11 @@ class _StopAt(ClassificationTask):
         super().__init__()
         self.calls, self.at_call = 0, at_call
 
-    def loss(self, output, target):
+    def training_step(self, model, inputs, targets):
         self.calls += 1
         if self.calls == self.at_call:
             raise Preempted
-        return super().loss(output, target)
+        return super().training_step(model, inputs, targets)
 
 
 def test_resume_is_exact(tmp_path):
@@ -132,17 +132,18 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
     seen: dict[str, str] = {}
-    real_loss = ClassificationTask.loss
+    real_step = ClassificationTask.training_step
     calls = {"n": 0}
 
-    def loss(self, output, target):
+    def training_step(self, model, inputs, targets):
         calls["n"] += 1
+        result = real_step(self, model, inputs, targets)
         if calls["n"] == 2:  # epoch 2, step 1 (one step per epoch)
             seen["last"], seen["best"] = _sha(out / "last.pt"), _sha(out / "best.pt")
-            return real_loss(self, output, target) * float("nan")
-        return real_loss(self, output, target)
+            result.loss = result.loss * float("nan")
+        return result
 
-    monkeypatch.setattr(ClassificationTask, "loss", loss)
+    monkeypatch.setattr(ClassificationTask, "training_step", training_step)
     code = main(["train", "--model", "resnet18_cifar", "--input-size", "8", "--train-subset", "8",
                  "--val-subset", "8", "--batch-size", "8", "--epochs", "3", "--out", str(out),
                  "--no-progress", "--no-tensorboard"])
@@ -274,4 +275,4 @@ def test_train_from_cifar_and_imagefolder_folders(tmp_path, capsys, caplog):
     assert main(["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "f"), *common, "--batch-size", "7",
                  "--strict", "--out", str(tmp_path / "strict")]) == 2
     err = capsys.readouterr().err
-    assert "tdaf train: error: unreadable image" in err and "broken.jpg" in err and "--strict" in err
+    assert "tdaf train: error: unreadable input" in err and "broken.jpg (" in err and "--strict" in err

@@ -1,5 +1,6 @@
 """tdaf: the Top-Down Attention Framework (Pang et al.) for the CNNs people already use."""
 
+from . import classification  # noqa: F401  (registers the classification task and its data sets)
 from .attention import record_attention
 from .layers import ANAR, MultiFlowBatchNorm, convert_to_mfbn, create_anar
 from .models import TDAFClassifier, create_model, is_model, list_models, model_cfg, register_model

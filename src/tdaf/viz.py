@@ -39,6 +39,9 @@ from PIL import Image
 from torch import nn
 
 from .attention import record_attention
+from .classification.data.transforms import eval_transform
+from .engine.checkpoint import model_from_checkpoint
+from .io.files import atomic_save
 
 __all__ = [
     "AttentionGrid", "attention_grid", "attention_figure", "save_attention_figure", "compute_attention",
@@ -287,8 +290,6 @@ def save_maps(maps: Maps, out_dir: str | os.PathLike[str], stem: str, fmt: str, 
     """Save the raw maps of one image: ``npy`` (one ``STEM.stage{l}_flow{n}.npy`` per map),
     ``npz`` (one ``STEM.maps.npz``) or ``pt`` (one ``STEM.maps.pt`` dict of tensors, loads
     with ``torch.load(weights_only=True)``)."""
-    from .engine.checkpoint import atomic_save
-
     if fmt not in MAP_FORMATS:
         raise ValueError(f"--save-maps: got {fmt!r}; allowed: {', '.join(MAP_FORMATS)}")
     out = Path(out_dir)
@@ -338,12 +339,10 @@ def save_attention_figures(
     **kwargs: Any,
 ) -> list[Path]:
     """One attention figure per ``(name, PIL image)``: ``OUT/NAME.attention.png``, the
-    image preprocessed with ``meta`` (:func:`tdaf.data.transforms.eval_transform`), titled
+    image preprocessed with ``meta`` (:func:`tdaf.classification.data.eval_transform`), titled
     with the prediction of a classifier. With ``save_maps_as`` (``npy``/``npz``/``pt``)
     the raw maps too. ``progress`` is called once per image (e.g. a tqdm ``update``).
     ``kwargs`` go to :func:`attention_figure`. Returns the written paths."""
-    from .data.transforms import eval_transform
-
     transform = eval_transform(dict(meta))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,8 +368,6 @@ def checkpoint_attention_figures(checkpoint: str | os.PathLike[str], images: Ite
                                  out_dir: str | os.PathLike[str], **kwargs: Any) -> list[Path]:
     """:func:`save_attention_figures` for a tdaf checkpoint (e.g. the demo's trained
     TDAF model on a few test digits)."""
-    from .engine.checkpoint import model_from_checkpoint
-
     model, meta = model_from_checkpoint(checkpoint)
     kwargs.setdefault("metadata", {"tdaf:checkpoint": Path(checkpoint).name})
     return save_attention_figures(model, meta, images, out_dir, **kwargs)

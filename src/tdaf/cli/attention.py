@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.transforms import eval_transform
-from ..io import collect_images, open_image, unique_stems
+from ..classification.data import eval_transform
+from ..io.images import collect_images, open_image, unique_stems
 from ..viz import (
     MAP_FORMATS, compute_attention, figure_title, save_attention_figure, save_attention_figures, save_maps,
 )

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data import DATASETS, RECIPES
-from ..engine.config import SCHEDULES, TrainConfig, load_config_file
+from ..classification.data import RECIPES, dataset_list
+from ..classification.evaluate import evaluate_checkpoint
+from ..engine.checkpoint import load_checkpoint
+from ..engine.config import MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
+from ..engine.task import task_for_config, task_names
+from ..engine.trainer import TrainingDiverged, Trainer
 
 log = logging.getLogger("tdaf.train")
 
@@ -22,15 +27,18 @@ _BOOL = argparse.BooleanOptionalAction
 TRAIN_EPILOG = """\
 examples:
   tdaf train --data digits --model tdaf_resnet18_cifar --epochs 2 --batch-size 64 --seed 0 --out runs/d
-  tdaf train --data digits --model tdaf_resnet18_cifar --epochs 4 --out runs/d --resume runs/d/last.pt
+  tdaf train --epochs 4 --resume runs/d/last.pt   (the checkpoint holds the rest of the config)
   tdaf train --config configs/tab2_cifar10_tdaf_resnet50_anar3.yaml --data-dir ~/data/cifar-10-batches-py
   tdaf train --config configs/tab3a_imagenet_tdaf_resnet50_anar3_3f.yaml --data-dir /data/imagenet
   torchrun --nproc-per-node 8 -m tdaf train --config ... (data-parallel; see docs/training.md)
 
-Writes OUT/last.pt every epoch and OUT/best.pt on a new best validation top-1 (both atomically),
-OUT/metrics.csv, OUT/tb/ (TensorBoard) and OUT/config.yaml. Values: defaults < --config file <
-flags. --batch-size is the global batch over all processes; the learning rate is
-lr x batch-size / lr-batch (the paper's 0.1 x batch/256).
+Writes OUT/best.pt on a new best validation metric, then OUT/last.pt every epoch (both
+atomically), OUT/metrics.csv, OUT/tb/ (TensorBoard) and OUT/config.yaml. Values: defaults <
+--config file < flags; with --resume the checkpoint's config replaces the defaults, and flags
+that would change the architecture or the data are refused. --batch-size is the global batch
+over all processes; the learning rate is lr x batch-size / lr-batch (the paper's 0.1 x batch/256).
+A run that diverges (non-finite loss, weights, statistics or validation loss) stops with exit
+status 1 before saving anything, leaving the last good checkpoints as they were.
 """
 
 
@@ -48,6 +56,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=_S,
     )
     p.add_argument("--config", metavar="YAML", help="a config file (see configs/); flags override its values")
+    p.add_argument("--task", help=f"the task: {', '.join(task_names())} (default classification)")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="registered model, e.g. resnet18_cifar, tdaf_resnet50 (default resnet18_cifar)")
     g.add_argument("--flows", type=int, help="TDAF flows N (default 3)")
@@ -56,7 +65,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--downsample", help="TDAF downsampling between flows: avg | bilinear (default avg)")
     g.add_argument("--pretrained", metavar="FILE", help="initialise the plain backbone from a local state dict")
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=list(DATASETS), help="data set (default digits: built in, no download)")
+    g.add_argument("--data", metavar="NAME",
+                   help=f"data set of the task; classification: {', '.join(dataset_list())} (default digits: built "
+                   "in, no download)")
     g.add_argument("--data-dir", metavar="PATH",
                    help="cifar10: the cifar-10-batches-py folder (or its parent); imagefolder: a folder with "
                    "train/CLASS/*.jpg and val/CLASS/*.jpg")
@@ -70,6 +81,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, help="data loader processes per training process (default: automatic)")
     g.add_argument("--strict", action=_BOOL, help="stop at the first unreadable image instead of skipping it")
     g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), help="sgd (the paper's, default), adam or adamw")
     g.add_argument("--epochs", type=int, help="epochs (default 10)")
     g.add_argument("--batch-size", type=int, help="global batch over all processes (default 64)")
     g.add_argument("--accum-steps", type=int, help="micro-batches accumulated per step in each process (default 1)")
@@ -84,6 +96,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gamma", type=float, help="step schedule factor (default 0.1)")
     g.add_argument("--warmup-epochs", type=float, help="linear lr warm-up (default 0)")
     g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0)")
+    g.add_argument("--clip-grad-norm", type=float, metavar="MAX",
+                   help="clip the gradients' global norm to MAX, and stop on a non-finite norm (default off)")
     g.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
     g = p.add_argument_group("execution")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -101,8 +115,17 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
+# Settings of the machine, not of the run: a resumed run takes them from the command line only.
+_NOT_RESUMED = ("resume", "out", "overwrite", "device", "workers", "progress")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < the --config file (and its bases) < flags given on the command line."""
+    """Defaults < the --config file (and its bases) < flags given on the command line.
+
+    With ``--resume``, the checkpoint's own config takes the place of the defaults, so a
+    run continues with the flags ``--resume CKPT`` alone; flags that change the task, the
+    model or the data are refused unless they repeat the checkpoint's values.
+    """
     values: dict[str, Any] = {}
     source = "command line"
     config = getattr(args, "config", None)
@@ -112,19 +135,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         TrainConfig.from_dict(values, f"--config {config}")  # report file errors against the file
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
     values.update(flags)
-    if values.get("resume") and "out" not in values:
-        values["out"] = str(Path(values["resume"]).expanduser().parent)
-    return TrainConfig.from_dict(values, source)
+    resume = values.get("resume")
+    if resume:
+        saved = load_checkpoint(resume, "--resume").get("config", {})
+        for key in MODEL_KEYS:
+            if key in values and saved.get(key) is not None and values[key] != saved[key]:
+                raise ValueError(
+                    f"--{key.replace('_', '-')}: got {values[key]!r}, but {resume} was trained with "
+                    f"{saved[key]!r}; a resumed run keeps the task, model and data of the run that wrote it "
+                    f"(drop the flag, or start a new run in another --out folder)")
+        values = {**{k: v for k, v in saved.items() if k in TrainConfig.keys() and k not in _NOT_RESUMED}, **values}
+        if "out" not in values:
+            values["out"] = str(Path(resume).expanduser().parent)
+    cfg = TrainConfig.from_dict(values, source)
+    task_for_config(cfg).check_config(cfg, source)
+    return cfg
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..engine.trainer import NonFiniteLossError, Trainer
-
     cfg = config_from_args(args)
     _threads(getattr(args, "threads", None))
     try:
         Trainer(cfg).fit()
-    except NonFiniteLossError as e:
+    except TrainingDiverged as e:
         print(f"tdaf train: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -147,8 +180,8 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
         epilog="example: tdaf eval --checkpoint runs/d/best.pt --data digits --json",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by tdaf train")
-    p.add_argument("--data", choices=list(DATASETS), default=None,
-                   help="data set (default: the one the checkpoint was trained on)")
+    p.add_argument("--data", metavar="NAME", default=None,
+                   help=f"data set ({', '.join(dataset_list())}; default: the one the checkpoint was trained on)")
     p.add_argument("--data-dir", metavar="PATH", default=None, help="folder of cifar10 / imagefolder data")
     p.add_argument("--split", choices=("val", "train"), default="val", help="split to evaluate (default val)")
     p.add_argument("--subset", type=int, metavar="N", default=None, help="a fixed random subset of N images")
@@ -164,56 +197,30 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from ..data import ShardSampler, TransformedDataset, collate_skip, open_split, subset_indices
-    from ..data.transforms import eval_transform, ten_crop_transform
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..engine.distributed import setup, teardown
-    from ..engine.evaluate import evaluate
-
     _threads(args.threads)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
-    model, meta = model_from_checkpoint(args.checkpoint, "--checkpoint")
-    data = args.data or meta.get("data")
-    if data is None:
-        raise ValueError(f"--data: {args.checkpoint} does not record its data set; give --data")
-    if data == "digits" and args.data_dir is not None:
-        raise ValueError("--data-dir: digits is built in and reads no folder; drop --data-dir")
-    raw = open_split(data, args.split, args.data_dir)
-    classes = list(meta.get("class_names") or [])
-    if classes and len(classes) != len(raw.classes):
-        raise ValueError(f"--data: {data} has {len(raw.classes)} classes, the checkpoint's model {len(classes)}")
-    if classes and classes != raw.classes:
-        diff = next(i for i, (a, b) in enumerate(zip(classes, raw.classes)) if a != b)
-        raise ValueError(f"--data: class {diff} is {raw.classes[diff]!r} here but {classes[diff]!r} in the "
-                         f"checkpoint; the data's class folders must match the training data")
-    transform = ten_crop_transform(meta) if args.ten_crop else eval_transform(meta)
-    dataset = TransformedDataset(raw, transform, indices=subset_indices(len(raw), args.subset), seeded=False)
-    env = setup(args.device)
-    try:
-        workers = args.workers if args.workers is not None else (0 if data == "digits" else 4)
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=workers, collate_fn=collate_skip,
-                            sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-                            pin_memory=env.device.type == "cuda")
-        model.to(env.device)
-        if args.channels_last:
-            model.to(memory_format=torch.channels_last)
-        result = evaluate(model, loader, env.device, amp=args.amp, channels_last=args.channels_last,
-                          strict=args.strict, progress=not args.json and env.is_main)
-    finally:
-        if env.distributed:
-            teardown()
-    if not env.is_main:
+    out = evaluate_checkpoint(
+        args.checkpoint, args.data, args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
+        ten_crop=args.ten_crop, workers=args.workers, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, strict=args.strict, progress=not args.json,
+    )
+    if out is None:  # not the main process
         return 0
-    out = {"checkpoint": str(args.checkpoint), "model": meta.get("model_name"), "data": data, "split": args.split,
-           "crops": 10 if args.ten_crop else 1, "epoch": meta.get("epoch"), **result}
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps(_json_safe(out), allow_nan=False))
     else:
-        print(f"{out['model']} on {data}/{args.split} ({out['images']} images, {out['crops']}-crop"
+        print(f"{out['model']} on {out['data']}/{args.split} ({out['images']} images, {out['crops']}-crop"
               f"{', %d unreadable skipped' % out['skipped'] if out['skipped'] else ''}): "
               f"top-1 {out['top1']:.4f}  top-5 {out['top5']:.4f}  loss {out['loss']:.4f}")
     return 0

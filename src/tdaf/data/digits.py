@@ -1,4 +1,4 @@
-"""scikit-learn's handwritten digits as a 10-class image data set (the quick-start data).
+"""scikit-learn's bundled handwritten digits: the real images every quick start of tdaf uses.
 
 ``sklearn.datasets.load_digits()`` ships 1,797 real 8x8 scans of handwritten digits
 (UCI "Optical Recognition of Handwritten Digits", 43 writers), values 0..16 with 16 the
@@ -6,7 +6,9 @@ ink. They are scaled to 0..255 and upscaled to 32x32 with bilinear interpolation
 digit on a dark ground, so CIFAR-style models take them unchanged; models get 3
 channels (the grey value repeated).
 
-The split is fixed and independent of the training seed: a stratified 80/20 split
+The classification task reads them as a 10-class data set (``--data digits``); other
+tasks build their small bundled sets from the same pixels. The split is fixed and
+independent of the training seed: a stratified 80/20 split
 (``train_test_split(..., test_size=0.2, stratify=labels, random_state=0)``), 1,437
 training and 360 test images; ``val`` is the test split.
 """
@@ -18,9 +20,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from ._base import RawDataset
-
-__all__ = ["DigitsDataset", "DIGITS_MEAN", "DIGITS_STD", "SPLIT_SEED", "digits_pixels"]
+__all__ = ["DIGITS_MEAN", "DIGITS_STD", "SPLIT_SEED", "IMAGE_SIZE", "digits_pixels"]
 
 SPLIT_SEED = 0
 IMAGE_SIZE = 32
@@ -55,21 +55,3 @@ def digits_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"split: got {split!r}; allowed: train, val")
     idx = train if split == "train" else test
     return images[idx], labels[idx]
-
-
-class DigitsDataset(RawDataset):
-    """One split of the digits (``train``: 1,437 images, ``val``: 360), as 32x32 greyscale PIL images."""
-
-    def __init__(self, split: str = "train") -> None:
-        self.images, self.labels = digits_pixels(split)
-        self.split = split
-        self.classes = [str(i) for i in range(10)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def load(self, index: int) -> tuple[Image.Image | None, int, str]:
-        return Image.fromarray(self.images[index], "L"), int(self.labels[index]), f"digits/{self.split}/{index}"
-
-    def targets(self) -> list[int]:
-        return self.labels.tolist()

@@ -1,19 +1,36 @@
-"""From a raw data set to batches: per-sample seeded augmentation and skip-aware collation."""
+"""From a raw data set to batches: per-sample seeded augmentation and skip-aware collation.
+
+A raw data set is anything with ``__len__`` and ``load(i) -> (sample or None, target, name)``
+(None marks an unreadable sample; ``name`` then says which file and why).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._base import RawDataset
+__all__ = ["TransformedDataset", "collate_skip", "RawSplit", "Batch"]
 
-__all__ = ["TransformedDataset", "collate_skip", "Batch"]
 
-Batch = tuple[torch.Tensor | None, torch.Tensor, list[str]]
+class Batch(NamedTuple):
+    """One collated batch: model inputs (None if every item was unreadable), targets, and
+    the names of the unreadable items that were left out (each with the reason)."""
+
+    inputs: Any
+    targets: Any
+    skipped: list[str]
+
+
+class RawSplit(Protocol):
+    """A split before any transform: ``load(i) -> (sample or None, target, name)``."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[Any, Any, str]: ...
 
 
 class TransformedDataset(Dataset):
@@ -25,7 +42,7 @@ class TransformedDataset(Dataset):
     Items are ``(tensor or None, label, path)``; None marks an unreadable image.
     """
 
-    def __init__(self, raw: RawDataset, transform: Callable[[Any], torch.Tensor], seed: int = 0,
+    def __init__(self, raw: RawSplit, transform: Callable[[Any], torch.Tensor], seed: int = 0,
                  indices: Sequence[int] | None = None, seeded: bool = True) -> None:
         self.raw = raw
         self.transform = transform
@@ -36,7 +53,7 @@ class TransformedDataset(Dataset):
 
     @property
     def classes(self) -> list[str]:
-        return self.raw.classes
+        return self.raw.classes  # type: ignore[attr-defined]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -57,10 +74,18 @@ class TransformedDataset(Dataset):
             return self.transform(img), label, path
 
 
-def collate_skip(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
-    """Stack the readable items; return ``(images or None, labels, paths of skipped items)``."""
+def collate_skip(items: list[tuple[Any, Any, str]]) -> Batch:
+    """Stack the readable items: ``Batch(inputs or None, labels, names of skipped items)``;
+    integer targets become a long tensor, tensors are stacked, anything else stays a list."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[2] for it in items if it[0] is None]
-    x = torch.stack([it[0] for it in good]) if good else None  # type: ignore[misc]
-    y = torch.tensor([it[1] for it in good], dtype=torch.long)
-    return x, y, skipped
+    x = torch.stack([it[0] for it in good]) if good else None
+    targets = [it[1] for it in good]
+    y: Any
+    if all(isinstance(t, int) for t in targets):
+        y = torch.tensor(targets, dtype=torch.long)
+    elif targets and all(isinstance(t, torch.Tensor) for t in targets):
+        y = torch.stack(targets)
+    else:
+        y = targets
+    return Batch(x, y, skipped)

@@ -1,10 +1,8 @@
-"""Safe loading and atomic saving of weights and checkpoints.
+"""The tdaf checkpoint: its layout, reading it, and rebuilding the model it holds.
 
-Opening a file never runs code from it: everything loads with
-``torch.load(..., weights_only=True)`` (or safetensors), and a pickle that asks for more
-is refused with a clear error. Saving writes a temporary file in the same folder, syncs
-it and renames it over the target, so an interrupted save never destroys the last good
-file.
+Files load with ``weights_only=True`` and save atomically (:mod:`tdaf.io.files`), so
+opening a checkpoint never runs code from it and an interrupted save never destroys the
+last good one.
 """
 
 from __future__ import annotations
@@ -14,11 +12,12 @@ from typing import Any
 
 import torch
 
-from ..io.files import atomic_save, load_state_dict_file, safe_load
+from ..io.files import atomic_save, first_line, load_state_dict_file, safe_load
+from ..models import create_model
 
 __all__ = [
     "safe_load", "atomic_save", "load_state_dict_file", "checkpoint_payload", "load_checkpoint",
-    "model_from_checkpoint", "CHECKPOINT_FORMAT",
+    "model_from_checkpoint", "CHECKPOINT_FORMAT", "state_dict_mismatch", "architecture", "build_from_spec",
 ]
 
 CHECKPOINT_FORMAT = "tdaf-checkpoint/1"
@@ -52,20 +51,58 @@ def load_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> d
             f"{what}: {path} is not a tdaf checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r}); "
             f"for plain torchvision/timm weights use pretrained= instead"
         )
+    spec = obj.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"{what}: {path} is a damaged tdaf checkpoint (no model name or no state_dict)")
     return obj
+
+
+def state_dict_mismatch(own: dict[str, Any], given: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+    """Which keys of ``given`` do not fit ``own`` (missing, unexpected, mis-shaped), the first
+    few of each, as one readable string ("" when everything fits)."""
+    missing = [k for k in own if k not in given and not k.endswith(ignore or ("\0",))]
+    unexpected = [k for k in given if k not in own]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" for k in given
+              if k in own and hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches (file vs model)", shapes)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts)
+
+
+def architecture(model: torch.nn.Module) -> dict[str, Any]:
+    """The settings that define a model's architecture beyond its name, as the model reports
+    them (its ``pretrained_cfg``): the TDAF settings, resolved to their defaults."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {k: cfg[k] for k in ("flows", "anar", "eta", "downsample") if k in cfg}
+
+
+def build_from_spec(spec: dict[str, Any], device: str | torch.device | None = None) -> torch.nn.Module:
+    """The (untrained) model a checkpoint's ``model`` entry names; on the ``meta`` device it
+    costs no memory (for comparing architectures)."""
+    if device is None:
+        return create_model(spec["name"], **spec.get("kwargs", {}))
+    with torch.device(device):
+        return create_model(spec["name"], **spec.get("kwargs", {}))
 
 
 def model_from_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model saved in a tdaf checkpoint; returns ``(model in eval mode, meta)``."""
-    from ..models import create_model
-
     ckpt = load_checkpoint(path, what)
     spec = ckpt["model"]
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{what}: {path}: weights do not fit {spec['name']} ({str(e).splitlines()[0]})") from e
+        model = build_from_spec(spec)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{what}: {path} names model {spec.get('name')!r} {spec.get('kwargs')}, which cannot "
+                         f"be built here ({first_line(e)})") from e
+    state = ckpt["state_dict"]
+    problems = state_dict_mismatch(model.state_dict(), state)
+    if problems:
+        raise ValueError(f"{what}: {path}: weights do not fit {spec['name']} {spec.get('kwargs', {})}: {problems}")
+    model.load_state_dict(state, strict=True)
     model.eval()
     meta = dict(ckpt.get("meta", {}))
     meta.setdefault("model_name", spec["name"])

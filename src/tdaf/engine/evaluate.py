@@ -1,4 +1,4 @@
-"""Evaluation of a classifier: 1-crop and 10-crop tests (paper §4.1, Tab. 3a), over one or many processes."""
+"""One validation pass of any task, over one or many processes."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum
-from .tasks import ClassificationTask
+from .task import Task
 
-__all__ = ["evaluate", "autocast", "UnreadableImageError"]
+__all__ = ["evaluate", "autocast", "check_skipped", "UnreadableInputError", "UnreadableImageError"]
 
 
-class UnreadableImageError(ValueError):
-    """An image could not be decoded and ``--strict`` asks to stop."""
+class UnreadableInputError(ValueError):
+    """A sample (image, video, annotation) could not be read and ``--strict`` asks to stop."""
+
+
+UnreadableImageError = UnreadableInputError  # the name of earlier releases
 
 
 def autocast(device: torch.device, enabled: bool) -> Any:
@@ -27,8 +30,8 @@ def autocast(device: torch.device, enabled: bool) -> Any:
 
 def check_skipped(skipped: list[str], strict: bool) -> None:
     if skipped and strict:
-        raise UnreadableImageError(
-            f"unreadable image {skipped[0]} (--strict stops at the first one; without it such images are "
+        raise UnreadableInputError(
+            f"unreadable input {skipped[0]} (--strict stops at the first one; without it such inputs are "
             f"skipped and counted)"
         )
 
@@ -38,7 +41,7 @@ def evaluate(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
-    task: ClassificationTask | None = None,
+    task: Task,
     *,
     amp: bool = False,
     channels_last: bool = False,
@@ -46,39 +49,30 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
 ) -> dict[str, Any]:
-    """``{"top1", "top5", "loss", "images", "skipped"}`` over the loader (summed over all
-    processes when distributed). A batch of shape (B, 10, C, H, W) is the 10-crop test:
-    the softmax of the 10 crops is averaged per image."""
-    task = task or ClassificationTask()
+    """The task evaluator's metrics over ``loader`` (combined over all processes when
+    distributed), plus ``skipped`` (unreadable inputs) and ``skipped_examples``."""
+    evaluator = task.evaluator()
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
     skipped = torch.zeros(1, dtype=torch.float64, device=device)
     first_skipped: list[str] = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     try:
-        for x, y, bad in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        for inputs, targets, bad in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
             check_skipped(bad, strict)
             skipped += len(bad)
             first_skipped += bad[: max(0, 3 - len(first_skipped))]
-            if x is None:
+            if inputs is None:
                 continue
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            crops = x.dim() == 5
-            if crops:
-                b, n = x.shape[:2]
-                x = x.flatten(0, 1)
-            x = x.contiguous(memory_format=fmt)
+            inputs, targets = task.move(inputs, targets, device, fmt)
             with autocast(device, amp):
-                out = model(x)
-            if crops:
-                out = out.float().softmax(dim=1).view(b, n, -1).mean(dim=1)
-            sums += task.batch_stats(out, y, probs=crops)
+                outputs = task.predict(model, inputs)
+            evaluator.update(outputs, targets)
     finally:
         model.train(was_training)
-    all_reduce_sum(sums)
+    evaluator.gather()
     all_reduce_sum(skipped)
-    result: dict[str, Any] = task.summarize(sums.cpu())
+    result: dict[str, Any] = evaluator.compute()
     result["skipped"] = int(skipped.item())
     if first_skipped:
         result["skipped_examples"] = first_skipped

@@ -1,18 +1,22 @@
-"""Per-epoch metrics of a run: ``metrics.csv`` and TensorBoard events (written by rank 0 only)."""
+"""Per-epoch metrics of a run: ``metrics.csv`` and TensorBoard events (written by rank 0 only).
+
+The CSV is rewritten whole (atomically) from the run's history after every epoch, and the
+history travels inside every checkpoint: after a kill at any moment, ``--resume`` rebuilds
+a CSV that matches the checkpoint it resumes from, row for row. Its columns are whatever
+the task reports (``train_*``, ``val_*``, ``best_*``).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "CSV_COLUMNS", "read_metrics_csv"]
+from ..io.files import atomic_write_text
 
-CSV_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-    "images_per_s", "epoch_time_s", "skipped", "best_top1",
-)
+__all__ = ["RunLog", "read_metrics_csv", "metrics_csv_text"]
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
@@ -21,35 +25,41 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-class RunLog:
-    """CSV + TensorBoard logger. On resume (``start_epoch`` > 0) rows and events after the
-    resumed epoch are dropped, so the logs describe the run that produced the weights."""
+def metrics_csv_text(history: list[dict[str, Any]]) -> str:
+    """The CSV of a run's history: one row per epoch, columns in order of first appearance."""
+    columns: dict[str, None] = {}
+    for row in history:
+        columns.update(dict.fromkeys(row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _fmt(row.get(k)) for k in columns} for row in history)
+    return buf.getvalue()
 
-    def __init__(self, out: Path, start_epoch: int = 0, global_step: int = 0, tensorboard: bool = True) -> None:
+
+class RunLog:
+    """CSV + TensorBoard logger. ``history`` holds the rows of the epochs already done (from
+    the checkpoint when resuming); TensorBoard events after ``global_step`` are dropped, so
+    the logs describe the run that produced the weights."""
+
+    def __init__(self, out: Path, history: list[dict[str, Any]] | None = None, global_step: int = 0,
+                 tensorboard: bool = True) -> None:
         self.csv_path = out / "metrics.csv"
-        rows: list[dict[str, str]] = []
-        if start_epoch > 0 and self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("epoch") and int(float(r["epoch"])) <= start_epoch]
-        with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        if history:
+            atomic_write_text(metrics_csv_text(history), self.csv_path)
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard is only needed here
 
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=global_step if start_epoch > 0 else None)
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=global_step if history else None)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
 
-    def epoch(self, row: dict[str, Any], step: int) -> None:
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore").writerow(
-                {k: _fmt(row.get(k)) for k in CSV_COLUMNS}
-            )
+    def epoch(self, row: dict[str, Any], history: list[dict[str, Any]], step: int) -> None:
+        """Log the epoch ``row`` (the last of ``history``)."""
+        atomic_write_text(metrics_csv_text(history), self.csv_path)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):

@@ -19,25 +19,18 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.loading import Batch
+
 __all__ = [
     "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "register_task", "get_task",
-    "task_names", "move_to",
+    "task_names", "task_for_config", "move_to",
 ]
-
-
-class Batch(NamedTuple):
-    """One collated batch: model inputs (None if all items were unreadable), targets,
-    and the names of the unreadable items that were left out."""
-
-    inputs: Any
-    targets: Any
-    skipped: list[str]
 
 
 @dataclass
@@ -69,6 +62,7 @@ class TaskData:
     meta: dict[str, Any]
     in_memory: bool = False
     description: str = ""
+    unit: str = "images"
 
 
 @dataclass
@@ -112,6 +106,11 @@ class Task(ABC):
     greater_is_better: bool = True
     log_metrics: tuple[str, ...] | None = None
     train_metrics: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Task:
+        """The task object for a training config (task options such as label smoothing)."""
+        return cls()
 
     def check_config(self, cfg: Any, source: str = "config") -> None:
         """Raise ValueError (naming ``source``) for settings this task cannot run."""
@@ -169,24 +168,32 @@ def move_to(obj: Any, device: torch.device, memory_format: torch.memory_format |
     return obj
 
 
-_TASKS: dict[str, Callable[..., Task]] = {}
+_TASKS: dict[str, type[Task]] = {}
 
 
-def register_task(name: str, factory: Callable[..., Task]) -> None:
-    """Make ``factory(**options)`` available as task ``name`` (``tdaf train --task NAME``)."""
-    if name in _TASKS and _TASKS[name] is not factory:
-        raise ValueError(f"task {name!r} is registered twice")
-    _TASKS[name] = factory
+def register_task(cls: type[Task]) -> type[Task]:
+    """Register a task class under its ``name`` (``task:`` in configs); usable as a decorator."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a task needs a name")
+    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    _TASKS[cls.name] = cls
+    return cls
 
 
 def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(name: str, **options: Any) -> Task:
-    """A new task object of the registered ``name``."""
+def get_task(name: str, what: str = "task") -> type[Task]:
+    """The task class registered as ``name``; ValueError naming ``what`` otherwise."""
     if name not in _TASKS:
-        close = difflib.get_close_matches(name, list(_TASKS), n=3)
+        close = difflib.get_close_matches(str(name), list(_TASKS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"task: got {name!r}{hint}; allowed: {', '.join(task_names()) or 'none registered'}")
-    return _TASKS[name](**options)
+        raise ValueError(f"{what}: got {name!r}{hint}; allowed: {', '.join(task_names()) or 'none registered'}")
+    return _TASKS[name]
+
+
+def task_for_config(cfg: Any) -> Task:
+    """The task object of a training config (``cfg.task``)."""
+    return get_task(cfg.task, "task").from_config(cfg)

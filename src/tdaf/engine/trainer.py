@@ -1,5 +1,8 @@
 """The trainer shared by all tasks: the paper's recipes (§4.1), checkpoints, resume, DDP.
 
+It talks to a task only through :class:`tdaf.engine.task.Task` (data, model, losses,
+evaluator) and knows nothing else about it.
+
 A baseline and its TDAF model train with the very same code and settings (§4.1:
 "trained with identical optimization scheme following He et al. 2016"): SGD with
 momentum 0.9, weight decay 1e-4, learning rate ``lr * batch / lr_batch`` (0.1 x
@@ -10,10 +13,13 @@ What a long run needs:
   * the data order and every random augmentation are functions of (seed, epoch, image)
     and the global RNGs are re-seeded from (seed, epoch) at each epoch start, so a run
     resumed from ``last.pt`` ends with exactly the weights of an uninterrupted run;
-  * ``last.pt`` every epoch and ``best.pt`` on a new best top-1, both written atomically
-    (temporary file + rename) by rank 0 only;
+  * ``best.pt`` on a new best of the task's main metric, then ``last.pt`` every epoch,
+    both written atomically (temporary file + rename) by rank 0 only, with the run's
+    whole history inside, so ``metrics.csv`` can always be rebuilt from ``last.pt``;
   * a non-finite loss stops the run before the weights are touched, naming the epoch and
-    step, and leaves the checkpoints of the last good epoch in place;
+    step; non-finite weights, BatchNorm statistics or validation loss at the end of an
+    epoch stop it before anything is saved. Either way the checkpoints of the last good
+    epoch stay as they were and the run exits with an error;
   * bf16 autocast, channels-last and ``torch.compile`` as options;
   * data-parallel training over processes started by ``torchrun`` (DDP, gloo on CPU,
     NCCL on GPU). ``batch_size`` is the global batch; :class:`~tdaf.data.GlobalBatchSampler`
@@ -27,6 +33,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,25 +43,35 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data import GlobalBatchSampler, ShardSampler, build_datasets, collate_skip
-from ..data.loading import TransformedDataset
-from .checkpoint import atomic_save, checkpoint_payload, load_checkpoint
+from ..data import GlobalBatchSampler, ShardSampler
+from ..io.files import atomic_save, atomic_write_text, clean_stale_temporaries, deferred_interrupts, ensure_writable_dir
+from .checkpoint import architecture, build_from_spec, checkpoint_payload, load_checkpoint, state_dict_mismatch
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
-from .evaluate import UnreadableImageError, autocast, check_skipped, evaluate
+from .evaluate import UnreadableInputError, autocast, check_skipped, evaluate
 from .runlog import RunLog
-from .tasks import ClassificationTask, Task
+from .task import Task, TaskData, task_for_config
 
-__all__ = ["Trainer", "NonFiniteLossError", "lr_at", "rng_state", "set_rng_state", "seed_everything", "train"]
+__all__ = [
+    "Trainer", "TrainingDiverged", "NonFiniteLossError", "lr_at", "rng_state", "set_rng_state", "seed_everything",
+    "train", "RUN_FILES",
+]
 
 log = logging.getLogger("tdaf.train")
 
+# What a run writes in its --out folder (removed by --overwrite before a new run starts).
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.yaml", "tb")
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped before updating the weights."""
+
+class TrainingDiverged(RuntimeError):
+    """The run produced non-finite numbers (loss, gradients, weights, statistics or
+    validation loss); it stopped before saving them, and the last good checkpoints stay."""
+
+
+NonFiniteLossError = TrainingDiverged  # the name of earlier releases
 
 
 def seed_everything(seed: int) -> None:
@@ -114,19 +131,30 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def _nonfinite(named: Any) -> list[str]:
+    """Names of floating-point tensors holding NaN or infinity."""
+    return [n for n, t in named if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _short(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
 class Trainer:
     """Trains ``task``'s model on the configured data (see the module doc).
 
     ``fit()`` returns ``{"history": [per-epoch metrics], "steps": [(epoch, loss) per optimizer
-    step of this run], "best_metric", "best_epoch", "last", "best", "out", "info", "model_kwargs"}``. The task defaults to :class:`ClassificationTask`.
+    step of this run], "best_metric", "best_epoch", "last", "best", "out", "meta",
+    "model_kwargs"}``. The task defaults to the one the config names (``cfg.task``).
     """
 
     def __init__(self, cfg: TrainConfig, task: Task | None = None) -> None:
         self.cfg = cfg
-        self.task: Task = task if task is not None else ClassificationTask(cfg.label_smoothing)
+        self.task: Task = task if task is not None else task_for_config(cfg)
 
     # ------------------------------------------------------------------ set-up
     def fit(self) -> dict[str, Any]:
+        self.task.check_config(self.cfg)
         env = setup(self.cfg.device)
         try:
             return self._fit(env)
@@ -134,135 +162,175 @@ class Trainer:
             if env.distributed:
                 teardown()
 
-    def _workers(self, env: DistEnv) -> int:
+    def _workers(self, env: DistEnv, data: TaskData) -> int:
         if self.cfg.workers is not None:
             return self.cfg.workers
-        if self.cfg.data == "digits":
-            return 0  # in memory: worker start-up would cost more than the augmentation
+        if data.in_memory:
+            return 0  # worker start-up would cost more than the augmentation
         return max(1, min(8, (os.cpu_count() or 2) // env.world_size - 1))
 
-    def _loader(self, dataset: TransformedDataset, env: DistEnv, **kwargs: Any) -> DataLoader:
-        workers = self._workers(env)
-        return DataLoader(dataset, num_workers=workers, collate_fn=collate_skip,
+    def _loader(self, dataset: Dataset, env: DistEnv, **kwargs: Any) -> DataLoader:
+        workers = self._workers(env, self.data)
+        return DataLoader(dataset, num_workers=workers, collate_fn=self.data.collate,
                           pin_memory=env.device.type == "cuda", prefetch_factor=4 if workers else None, **kwargs)
 
     def _prepare_out(self, env: DistEnv) -> Path:
+        """Check the output folder before any work: writable, no other run's checkpoint
+        (unless ``overwrite``), no temporaries of a killed save."""
         out = Path(self.cfg.out).expanduser()
         if env.is_main:
-            if not self.cfg.resume and (out / "last.pt").exists() and not self.cfg.overwrite:
-                raise ValueError(
-                    f"--out: {out} already holds a checkpoint (last.pt) of another run; continue it with "
-                    f"--resume {out / 'last.pt'}, or pass --overwrite to start over in this folder"
-                )
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            ensure_writable_dir(out, "--out")
+            for stale in clean_stale_temporaries(out):
+                log.info("removed %s, left by an interrupted save", stale)
+            if not self.cfg.resume and (out / "last.pt").exists():
+                if not self.cfg.overwrite:
+                    raise ValueError(
+                        f"--out: {out} already holds a checkpoint (last.pt) of another run; continue it with "
+                        f"--resume {out / 'last.pt'}, or pass --overwrite to start over in this folder"
+                    )
+                # Start over for real: an interrupted new run must not leave the old run's
+                # checkpoints beside its own config and log.
+                removed = [name for name in RUN_FILES if (out / name).exists()]
+                for name in removed:
+                    shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+                log.info("--overwrite: removed the previous run's %s from %s", ", ".join(removed), out)
+            atomic_write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), out / "config.yaml")
         return out
 
-    def _fit(self, env: DistEnv) -> dict[str, Any]:
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+    def _memory_format(self) -> torch.memory_format:
+        if not self.cfg.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last_3d if self.task.input_dims() == 3 else torch.channels_last
+
+    def _fit(self, env: DistEnv) -> dict[str, Any]:
+        cfg, task = self.cfg, self.task
         if not env.is_main:
             log.setLevel(logging.WARNING)
+        if env.is_main and cfg.resume:
+            ensure_writable_dir(Path(cfg.out).expanduser(), "--out")  # before minutes of data loading
         seed_everything(cfg.seed)
-        train_set, val_set, info = build_datasets(
-            cfg.data, cfg.data_dir, input_size=cfg.input_size, recipe=cfg.recipe, seed=cfg.seed,
-            train_subset=cfg.train_subset, val_subset=cfg.val_subset,
-        )
-        self.info = info
-        sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, env.world_size, env.rank, cfg.accum_steps,
+        data = task.build_data(cfg)
+        self.data, self.meta = data, data.meta
+        sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, env.world_size, env.rank, cfg.accum_steps,
                                      seed=cfg.seed)
-        model, kwargs = self.task.build_model(cfg, len(info.class_names))
+        built = task.build_model(cfg, data.meta)
+        model = built.model
         model.to(env.device)
         if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-        start_epoch, best, best_epoch, history = 0, -math.inf, 0, []
+            model.to(memory_format=self._memory_format())
+        optimizer = self._optimizer(model)
+        start_epoch, best, best_epoch, history = 0, None, 0, []
         if cfg.resume:
-            start_epoch, best, best_epoch, history = self._resume(model, optimizer, kwargs)
+            start_epoch, best, best_epoch, history = self._resume(model, optimizer, built.name, built.kwargs)
         out = self._prepare_out(env)
-        self.model, self.optimizer, self.model_kwargs, self.out, self.env = model, optimizer, kwargs, out, env
-        self.train_set, self.sampler = train_set, sampler
+        self.model, self.optimizer, self.model_name, self.model_kwargs = model, optimizer, built.name, built.kwargs
+        self.out, self.env, self.sampler = out, env, sampler
         train_model: nn.Module = model
         if env.distributed:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
         if cfg.compile:
             train_model = torch.compile(train_model)
-        val_loader = self._loader(val_set, env, batch_size=max(1, cfg.batch_size // env.world_size),
-                                  sampler=ShardSampler(len(val_set), env.world_size, env.rank))
-        runlog = RunLog(out, start_epoch, start_epoch * sampler.steps, cfg.tensorboard) if env.is_main else None
+        val_loader = self._loader(data.val, env, batch_size=max(1, cfg.batch_size // env.world_size),
+                                  sampler=ShardSampler(len(data.val), env.world_size, env.rank))
+        runlog = RunLog(out, history, start_epoch * sampler.steps, cfg.tensorboard) if env.is_main else None
         self.runlog = runlog
         if env.is_main:
-            log.info("training %s (%s params) on %s: %d train / %d val images, %d classes, %dx%d, "
+            log.info("training %s (%s params) on %s: %d train / %d val %s, %s, "
                      "%d processes x %d micro-batches of %d = global batch %d, lr %.4g, %d epochs -> %s",
                      cfg.model, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", cfg.data,
-                     len(train_set), len(val_set), len(info.class_names), info.input_size[1], info.input_size[2],
-                     env.world_size, cfg.accum_steps, sampler.micro_batch, cfg.batch_size, cfg.base_lr,
-                     cfg.epochs, out)
+                     len(data.train), len(data.val), data.unit, data.description, env.world_size, cfg.accum_steps,
+                     sampler.micro_batch, cfg.batch_size, cfg.base_lr, cfg.epochs, out)
         if start_epoch >= cfg.epochs:
             log.info("the checkpoint has %d epochs of %d: nothing to do (raise --epochs to continue)",
                      start_epoch, cfg.epochs)
         epoch_times: list[float] = []
         self.step_losses: list[tuple[float, float]] = []
+        main_key = task.main_metric
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
-                train = self._train_epoch(train_model, epoch, start_epoch)
+                train = self._train_epoch(train_model, epoch)
                 broadcast_buffers(model)
                 val: dict[str, Any] | None = None
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    val = evaluate(model, val_loader, env.device, self.task, amp=cfg.amp,  # type: ignore[arg-type]
+                    val = evaluate(model, val_loader, env.device, task, amp=cfg.amp,
                                    channels_last=cfg.channels_last, strict=cfg.strict,
                                    progress=cfg.progress and env.is_main, desc=f"val {epoch + 1}")
                 if val and val["skipped"] and env.is_main:
-                    log.warning("epoch %d: skipped %d unreadable validation images (e.g. %s)", epoch + 1,
-                                val["skipped"], ", ".join(val.get("skipped_examples", [])))
-                metric = val[self.task.main_metric] if val else math.nan
-                improved = val is not None and metric > best
+                    log.warning("epoch %d: skipped %d unreadable validation %s (e.g. %s)", epoch + 1,
+                                val["skipped"], data.unit, ", ".join(val.get("skipped_examples", [])))
+                self._check_finite(model, val, epoch + 1)
+                improved = val is not None and task.better(float(val[main_key]), best)
                 if improved:
-                    best, best_epoch = metric, epoch + 1
+                    best, best_epoch = float(val[main_key]), epoch + 1
                 epoch_times.append(time.perf_counter() - t0)
-                row = {
-                    "epoch": epoch + 1, "lr": train["lr"], "train_loss": train["loss"], "train_top1": train["top1"],
-                    "val_loss": val["loss"] if val else math.nan, "val_top1": val["top1"] if val else math.nan,
-                    "val_top5": val["top5"] if val else math.nan, "images_per_s": train["images_per_s"],
-                    "epoch_time_s": epoch_times[-1], "skipped": train["skipped"] + (val["skipped"] if val else 0),
-                    "best_top1": best if best > -math.inf else math.nan,
-                }
+                row = self._row(epoch + 1, train, val, epoch_times[-1], best)
                 history.append(row)
                 if env.is_main:
-                    self._save(out, epoch + 1, row, val, best, best_epoch, history, improved)
+                    self._save(out, epoch + 1, val, best, best_epoch, history, improved)
                     assert runlog is not None
-                    runlog.epoch(row, (epoch + 1) * sampler.steps)
+                    runlog.epoch(row, history, (epoch + 1) * sampler.steps)
                     self._log_epoch(row, epoch_times, cfg.epochs - epoch - 1)
         finally:
             if runlog is not None:
                 runlog.close()
         if env.is_main and history:
-            log.info("done: best val top-1 %.4f at epoch %d; checkpoints %s, %s", best, best_epoch,
-                     out / "last.pt", out / "best.pt")
-        return {"history": history, "steps": self.step_losses, "best_metric": best, "best_epoch": best_epoch,
-                "out": out,
-                "last": out / "last.pt", "best": out / "best.pt", "info": info, "model_kwargs": kwargs}
+            kept = [str(out / n) for n in ("last.pt", "best.pt") if (out / n).exists()]
+            log.info("done: best val %s %.4f at epoch %d; checkpoints %s", main_key,
+                     math.nan if best is None else best, best_epoch, ", ".join(kept))
+        return {"history": history, "steps": self.step_losses,
+                "best_metric": -math.inf if best is None else best, "best_epoch": best_epoch, "out": out,
+                "last": out / "last.pt", "best": out / "best.pt", "meta": data.meta, "model_kwargs": built.kwargs}
 
-    def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                kwargs: dict[str, Any]) -> tuple[int, float, int, list[dict[str, Any]]]:
+    def _row(self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None, seconds: float,
+             best: float | None) -> dict[str, Any]:
+        """One line of ``metrics.csv``: train_*, val_* (NaN on epochs without validation), best_*."""
+        task = self.task
+        keys = task.log_metrics if task.log_metrics is not None else tuple(
+            k for k in (val or {}) if k not in ("images", "skipped", "skipped_examples")) or (task.main_metric,)
+        row: dict[str, Any] = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"]}
+        row.update({f"train_{k}": train[k] for k in task.train_metrics})
+        row.update({f"val_{k}": float(val[k]) if val else math.nan for k in keys})
+        row.update(images_per_s=train["images_per_s"], epoch_time_s=seconds,
+                   skipped=train["skipped"] + (val["skipped"] if val else 0))
+        row[f"best_{task.main_metric}"] = math.nan if best is None else best
+        return row
+
+    def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, name: str,
+                kwargs: dict[str, Any]) -> tuple[int, float | None, int, list[dict[str, Any]]]:
         cfg = self.cfg
         ckpt = load_checkpoint(cfg.resume, "--resume")
+        if "optimizer" not in ckpt or "epoch" not in ckpt:
+            raise ValueError(f"--resume: {cfg.resume} holds weights but no training state (optimizer, epoch)")
         spec = ckpt["model"]
-        if spec["name"] != cfg.model or spec.get("kwargs", {}) != kwargs:
+        saved_task = ckpt.get("task", "classification")
+        if saved_task != self.task.name:
+            raise ValueError(f"--resume: {cfg.resume} is a {saved_task} checkpoint; this run's task is {self.task.name}")
+        if spec["name"] != name or (spec.get("kwargs", {}) != kwargs and
+                                    architecture(build_from_spec(spec, "meta")) != architecture(model)):
             raise ValueError(
                 f"--resume: {cfg.resume} holds {spec['name']} {spec.get('kwargs')}, but this run builds "
-                f"{cfg.model} {kwargs}; give the same --model/--flows/--anar as the run that wrote it"
+                f"{name} {kwargs}; a resumed run keeps the architecture of the run that wrote it"
             )
         if ckpt.get("meta", {}).get("data") != cfg.data:
             raise ValueError(f"--resume: {cfg.resume} was trained on {ckpt.get('meta', {}).get('data')!r}, "
                              f"this run uses --data {cfg.data}")
-        if "optimizer" not in ckpt or "epoch" not in ckpt:
-            raise ValueError(f"--resume: {cfg.resume} holds weights but no training state (optimizer, epoch)")
+        problems = state_dict_mismatch(model.state_dict(), ckpt["state_dict"])
+        if problems:
+            raise ValueError(f"--resume: {cfg.resume}: weights do not fit {name} {kwargs}: {problems}")
         saved = ckpt.get("config", {})
         recipe_keys = ("epochs", "batch_size", "lr", "lr_batch", "momentum", "weight_decay", "schedule",
-                       "milestones", "gamma", "warmup_epochs", "seed", "recipe", "input_size", "train_subset")
+                       "milestones", "gamma", "warmup_epochs", "seed", "recipe", "input_size", "train_subset",
+                       "optimizer")
         changed = [f"{k} {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in recipe_keys
                    if k in saved and saved[k] != getattr(cfg, k)]
         if changed:
@@ -274,28 +342,31 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         log.info("resumed from %s after epoch %d", cfg.resume, ckpt["epoch"])
         best = ckpt.get("best_metric")
-        return int(ckpt["epoch"]), -math.inf if best is None else float(best), int(ckpt.get("best_epoch", 0)), \
+        return int(ckpt["epoch"]), None if best is None else float(best), int(ckpt.get("best_epoch", 0)), \
             list(ckpt.get("history", []))
 
     # ------------------------------------------------------------------ training
-    def _train_epoch(self, train_model: nn.Module, epoch: int, start_epoch: int) -> dict[str, Any]:
+    def _train_epoch(self, train_model: nn.Module, epoch: int) -> dict[str, Any]:
         cfg, env, task = self.cfg, self.env, self.task
         sampler, steps, accum = self.sampler, self.sampler.steps, cfg.accum_steps
         sampler.set_epoch(epoch)
-        self.train_set.set_epoch(epoch)
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout and any other draw: f(seed, epoch)
-        loader = self._loader(self.train_set, env, batch_sampler=sampler)
+        loader = self._loader(self.data.train, env, batch_sampler=sampler)
         train_model.train()
-        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        fmt = self._memory_format()
         ddp = isinstance(_ddp_of(train_model), nn.parallel.DistributedDataParallel)
-        sums = torch.zeros(3, dtype=torch.float64, device=env.device)
+        keys = task.train_metrics
+        # [loss * n, n, non-finite flag, *sums]: one all-reduce per micro-batch
+        sums = torch.zeros(2 + len(keys), dtype=torch.float64, device=env.device)
         step_sums = torch.zeros(2, dtype=torch.float64, device=env.device)
         skipped, lr, examples = 0, 0.0, []
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (cfg.progress and env.is_main), dynamic_ncols=True, leave=False)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y, bad) in enumerate(loader):
+        for i, (inputs, targets, bad) in enumerate(loader):
             micro, step_in_epoch = i % accum, i // accum
             step = epoch * steps + step_in_epoch
             if micro == 0:
@@ -305,88 +376,116 @@ class Trainer:
             check_skipped(bad, cfg.strict)
             skipped += len(bad)
             examples += bad[: max(0, 3 - len(examples))]
-            if x is None:
-                raise UnreadableImageError(f"every image of a training batch is unreadable (e.g. {bad[0]}); "
-                                           f"check the data folder")
-            x = x.to(env.device, non_blocking=True).contiguous(memory_format=fmt)
-            y = y.to(env.device, non_blocking=True)
+            if inputs is None:
+                raise UnreadableInputError(f"every {self.data.unit[:-1] if self.data.unit.endswith('s') else 'item'} "
+                                           f"of a training batch is unreadable (e.g. {bad[0]}); check the data folder")
+            inputs, targets = task.move(inputs, targets, env.device, fmt)
             last_micro = micro == accum - 1
             with (_ddp_of(train_model).no_sync() if ddp and not last_micro else nullcontext()):
                 with autocast(env.device, cfg.amp):
-                    out = train_model(x)
-                loss = task.loss(out, y)
-                value = loss.detach().double()
-                local = torch.stack([
-                    value * y.numel(),
-                    (out.detach().argmax(dim=1) == y).sum().double(),
-                    torch.tensor(float(y.numel()), dtype=torch.float64, device=env.device),
-                    (~torch.isfinite(value)).double(),
-                ])
+                    result = task.training_step(train_model, inputs, targets)
+                value = result.loss.detach().double()
+                n = torch.tensor(float(result.count), dtype=torch.float64, device=env.device)
+                local = torch.stack([value * n, n, (~torch.isfinite(value)).double(),
+                                     *(result.sums[k].detach().double() for k in keys)])
                 all_reduce_sum(local)  # every process stops together on a non-finite loss
-                if local[3].item() > 0:
-                    raise NonFiniteLossError(self._nonfinite_message(value.item(), epoch, step_in_epoch, start_epoch))
-                (loss / accum).backward()
+                if local[2].item() > 0:
+                    raise TrainingDiverged(self._nonfinite_message(f"training loss is {value.item()}", epoch,
+                                                                   step_in_epoch))
+                (result.loss / accum).backward()
             if last_micro:
+                if cfg.clip_grad_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.clip_grad_norm)
+                    if not torch.isfinite(norm):
+                        raise TrainingDiverged(self._nonfinite_message(f"gradient norm is {norm.item()}", epoch,
+                                                                       step_in_epoch))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            sums += local[:3]
-            step_sums += local[[0, 2]]
+            sums += torch.cat([local[:2], local[3:]])
+            step_sums += local[:2]
             if last_micro:
                 self.step_losses.append((epoch + (step_in_epoch + 1) / steps, (step_sums[0] / step_sums[1]).item()))
                 step_sums.zero_()
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}", lr=f"{lr:.3g}",
-                                img_s=f"{sums[2].item() / elapsed:.1f}", refresh=False)
+                bar.set_postfix(loss=f"{sums[0].item() / sums[1].item():.4f}", lr=f"{lr:.3g}",
+                                img_s=f"{sums[1].item() / elapsed:.1f}", refresh=False)
                 if self.runlog is not None and (step + 1) % cfg.log_every == 0:
-                    self.runlog.scalar("train/step_loss", sums[0].item() / sums[2].item(), step + 1)
+                    self.runlog.scalar("train/step_loss", sums[0].item() / sums[1].item(), step + 1)
                     self.runlog.scalar("train/step_lr", lr, step + 1)
         bar.close()
         elapsed = time.perf_counter() - t0
         skipped_total = torch.tensor([float(skipped)], dtype=torch.float64, device=env.device)
         all_reduce_sum(skipped_total)
         if skipped_total.item() and env.is_main:
-            log.warning("epoch %d: skipped %d unreadable training images (e.g. %s)", epoch + 1,
-                        int(skipped_total.item()), ", ".join(examples) or "on other processes")
-        loss_sum, hits, n = sums.tolist()
-        return {"loss": loss_sum / n, "top1": hits / n, "lr": lr, "images_per_s": n / elapsed,
-                "skipped": int(skipped_total.item())}
+            log.warning("epoch %d: skipped %d unreadable training %s (e.g. %s)", epoch + 1,
+                        int(skipped_total.item()), self.data.unit, ", ".join(examples) or "on other processes")
+        loss_sum, n, *extra = sums.tolist()
+        return {"loss": loss_sum / n, **{k: v / n for k, v in zip(keys, extra)}, "lr": lr,
+                "images_per_s": n / elapsed, "skipped": int(skipped_total.item())}
 
-    def _nonfinite_message(self, value: float, epoch: int, step: int, start_epoch: int) -> str:
+    def _kept(self, epoch: int) -> str:
         last = self.out / "last.pt"
-        kept = (f"the last good checkpoint {last} (epoch {epoch}) is kept" if last.exists() and epoch > 0
+        return (f"the last good checkpoint {last} (epoch {epoch}) is kept" if last.exists() and epoch > 0
                 else "no checkpoint had been written yet")
-        return (f"training loss is {value} at epoch {epoch + 1}, step {step + 1}/{self.sampler.steps}; "
-                f"stopped before updating the weights, and {kept}. Try a lower --lr, --warmup-epochs, "
+
+    def _nonfinite_message(self, what: str, epoch: int, step: int) -> str:
+        return (f"{what} at epoch {epoch + 1}, step {step + 1}/{self.sampler.steps}; stopped before updating the "
+                f"weights, and {self._kept(epoch)}. Try a lower --lr, --warmup-epochs, --clip-grad-norm, "
                 f"or without --amp")
 
+    def _check_finite(self, model: nn.Module, val: dict[str, Any] | None, epoch: int) -> None:
+        """Stop before saving an epoch whose weights, statistics or validation loss are not finite."""
+        problems = []
+        bad_params = _nonfinite(model.named_parameters())
+        bad_buffers = _nonfinite(model.named_buffers())
+        if bad_params:
+            problems.append(f"{len(bad_params)} weight tensors are non-finite ({_short(bad_params)})")
+        if bad_buffers:
+            problems.append(f"{len(bad_buffers)} buffers (BatchNorm statistics) are non-finite ({_short(bad_buffers)})")
+        if val is not None and "loss" in val and not math.isfinite(val["loss"]):
+            problems.append(f"the validation loss is {val['loss']}")
+        if problems:
+            raise TrainingDiverged(
+                f"the model diverged in epoch {epoch}: {'; '.join(problems)}. Stopped before saving epoch {epoch}; "
+                f"{self._kept(epoch - 1)}. Try a lower --lr, --warmup-epochs or --clip-grad-norm")
+
     # ------------------------------------------------------------------ output
-    def _save(self, out: Path, epochs_done: int, row: dict[str, Any], val: dict[str, Any] | None, best: float,
+    def _save(self, out: Path, epochs_done: int, val: dict[str, Any] | None, best: float | None,
               best_epoch: int, history: list[dict[str, Any]], improved: bool) -> None:
+        """``best.pt`` first, then ``last.pt``: a kill between the two leaves ``last.pt`` at the
+        previous epoch, and resuming from it redoes this epoch and writes ``best.pt`` again."""
         cfg = self.cfg
-        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        metrics = {k: v for k, v in history[-1].items() if k != "epoch"}
         if val:
-            metrics.update({k: v for k, v in val.items() if k in ("top1", "top5", "loss", "images")})
-        meta = {**self.info.meta(), "epoch": epochs_done, "metrics": metrics, "model_name": cfg.model}
+            metrics.update({k: v for k, v in val.items() if k != "skipped_examples"})
+        meta = {**self.meta, "epoch": epochs_done, "metrics": metrics, "model_name": self.model_name}
         payload = checkpoint_payload(
-            cfg.model, self.model_kwargs, _unwrap(self.model).state_dict(), meta,
+            self.model_name, self.model_kwargs, _unwrap(self.model).state_dict(), meta,
             optimizer=self.optimizer.state_dict(),
             scheduler={"name": cfg.schedule, "step": epochs_done * self.sampler.steps,
                        "steps_per_epoch": self.sampler.steps},
-            epoch=epochs_done, best_metric=None if best == -math.inf else best, best_epoch=best_epoch,
+            epoch=epochs_done, best_metric=best, best_epoch=best_epoch, main_metric=self.task.main_metric,
             rng=rng_state(), config=cfg.to_dict(), history=list(history), task=self.task.name,
         )
-        atomic_save(payload, out / "last.pt")
-        if improved:
-            atomic_save(payload, out / "best.pt")
+        with deferred_interrupts():
+            if improved:
+                atomic_save(payload, out / "best.pt")
+            atomic_save(payload, out / "last.pt")
 
     def _log_epoch(self, row: dict[str, Any], times: list[float], remaining: int) -> None:
         eta = sum(times) / len(times) * remaining
-        val = (f" | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.4f} top-5 {row['val_top5']:.4f}"
-               if not math.isnan(row["val_top1"]) else "")
-        log.info("epoch %d/%d: train loss %.4f top-1 %.4f%s | %.1f img/s, %s, run ETA %s", row["epoch"],
-                 self.cfg.epochs, row["train_loss"], row["train_top1"], val, row["images_per_s"],
-                 _hms(row["epoch_time_s"]), _hms(eta))
+        train = " ".join(f"{_label(k[6:])} {v:.4f}" for k, v in row.items() if k.startswith("train_"))
+        vals = [(k[4:], v) for k, v in row.items() if k.startswith("val_")]
+        val = (" | val " + " ".join(f"{_label(k)} {v:.4f}" for k, v in vals)
+               if vals and not all(math.isnan(v) for _, v in vals) else "")
+        log.info("epoch %d/%d: train %s%s | %.1f %s/s, %s, run ETA %s", row["epoch"], self.cfg.epochs, train, val,
+                 row["images_per_s"], self.data.unit, _hms(row["epoch_time_s"]), _hms(eta))
+
+
+def _label(key: str) -> str:
+    """``top1`` -> ``top-1`` in log lines."""
+    return key.replace("top1", "top-1").replace("top5", "top-5")
 
 
 def _ddp_of(model: nn.Module) -> nn.Module:

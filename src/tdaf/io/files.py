@@ -15,9 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,10 @@ import torch
 
 __all__ = [
     "safe_load", "load_state_dict_file", "atomic_save", "atomic_write_text", "ensure_writable_dir",
-    "clean_stale_temporaries", "first_line", "TEMP_SUFFIX",
+    "clean_stale_temporaries", "first_line", "TEMP_SUFFIX", "deferred_interrupts",
 ]
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 TEMP_SUFFIX = ".tmp"
 
@@ -99,7 +105,37 @@ def _temp_prefix(name: str) -> str:
     return f".{name}."
 
 
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them.
+
+    A save interrupted halfway leaves nothing broken (the target is replaced by a rename),
+    but the interrupt would surface as an error from deep inside ``torch.save``; deferring
+    it lets the save finish and the program then stop cleanly ("interrupted"). Outside the
+    main thread, signals cannot be handled and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in _DEFERRED}
+    for sig in _DEFERRED:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
+
+
 def _atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+    with deferred_interrupts():
+        return _atomic_write_now(path, write)
+
+
+def _atomic_write_now(path: str | os.PathLike[str], write: Any) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(p.name), suffix=TEMP_SUFFIX, dir=p.parent)

@@ -26,7 +26,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from ..io.images import to_rgb
+from ...io.images import to_rgb
 
 __all__ = [
     "RECIPES", "eval_transform", "train_transform", "ten_crop_transform", "FitSize", "default_resize",

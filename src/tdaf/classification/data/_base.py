@@ -11,7 +11,8 @@ class RawDataset:
     """A split of an image data set before any transform.
 
     ``load(i)`` returns ``(PIL image or None, label, path)``: None when the file cannot
-    be decoded, so the loader can skip it and count it instead of stopping a long run.
+    be decoded (the path then ends with the reason in parentheses), so the loader can
+    skip it and count it instead of stopping a long run.
     ``classes`` names the labels 0..K-1.
     """
 

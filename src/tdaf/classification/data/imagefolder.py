@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ...io.files import first_line
 from ._base import RawDataset
 
 __all__ = ["ImageFolderDataset", "IMAGEFOLDER_LAYOUT"]
@@ -85,8 +86,8 @@ class ImageFolderDataset(RawDataset):
             with open(path, "rb") as f:
                 img = Image.open(f)
                 img.load()  # decode now: a truncated file fails here, not in a transform
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return None, label, path
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            return None, label, f"{path} ({first_line(e)})"
         return img, label, path
 
     def targets(self) -> list[int]:

@@ -112,7 +112,11 @@ class Cifar10Dataset(RawDataset):
             found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise ValueError(f"--data-dir: {path}: 'data' must be a uint8 array (N, 3072), found {found}; "
                              f"{CIFAR10_LAYOUT}")
-        labels = np.asarray(labels, dtype=np.int64) if isinstance(labels, (list, np.ndarray)) else None
+        try:
+            labels = np.asarray(labels, dtype=np.int64) if isinstance(labels, (list, np.ndarray)) else None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--data-dir: {path}: 'labels' must be integers 0..{len(self.classes) - 1} "
+                             f"({e}); {CIFAR10_LAYOUT}") from e
         if labels is None or labels.shape != (data.shape[0],):
             raise ValueError(f"--data-dir: {path}: 'labels' must list one label per row of 'data'; {CIFAR10_LAYOUT}")
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):

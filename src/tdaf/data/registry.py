@@ -1,0 +1,61 @@
+"""The data set registry: every task registers the data sets it reads, by name.
+
+``tdaf train --data NAME`` looks the name up here for the run's task, so neither the
+engine nor the command line holds a list of data sets or an if-chain over them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DatasetSpec", "register_dataset", "dataset_spec", "dataset_names"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered data set.
+
+    ``open(split, data_dir)`` returns the untransformed ``"train"`` or ``"val"`` split;
+    ``needs_dir`` says whether it reads ``--data-dir`` (bundled sets do not);
+    ``defaults`` holds the task's per-data-set defaults (input size, mean/std, recipe, ...);
+    ``help`` is one line for ``--help``.
+    """
+
+    name: str
+    task: str
+    open: Callable[[str, Any], Any]
+    needs_dir: bool
+    help: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+_DATASETS: dict[tuple[str, str], DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    key = (spec.task, spec.name)
+    if key in _DATASETS:
+        raise ValueError(f"data set {spec.name!r} of task {spec.task!r} is registered twice")
+    _DATASETS[key] = spec
+    return spec
+
+
+def dataset_names(task: str) -> list[str]:
+    """The data sets registered for ``task``, in registration order."""
+    return [name for (t, name) in _DATASETS if t == task]
+
+
+def dataset_spec(name: str, task: str, what: str = "--data") -> DatasetSpec:
+    """The spec of data set ``name`` of ``task``; ValueError naming ``what`` otherwise."""
+    spec = _DATASETS.get((task, name))
+    if spec is None:
+        names = dataset_names(task)
+        close = difflib.get_close_matches(str(name), names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"{what}: got {name!r}{hint}; allowed for task {task}: {', '.join(names) or 'none'}")
+    if spec.needs_dir is False and spec.open is None:  # pragma: no cover - a registration error
+        raise ValueError(f"data set {name!r} cannot be opened")
+    return spec
