@@ -47,6 +47,8 @@ class ClassificationTask(Task):
     main_metric = "top1"
     log_metrics = ("loss", "top1", "top5")
     train_metrics = ("top1",)
+    defaults = {"model": "resnet18_cifar", "data": "digits"}
+    labels = {"top1": "top-1", "top5": "top-5"}
 
     def __init__(self, label_smoothing: float = 0.0, ten_crop: bool = False) -> None:
         self.label_smoothing = label_smoothing

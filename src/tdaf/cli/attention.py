@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..classification.data import eval_transform
+from ..io.files import ensure_writable_dir
 from ..io.images import collect_images, open_image, unique_stems
 from ..viz import (
     MAP_FORMATS, compute_attention, figure_title, save_attention_figure, save_attention_figures, save_maps,
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cmap not in matplotlib.colormaps:
         raise ValueError(f"--cmap: unknown colour map {args.cmap!r} (see matplotlib.colormaps)")
     device = resolve_device(args.device)
+    out_dir = ensure_writable_dir(args.out, "--out")
     images = collect_images(args.images)
     loaded = load_model(args)
     r2dns = loaded.r2dns
@@ -86,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{loaded.name} runs 1 flow, so it has no attention maps; use --flows 2 or more")
     meta = _meta(loaded, args.input_size)
     model = loaded.model.to(device)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     common = dict(cmap=args.cmap, alpha=args.alpha, normalize=args.normalize, flows=r2dns.flows, dpi=args.dpi)
     info = {"tdaf:model": loaded.describe()}
     written: list[Path] = []

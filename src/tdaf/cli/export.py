@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
+from ..io.files import ensure_writable_dir
 from ._load import LoadedModel, add_model_args, load_model
 
 
@@ -27,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file (e.g. model.onnx, model.pt)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output file (e.g. model.onnx, model.pt); an existing file is kept unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (never the input checkpoint)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="example input height and width (default: the checkpoint's / model's input size)")
     p.add_argument("--check-size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -73,13 +77,30 @@ def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float) -> st
     return "\n".join(lines)
 
 
+def _check_out(out: Path, args: argparse.Namespace) -> Path:
+    """Refuse, before any work, an --out that is a folder, cannot be written, is the input
+    checkpoint, or exists (without --overwrite)."""
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a folder; give a file name (e.g. {out / ('model.' + args.format)})")
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint and out.exists() and out.resolve() == Path(checkpoint).expanduser().resolve():
+        raise ValueError(f"--out: {out} is the input checkpoint; export to another file")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out: {out} already exists; pass --overwrite to replace it, or choose another name")
+    ensure_writable_dir(out.parent, "--out")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance: got {args.tolerance}; allowed: > 0")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out: {out} is a folder; give a file name (e.g. {out / ('model.' + args.format)})")
+    out = _check_out(Path(args.out).expanduser(), args)
     loaded = load_model(args)
+    names = loaded.meta.get("class_names")
+    outputs = getattr(loaded.model, "num_classes", None)
+    if names is not None and isinstance(outputs, int) and outputs > 0 and len(names) != outputs:
+        raise ValueError(f"--checkpoint: {args.checkpoint} names {len(names)} classes but its model has "
+                         f"{outputs} outputs; the exported file would label its outputs wrongly")
     meta_size = list(loaded.meta.get("input_size") or [])
     if len(meta_size) != 3:
         raise ValueError(f"{loaded.source}: no input_size [C, H, W] recorded; give --input-size H W")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 # Sub-command modules, in the order --help lists them.
@@ -17,6 +18,15 @@ COMMAND_MODULES = ("profile", "train", "demo", "predict", "attention", "export")
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send), handled like Ctrl-C: files being written
+    are finished or removed, then the command stops with status 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as e:
         print(f"tdaf {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system said no (permissions, a full disk, ...): say where
+        where = f": {e.filename}" if e.filename else ""
+        print(f"tdaf {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print(f"tdaf {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"tdaf {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from ..classification.data import RECIPES, dataset_list
 from ..classification.evaluate import evaluate_checkpoint
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
-from ..engine.task import task_for_config, task_names
+from ..engine.task import task_for_config, task_names, with_task_defaults
 from ..engine.trainer import TrainingDiverged, Trainer
 
 log = logging.getLogger("tdaf.train")
@@ -148,7 +148,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if "out" not in values:
             values["out"] = str(Path(resume).expanduser().parent)
     cfg = TrainConfig.from_dict(values, source)
-    task_for_config(cfg).check_config(cfg, source)
+    task = task_for_config(cfg)
+    cfg = with_task_defaults(cfg, task)
+    task.check_config(cfg, source)
     return cfg
 
 

@@ -38,14 +38,14 @@ class TrainConfig:
 
     task: str = "classification"
     # model
-    model: str = "resnet18_cifar"
+    model: str | None = None  # None: the task's default
     flows: int | None = None
     anar: str | None = None
     eta: float | None = None
     downsample: str | None = None
     pretrained: str | None = None
     # data
-    data: str = "digits"
+    data: str | None = None  # None: the task's default
     data_dir: str | None = None
     input_size: int | None = None
     recipe: str | None = None

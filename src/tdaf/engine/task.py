@@ -15,6 +15,7 @@ of unreadable items (skipped and counted by the trainer, or fatal under ``strict
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from ..data.loading import Batch
 
 __all__ = [
     "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "register_task", "get_task",
-    "task_names", "task_for_config", "move_to",
+    "task_names", "task_for_config", "with_task_defaults", "move_to",
 ]
 
 
@@ -99,6 +100,8 @@ class Task(ABC):
         log_metrics: evaluator keys written to ``metrics.csv`` as ``val_<key>``
             (default: every key the evaluator returns).
         train_metrics: ``StepOutput.sums`` keys written as ``train_<key>``.
+        defaults: config values for keys left unset (None), e.g. the default model and data set.
+        labels: how metric keys read in log lines (``{"top1": "top-1"}``).
     """
 
     name: str = ""
@@ -106,6 +109,8 @@ class Task(ABC):
     greater_is_better: bool = True
     log_metrics: tuple[str, ...] | None = None
     train_metrics: tuple[str, ...] = ()
+    defaults: dict[str, Any] = {}
+    labels: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, cfg: Any) -> Task:
@@ -197,3 +202,10 @@ def get_task(name: str, what: str = "task") -> type[Task]:
 def task_for_config(cfg: Any) -> Task:
     """The task object of a training config (``cfg.task``)."""
     return get_task(cfg.task, "task").from_config(cfg)
+
+
+def with_task_defaults(cfg: Any, task: Task | type[Task] | None = None) -> Any:
+    """``cfg`` with the keys it leaves unset (None) filled from the task's ``defaults``."""
+    task = task if task is not None else get_task(cfg.task, "task")
+    unset = {k: v for k, v in task.defaults.items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **unset) if unset else cfg

@@ -53,7 +53,7 @@ from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
 from .evaluate import UnreadableInputError, autocast, check_skipped, evaluate
 from .runlog import RunLog
-from .task import Task, TaskData, task_for_config
+from .task import Task, TaskData, task_for_config, with_task_defaults
 
 __all__ = [
     "Trainer", "TrainingDiverged", "NonFiniteLossError", "lr_at", "rng_state", "set_rng_state", "seed_everything",
@@ -149,8 +149,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, task: Task | None = None) -> None:
-        self.cfg = cfg
         self.task: Task = task if task is not None else task_for_config(cfg)
+        self.cfg = with_task_defaults(cfg, self.task)
 
     # ------------------------------------------------------------------ set-up
     def fit(self) -> dict[str, Any]:
@@ -285,7 +285,7 @@ class Trainer:
                 runlog.close()
         if env.is_main and history:
             kept = [str(out / n) for n in ("last.pt", "best.pt") if (out / n).exists()]
-            log.info("done: best val %s %.4f at epoch %d; checkpoints %s", main_key,
+            log.info("done: best val %s %.4f at epoch %d; checkpoints %s", task.labels.get(main_key, main_key),
                      math.nan if best is None else best, best_epoch, ", ".join(kept))
         return {"history": history, "steps": self.step_losses,
                 "best_metric": -math.inf if best is None else best, "best_epoch": best_epoch, "out": out,
@@ -312,7 +312,7 @@ class Trainer:
         if "optimizer" not in ckpt or "epoch" not in ckpt:
             raise ValueError(f"--resume: {cfg.resume} holds weights but no training state (optimizer, epoch)")
         spec = ckpt["model"]
-        saved_task = ckpt.get("task", "classification")
+        saved_task = ckpt.get("task", self.task.name)
         if saved_task != self.task.name:
             raise ValueError(f"--resume: {cfg.resume} is a {saved_task} checkpoint; this run's task is {self.task.name}")
         if spec["name"] != name or (spec.get("kwargs", {}) != kwargs and
@@ -475,17 +475,13 @@ class Trainer:
 
     def _log_epoch(self, row: dict[str, Any], times: list[float], remaining: int) -> None:
         eta = sum(times) / len(times) * remaining
-        train = " ".join(f"{_label(k[6:])} {v:.4f}" for k, v in row.items() if k.startswith("train_"))
+        label = self.task.labels.get
+        train = " ".join(f"{label(k[6:], k[6:])} {v:.4f}" for k, v in row.items() if k.startswith("train_"))
         vals = [(k[4:], v) for k, v in row.items() if k.startswith("val_")]
-        val = (" | val " + " ".join(f"{_label(k)} {v:.4f}" for k, v in vals)
+        val = (" | val " + " ".join(f"{label(k, k)} {v:.4f}" for k, v in vals)
                if vals and not all(math.isnan(v) for _, v in vals) else "")
         log.info("epoch %d/%d: train %s%s | %.1f %s/s, %s, run ETA %s", row["epoch"], self.cfg.epochs, train, val,
                  row["images_per_s"], self.data.unit, _hms(row["epoch_time_s"]), _hms(eta))
-
-
-def _label(key: str) -> str:
-    """``top1`` -> ``top-1`` in log lines."""
-    return key.replace("top1", "top-1").replace("top5", "top-5")
 
 
 def _ddp_of(model: nn.Module) -> nn.Module:

@@ -71,16 +71,17 @@ def safe_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         message = str(e)
-        if "Weights only load failed" in message or "weights_only" in message:
-            # A real pickle that names globals beyond tensors and plain containers.
-            detail = next((ln.strip() for ln in message.splitlines() if "GLOBAL" in ln or "Unsupported" in ln),
-                          first_line(e))
+        if "global" in message.lower():
+            # A well-formed pickle that names functions or classes beyond tensors and plain
+            # containers: the weights_only unpickler refused to import them.
+            detail = next((ln.strip() for ln in message.splitlines() if "global" in ln.lower()), first_line(e))
             raise ValueError(
                 f"{what}: refused to load {p}: it contains Python objects beyond tensors and plain containers, "
                 f"and loading it could run code from the file (weights_only=True). Re-save it as a plain "
                 f"state dict. Details: {detail}"
             ) from e
-        raise ValueError(f"{what}: {p} is not a PyTorch file (not a pickle torch can read: {first_line(e)})") from e
+        detail = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), first_line(e))
+        raise ValueError(f"{what}: {p} is not a PyTorch file (not a pickle torch can read: {detail})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
         raise ValueError(f"{what}: {p} is truncated or not a PyTorch file ({first_line(e)})") from e
 
@@ -145,10 +146,12 @@ def _atomic_write_now(path: str | os.PathLike[str], write: Any) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         # Also on KeyboardInterrupt / SystemExit (SIGINT, SIGTERM): no half-written leftovers.
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file failed
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
         raise
     return p
 
