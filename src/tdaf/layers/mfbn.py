@@ -216,7 +216,7 @@ def convert_to_mfbn(module: nn.Module, flows: int) -> nn.Module:
             raise ValueError(f"MFBN already has flows={module.flows}, cannot convert to flows={flows}")
         return module
     if isinstance(module, FrozenBatchNorm2d):
-        frozen = FrozenMultiFlowBatchNorm(module.num_features, flows, eps=module.eps, dims=2)
+        frozen = FrozenMultiFlowBatchNorm(module.weight.numel(), flows, eps=module.eps, dims=2)
         frozen = frozen.to(device=module.weight.device, dtype=module.weight.dtype)
         frozen.load_state_dict(module.state_dict())
         return frozen
