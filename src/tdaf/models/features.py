@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.models import FeatureInfo
@@ -74,7 +75,8 @@ class FeatureMaps(nn.Module):
     ``out_indices`` follow timm (None = every stage, n = the last n); ``names`` default to
     ``"0", "1", ...`` (torchvision's ``return_layers`` values). ``out_channels`` lists each
     map's channels in order (``FeaturePyramidNetwork``'s ``in_channels_list``);
-    ``strides`` their total reductions. Its state dict keys are the classifier's
+    ``strides`` their total reductions (below 1 after up-sampling stages);
+    ``feature_info`` the selected levels' timm-style dicts. Its state dict keys are the classifier's
     ``backbone.*``.
     """
 
@@ -97,7 +99,8 @@ class FeatureMaps(nn.Module):
         if len(names) != len(self.out_indices) or len(set(names)) != len(names):
             raise ValueError(f"names: got {names}; need {len(self.out_indices)} distinct names, one per map")
         self.names = names
-        self.feature_info = FeatureInfo(copy.deepcopy(info), self.out_indices)
+        # A plain list (timm's FeatureInfo refuses the falling reductions of up-sampling stages).
+        self.feature_info: list[dict[str, Any]] = [copy.deepcopy(info[i]) for i in self.out_indices]
         self.out_channels: list[int] = [int(info[i]["num_chs"]) for i in self.out_indices]
         self.strides = [info[i]["reduction"] for i in self.out_indices]
         self.pretrained_cfg = cfg
