@@ -9,7 +9,13 @@ half-scale residual of Eq. 5:
     x_{l+1}^(n) = h_l(x_l^(n)) * (g_l(x_{l+1}^(n-1)) + eta)
 
 and passes through unchanged where flow n-1 has no stage l. Only the last flow's stage
-outputs leave the module. Every BatchNorm inside (stages and ANARs) becomes MFBN.
+outputs leave ``forward`` (``forward_flows`` gives every flow's). Every BatchNorm inside
+(stages and ANARs) becomes MFBN.
+
+Stages may also up-sample (stride ``1/k``: the deconvolution head of SimpleBaseline,
+paper §4.3, whose flows all start from the C5 map): flow n-1's stage-l output is still
+half the size of flow n's, so ANAR's x2 lines up as for down-sampling stages. With
+``anar=None`` the flows run without attention (the multi-scale ablation, §4.5).
 """
 
 from __future__ import annotations
