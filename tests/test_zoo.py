@@ -17,7 +17,7 @@ from torch import nn
 
 import tdaf
 from tdaf.layers import ANAR, MultiFlowBatchNorm
-from tdaf.models.msconcat import MultiScaleConcat
+from tdaf.r2dns import R2DNS
 
 
 ALL_MODELS = tdaf.list_models()
@@ -203,7 +203,7 @@ def test_multiscale_ablation_has_no_attention() -> None:
     """Paper §4.5: the same flows with no ANAR; the pooled last maps of all flows are concatenated."""
     torch.manual_seed(0)
     model = tdaf.create_model("msconcat_resnet18_cifar", flows=3)
-    assert isinstance(model.backbone, MultiScaleConcat) and not model.is_tdaf
+    assert isinstance(model.backbone, R2DNS) and model.backbone.anar_name is None and not model.is_tdaf
     assert not any(isinstance(m, ANAR) for m in model.modules())
     assert not any("attention" in n or "anar" in n for n, _ in model.named_parameters())
     plain = tdaf.create_model("resnet18_cifar")

@@ -5,17 +5,29 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from torch import nn
 
-from .r2dns import R2DNS
+from .r2dns import R2DNS, AttentionMaps
 
-__all__ = ["record_attention"]
+__all__ = ["record_attention", "find_r2dns"]
+
+
+def find_r2dns(model: nn.Module) -> R2DNS:
+    """The one R2DNS module inside ``model`` (ValueError if there is none or several)."""
+    found = [m for m in model.modules() if isinstance(m, R2DNS)]
+    if not found:
+        raise ValueError(f"record_attention: {type(model).__name__} contains no R2DNS module (not a TDAF model)")
+    if len(found) > 1:
+        raise ValueError(
+            f"record_attention: {type(model).__name__} contains {len(found)} R2DNS modules; pass the one to record"
+        )
+    return found[0]
 
 
 @contextmanager
-def record_attention(model: nn.Module) -> Iterator[dict[tuple[int, int], torch.Tensor]]:
-    """Collect every ANAR output of ``model`` while the block runs.
+def record_attention(model: nn.Module) -> Iterator[AttentionMaps]:
+    """Collect every ANAR output of ``model`` while the block runs (see
+    :meth:`R2DNS.record_attention`).
 
     Yields a dict filled by each forward pass: ``maps[(stage, flow)]`` is the sigmoid map
     g_stage(x^(flow-1)) applied in ``flow`` (both 1-based, as in the paper), resized to
@@ -25,19 +37,10 @@ def record_attention(model: nn.Module) -> Iterator[dict[tuple[int, int], torch.T
         with tdaf.record_attention(model) as maps:
             model(x)
     """
-    found = [m for m in model.modules() if isinstance(m, R2DNS)]
-    if not found:
-        raise ValueError(f"record_attention: {type(model).__name__} contains no R2DNS module (not a TDAF model)")
-    if len(found) > 1:
+    r2dns = find_r2dns(model)
+    if r2dns.anar_name is None:
         raise ValueError(
-            f"record_attention: {type(model).__name__} contains {len(found)} R2DNS modules; pass the one to record"
+            f"record_attention: {type(model).__name__} runs its flows without attention (anar=None)"
         )
-    r2dns = found[0]
-    if r2dns._recorder is not None:
-        raise RuntimeError("record_attention: this model is already being recorded")
-    maps: dict[tuple[int, int], torch.Tensor] = {}
-    r2dns._recorder = maps
-    try:
+    with r2dns.record_attention() as maps:
         yield maps
-    finally:
-        r2dns._recorder = None

@@ -1,5 +1,9 @@
 """Exporting a (TDAF) model to ONNX or TorchScript, with a parity check against PyTorch.
 
+Image models take ``(B, C, H, W)`` inputs; video models (R2DNS with ``dims=3``) take
+``(B, C, T, H, W)``: ``input_size`` is ``(C, H, W)`` or ``(C, T, H, W)`` and every size
+dim (T included) is exported dynamic.
+
 R2DNS (paper §3.1) is export-friendly by construction: attention maps are always resized
 to their target with ``F.interpolate(size=target.shape[2:])`` and ANAR's skip outputs are
 cropped by the reference's shape, so a traced graph reads every size from the input
@@ -57,7 +61,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 @dataclass
 class Parity:
-    """One parity check: ``batch`` inputs of ``size`` (H, W); ``max_abs_diff`` between
+    """One parity check: ``batch`` inputs of ``size`` ((H, W) or (T, H, W)); ``max_abs_diff`` between
     PyTorch and the export; ``max_abs_ref`` the largest PyTorch output (for scale);
     ``error`` set when the exported model could not run at this size."""
 
@@ -108,17 +112,23 @@ class ExportReport:
 
 
 def model_min_size(model: nn.Module) -> tuple[int, ...] | None:
-    """The smallest (H, W) the model's staged backbone takes, if it says."""
+    """The smallest (H, W) or (T, H, W) the model's staged backbone takes, if it says."""
     backbone = getattr(model, "backbone", None)
     fn = getattr(backbone, "min_input_size", None)
     return tuple(fn()) if callable(fn) else None
 
 
+# Growth factors of the second size: (H, W), or (T, H, W) for video.
+_SECOND_SIZE_FACTORS = {2: (1.4, 1.15), 3: (1.5, 1.4, 1.15)}
+
+
 def second_size(size: Sequence[int], min_size: Sequence[int] | None = None) -> tuple[int, ...]:
     """A second, odd, non-square size for the dynamic-shape check: about 1.4x the height
-    and 1.15x the width, each made odd (32x32 -> 45x37)."""
+    and 1.15x the width (and 1.5x the length of a clip), each made odd (32x32 -> 45x37)."""
+    if len(size) not in _SECOND_SIZE_FACTORS:
+        raise ValueError(f"size: got {list(size)}; allowed: H W or T H W")
     out = []
-    for s, f in zip(size, (1.4, 1.15)):
+    for s, f in zip(size, _SECOND_SIZE_FACTORS[len(size)]):
         v = int(round(s * f))
         out.append(v if v % 2 else v + 1)
     if min_size is not None:
@@ -140,13 +150,24 @@ def _outputs(out: Any) -> list[torch.Tensor]:
 def _check_sizes(model: nn.Module, sizes: Sequence[Sequence[int]], what: str) -> None:
     min_size = model_min_size(model)
     for size in sizes:
-        if len(size) != 2 or any(int(s) < 1 for s in size):
-            raise ValueError(f"{what}: got {list(size)}; allowed: H W, positive integers")
-        if min_size is not None and any(s < m for s, m in zip(size, min_size)):
+        if len(size) not in (2, 3) or any(int(s) < 1 for s in size):
+            raise ValueError(f"{what}: got {list(size)}; allowed: H W (images) or T H W (video), positive integers")
+        if min_size is not None and (len(min_size) != len(size) or any(s < m for s, m in zip(size, min_size))):
             raise ValueError(
-                f"{what}: {size[0]}x{size[1]} is below this model's minimum input size "
-                f"{min_size[0]}x{min_size[1]}"
+                f"{what}: {_fmt(size)} is below this model's minimum input size {_fmt(min_size)}"
+                if len(min_size) == len(size) else
+                f"{what}: got {len(size)} size dims ({_fmt(size)}); this model takes {len(min_size)} "
+                f"(minimum {_fmt(min_size)})"
             )
+
+
+def _fmt(size: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in size)
+
+
+def _size_axes(spatial_dims: int) -> dict[int, str]:
+    names = ("height", "width") if spatial_dims == 2 else ("time", "height", "width")
+    return {2 + i: n for i, n in enumerate(names)}
 
 
 def export_onnx(
@@ -160,8 +181,8 @@ def export_onnx(
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` (eval mode, CPU) to an ONNX file with a dynamic batch size and,
-    with ``dynamic_hw``, dynamic height and width. ``input_size`` is (C, H, W) of the
-    example input. ``opset`` defaults to :data:`DEFAULT_OPSET` of the exporter.
+    with ``dynamic_hw``, dynamic height and width (and length, for video). ``input_size``
+    is (C, H, W), or (C, T, H, W) for a video model, of the example input. ``opset`` defaults to :data:`DEFAULT_OPSET` of the exporter.
     ``metadata`` goes to the model's ``metadata_props`` (JSON-encoded)."""
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"exporter: got {exporter!r}; allowed: {', '.join(ONNX_EXPORTERS)}")
@@ -170,8 +191,8 @@ def export_onnx(
         raise ValueError(f"--opset: got {opset}; the dynamo exporter needs opset >= 18")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    c, h, w = (int(s) for s in input_size)
-    example = torch.randn(2, c, h, w)  # batch 2: torch.export specialises batch 1
+    example = torch.randn(2, *(int(s) for s in input_size))  # batch 2: torch.export specialises batch 1
+    spatial_dims = len(input_size) - 1
     with torch.no_grad():
         n_out = len(_outputs(model(example)))
     out_names = [OUTPUT_NAME] if n_out == 1 else [f"{OUTPUT_NAME}{i}" for i in range(n_out)]
@@ -179,7 +200,7 @@ def export_onnx(
         # Both exporters warn about their own deprecations and tracer details on every call.
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+            axes = {0: "batch", **_size_axes(spatial_dims)} if dynamic_hw else {0: "batch"}
             dynamic_axes: dict[str, dict[int, str]] = {INPUT_NAME: axes}
             dynamic_axes.update({n: {0: "batch"} for n in out_names})
             torch.onnx.export(
@@ -196,7 +217,7 @@ def export_onnx(
                 ) from e
             from torch.export import Dim
 
-            shape = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} if dynamic_hw else {0: Dim.DYNAMIC}
+            shape = {i: Dim.DYNAMIC for i in (0, *_size_axes(spatial_dims))} if dynamic_hw else {0: Dim.DYNAMIC}
             with _quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
                 torch.onnx.export(
                     model, (example,), str(p), dynamo=True, input_names=[INPUT_NAME], output_names=out_names,
@@ -269,12 +290,12 @@ def export_torchscript(
     *,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Trace ``model`` with ``torch.jit.trace`` on a (2, C, H, W) example and save it
-    (``metadata`` as the extra file ``tdaf.json``). Load with ``torch.jit.load``."""
+    """Trace ``model`` with ``torch.jit.trace`` on a (2, C, H, W) or (2, C, T, H, W)
+    example and save it (``metadata`` as the extra file ``tdaf.json``). Load with
+    ``torch.jit.load``."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    c, h, w = (int(s) for s in input_size)
-    example = torch.randn(2, c, h, w)
+    example = torch.randn(2, *(int(s) for s in input_size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.* deprecation warnings on every call
         with torch.no_grad():
@@ -342,7 +363,8 @@ def export_model(
 ) -> ExportReport:
     """Export ``model`` to ``path`` (``fmt`` ``"onnx"`` or ``"torchscript"``) and check it.
 
-    Parity is measured at ``input_size`` (C, H, W) with ``check_batches[0]`` images and,
+    Parity is measured at ``input_size`` ((C, H, W), or (C, T, H, W) for video) with
+    ``check_batches[0]`` inputs and,
     with ``dynamic_hw``, at ``check_size`` (default :func:`second_size`, odd) with
     ``check_batches[1]``. If the export cannot take the second size (the model needs one
     input size), an ONNX export is redone with a fixed H/W and the report says so; a
@@ -350,15 +372,15 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if len(input_size) != 3:
-        raise ValueError(f"input_size: got {list(input_size)}; allowed: [C, H, W]")
+    if len(input_size) not in (3, 4):
+        raise ValueError(f"input_size: got {list(input_size)}; allowed: [C, H, W] or, for video, [C, T, H, W]")
     if any(b < 1 for b in check_batches):
         raise ValueError(f"check batch sizes: got {list(check_batches)}; allowed: >= 1")
     if fmt == "onnx":
         _require_onnx()
     model = model.eval().cpu()
     channels = int(input_size[0])
-    size = (int(input_size[1]), int(input_size[2]))
+    size = tuple(int(s) for s in input_size[1:])
     other = tuple(int(s) for s in check_size) if check_size is not None else second_size(size, model_min_size(model))
     _check_sizes(model, [size], "--input-size")
     if dynamic_hw:
@@ -369,8 +391,8 @@ def export_model(
     if dynamic_hw:
         probe = _runs_at(model, channels, other)
         if probe is not None:
-            notes.append(f"the model itself does not take {other[0]}x{other[1]} inputs ({probe}); exported with "
-                         f"a fixed {size[0]}x{size[1]} input (batch stays dynamic)")
+            notes.append(f"the model itself does not take {_fmt(other)} inputs ({probe}); exported with "
+                         f"a fixed {_fmt(size)} input (batch stays dynamic)")
             dynamic_hw = False
 
     def write(dyn: bool) -> Path:
@@ -393,19 +415,19 @@ def export_model(
     if second.ok(tolerance):
         report.parity.append(second)
         return report
-    reason = second.error or f"max abs diff {second.max_abs_diff:.3g} at {other[0]}x{other[1]}"
+    reason = second.error or f"max abs diff {second.max_abs_diff:.3g} at {_fmt(other)}"
     if fmt == "onnx":
         report.notes.append(
             f"dynamic H/W does not work for this model ({reason}); re-exported with a fixed "
-            f"{size[0]}x{size[1]} input (batch stays dynamic)"
+            f"{_fmt(size)} input (batch stays dynamic)"
         )
         report.path = write(False)
         report.dynamic_hw = False
         report.parity = [_parity(model, report.path, fmt, check_batches[0], size, channels, seed)]
     else:
         report.notes.append(
-            f"the traced module does not generalise to {other[0]}x{other[1]} ({reason}); use it at "
-            f"{size[0]}x{size[1]} only"
+            f"the traced module does not generalise to {_fmt(other)} ({reason}); use it at "
+            f"{_fmt(size)} only"
         )
         report.dynamic_hw = False
     # Keep the failed second-size result visible only as a note; parity lists valid checks.

@@ -9,13 +9,22 @@ half-scale residual of Eq. 5:
     x_{l+1}^(n) = h_l(x_l^(n)) * (g_l(x_{l+1}^(n-1)) + eta)
 
 and passes through unchanged where flow n-1 has no stage l. Only the last flow's stage
-outputs leave the module. Every BatchNorm inside (stages and ANARs) becomes MFBN.
+outputs leave ``forward`` (``forward_flows`` gives every flow's). Every BatchNorm inside
+(stages and ANARs) becomes MFBN.
+
+Stages may also up-sample (stride ``1/k``: the deconvolution head of SimpleBaseline,
+paper §4.3, whose flows all start from the C5 map): flow n-1's stage-l output is still
+half the size of flow n's, so ANAR's x2 lines up as for down-sampling stages. With
+``anar=None`` the flows run without attention (the multi-scale ablation, §4.5).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from fractions import Fraction
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,40 +35,77 @@ from .layers.downsample import Downsample
 from .layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
 
 __all__ = [
-    "R2DNS", "StageNet", "min_input_size", "check_input", "validate_stages", "validate_flows", "flow_inputs",
+    "R2DNS", "StageNet", "TDAF_DEFAULTS", "AttentionMaps", "min_input_size", "check_input", "validate_stages",
+    "validate_flows", "validate_strides", "flow_inputs", "stride_fraction", "total_reduction",
 ]
 
-Stride = int | tuple[int, ...]
+# The paper's setting (§4): 3 flows, ANAR-3, eta = 0.5 (Eq. 5), 2x2 average pooling between
+# flows (Eq. 2). Every builder reads these, so changing a default means changing it here.
+TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg")
+
+# A stage's stride: an int >= 1 reduces the size; ``1 / k`` (``0.5``, ``0.25``) up-samples it
+# k times (a transposed-conv stage, e.g. SimpleBaseline's pose head); a tuple gives one per dim.
+Stride = int | float | tuple[int | float, ...]
+# ``maps[(stage, flow)]``: the attention map applied to ``stage``'s output in ``flow`` (1-based).
+AttentionMaps = dict[tuple[int, int], torch.Tensor]
 
 
-def _as_tuple(stride: Stride, dims: int) -> tuple[int, ...]:
-    return (stride,) * dims if isinstance(stride, int) else tuple(stride)
+def stride_fraction(stride: int | float | Fraction) -> Fraction:
+    """A stride as an exact fraction: an int >= 1, or ``1/k`` for an up-sampling stage."""
+    if isinstance(stride, bool):
+        raise ValueError(f"stride: got {stride!r}; allowed: an integer >= 1 or 1/k (0.5, 0.25, ...)")
+    if isinstance(stride, int) and stride >= 1:
+        return Fraction(stride)
+    if isinstance(stride, (float, Fraction)) and 0 < stride:
+        inverse = 1 / stride
+        if stride >= 1 and float(stride).is_integer():
+            return Fraction(int(stride))
+        if stride < 1 and abs(inverse - round(inverse)) < 1e-9:
+            return Fraction(1, round(inverse))
+    raise ValueError(f"stride: got {stride!r}; allowed: an integer >= 1 or 1/k (0.5, 0.25, ...) for up-sampling")
+
+
+def _as_tuple(stride: Stride, dims: int) -> tuple[Fraction, ...]:
+    per_dim = (stride,) * dims if isinstance(stride, (int, float, Fraction)) else tuple(stride)
+    if len(per_dim) != dims:
+        raise ValueError(f"stride: got {stride!r}; a tuple needs one value per spatial dim ({dims})")
+    return tuple(stride_fraction(s) for s in per_dim)
+
+
+def validate_strides(strides: Sequence[Stride], dims: int) -> None:
+    for s in strides:
+        _as_tuple(s, dims)
+
+
+def total_reduction(strides: Sequence[Stride], dims: int = 2) -> list[tuple[Fraction, ...]]:
+    """Cumulative reduction after each stage, per spatial dim (a fraction below 1 after up-sampling)."""
+    out, acc = [], (Fraction(1),) * dims
+    for s in strides:
+        acc = tuple(a * b for a, b in zip(acc, _as_tuple(s, dims)))
+        out.append(acc)
+    return out
 
 
 def min_input_size(strides: Sequence[Stride], flows: int, dims: int = 2) -> tuple[int, ...]:
     """Smallest input, per spatial dim, at which every flow's input is at least the
-    total stride of the stages that flow runs (inputs halve with rounding up)."""
+    total stride of the stages that flow runs (inputs halve with rounding up).
+
+    With up-sampling stages (stride ``1/k``) the requirement is the largest reduction
+    reached at any stage the flow runs (at least 1: every map keeps one pixel)."""
     num_stages = len(strides)
-    per_dim = [_as_tuple(s, dims) for s in strides]
+    cumulative = total_reduction(strides, dims)
     sizes = []
     for d in range(dims):
-        cumulative = list(_cumprod([s[d] for s in per_dim]))
         need = 1
         for n in range(1, flows + 1):
             halvings = flows - n
-            total = cumulative[num_stages - halvings - 1]
+            runs = num_stages - halvings
+            total = max([Fraction(1)] + [cumulative[i][d] for i in range(runs)])
+            total = math.ceil(total)
             # ceil(X / 2**k) >= total  <=>  X >= (total - 1) * 2**k + 1
             need = max(need, (total - 1) * 2**halvings + 1)
         sizes.append(need)
     return tuple(sizes)
-
-
-def _cumprod(values: Sequence[int]) -> list[int]:
-    out, acc = [], 1
-    for v in values:
-        acc *= v
-        out.append(acc)
-    return out
 
 
 def _validating() -> bool:
@@ -103,7 +149,7 @@ class StageNet(nn.Module):
     def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[Stride],
                  dims: int = 2, in_chans: int | None = 3) -> None:
         super().__init__()
-        validate_stages(stages, channels, strides)
+        validate_stages(stages, channels, strides, dims)
         self.stages = nn.ModuleList(stages)
         self.channels = list(channels)
         self.strides = list(strides)
@@ -123,13 +169,15 @@ class StageNet(nn.Module):
         return outs
 
 
-def validate_stages(stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[Stride]) -> None:
+def validate_stages(stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[Stride],
+                    dims: int = 2) -> None:
     if len(stages) == 0:
         raise ValueError("stages: need at least one stage")
     if len(channels) != len(stages) or len(strides) != len(stages):
         raise ValueError(
             f"stages: got {len(stages)} stages but {len(channels)} channel counts and {len(strides)} strides"
         )
+    validate_strides(strides, dims)
 
 
 def validate_flows(flows: int, num_stages: int) -> None:
@@ -155,16 +203,19 @@ class R2DNS(nn.Module):
     Args:
         stages: the backbone's stages h_1..h_L, in order.
         channels: output channels of each stage (ANAR g_l reads stage l's output).
-        strides: each stage's spatial reduction (int, or a tuple per dim for video).
+        strides: each stage's size reduction: an int >= 1, ``1/k`` (``0.5``) for a stage
+            that up-samples k times (a transposed-conv head), or a tuple per dim for video.
         flows: N, the number of flows (1 <= N <= L). N = 1 is the plain backbone.
-        anar: ANAR variant, ``"anar2" | "anar3" | "anar5" | "anar7"``.
+        anar: ANAR variant, ``"anar2" | "anar3" | "anar5" | "anar7"``; ``None`` runs the
+            flows without attention (the multi-scale ablation of §4.5: independent flows).
         eta: the half-scale residual of Eq. 5.
         downsample: DSF between flows, ``"avg"`` or ``"bilinear"``.
         dims: 2 for images, 3 for video (3D ANAR, DSF over T, H and W).
         depthwise: depthwise-separable ANAR (MobileNet).
         in_chans: expected input channels (checked), or None.
 
-    ``forward`` returns the last flow's stage outputs ``[x_2^(N), ..., x_{L+1}^(N)]``.
+    Defaults are :data:`TDAF_DEFAULTS`. ``forward`` returns the last flow's stage outputs
+    ``[x_2^(N), ..., x_{L+1}^(N)]``; :meth:`forward_flows` returns every flow's.
     """
 
     def __init__(
@@ -172,16 +223,16 @@ class R2DNS(nn.Module):
         stages: Sequence[nn.Module],
         channels: Sequence[int],
         strides: Sequence[Stride],
-        flows: int = 3,
-        anar: str = "anar3",
-        eta: float = 0.5,
-        downsample: str = "avg",
+        flows: int = TDAF_DEFAULTS["flows"],
+        anar: str | None = TDAF_DEFAULTS["anar"],
+        eta: float = TDAF_DEFAULTS["eta"],
+        downsample: str = TDAF_DEFAULTS["downsample"],
         dims: int = 2,
         depthwise: bool = False,
         in_chans: int | None = 3,
     ) -> None:
         super().__init__()
-        validate_stages(stages, channels, strides)
+        validate_stages(stages, channels, strides, dims)
         num_stages = len(stages)
         validate_flows(flows, num_stages)
         if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0.0 <= eta <= 1.0):
@@ -196,44 +247,78 @@ class R2DNS(nn.Module):
         self.anar_name = anar
         self.down = Downsample(downsample, dims)
         # g_l exists where some flow n-1 runs stage l: l <= S(N-1) = L-1 (none when N = 1).
-        num_attention = num_stages - 1 if flows > 1 else 0
+        num_attention = num_stages - 1 if flows > 1 and anar is not None else 0
         self.attention = nn.ModuleList(
             [create_anar(anar, channels[l], dims=dims, depthwise=depthwise) for l in range(num_attention)]
         )
-        if flows == 1:
+        if flows == 1 and anar is not None:
             create_anar(anar, 8)  # still validate the name
         convert_to_mfbn(self, flows)
-        self._mfbn = mfbn_modules(self)
         self._mode = "bilinear" if dims == 2 else "trilinear"
-        self._recorder: dict[tuple[int, int], torch.Tensor] | None = None
+        self._attention_maps: AttentionMaps | None = None
 
     def extra_repr(self) -> str:
-        return f"flows={self.flows}, anar={self.anar_name!r}, eta={self.eta}"
+        attention = repr(self.anar_name) if self.anar_name is not None else "None"
+        return f"flows={self.flows}, anar={attention}, eta={self.eta}"
+
+    @property
+    def has_attention(self) -> bool:
+        """False for the flows-only ablation (``anar=None``) and for a single flow."""
+        return len(self.attention) > 0
 
     def stages_in_flow(self, n: int) -> int:
         """S(n) = L - (N - n), Eq. 1 (n is 1-based)."""
         return len(self.stages) - (self.flows - n)
 
+    def flow_channels(self) -> list[int]:
+        """Channels of each flow's last map, flow 1 first."""
+        return [self.channels[self.stages_in_flow(n) - 1] for n in range(1, self.flows + 1)]
+
     def min_input_size(self) -> tuple[int, ...]:
         return min_input_size(self.strides, self.flows, self.dims)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    @contextmanager
+    def record_attention(self) -> Iterator[AttentionMaps]:
+        """Collect the attention maps of every forward run inside the block.
+
+        ``maps[(stage, flow)]`` (both 1-based, as in the paper) is g_stage(x^(flow-1))
+        as applied in ``flow`` (Eq. 5, before adding eta), resized to its target,
+        detached; a later forward overwrites an earlier one's maps."""
+        if self._attention_maps is not None:
+            raise RuntimeError("record_attention: this model is already being recorded")
+        maps: AttentionMaps = {}
+        self._attention_maps = maps
+        try:
+            yield maps
+        finally:
+            self._attention_maps = None
+
+    def forward_flows(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Every flow's stage outputs, flow 1 first: ``result[n - 1][l - 1]`` is
+        x_{l+1}^(n), and flow n has S(n) of them (Eq. 1)."""
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
         inputs = flow_inputs(x, self.down, self.flows)  # inputs[n - 1] is flow n's input
+        # Looked up per call: freeze_mfbn / convert_to_mfbn may have replaced norm layers since.
+        norms = mfbn_modules(self)
+        result: list[list[torch.Tensor]] = []
         previous: list[torch.Tensor] = []
         for n in range(1, self.flows + 1):
-            set_flow(self._mfbn, n - 1)
+            set_flow(norms, n - 1)
             y = inputs[n - 1]
             outputs: list[torch.Tensor] = []
             for l in range(self.stages_in_flow(n)):
                 y = self.stages[l](y)
                 _check_stage_output(y, self.channels[l], l + 1)
-                if l < len(previous):  # flow n-1 ran stage l: gate with g_l (Eq. 5)
+                if l < len(previous) and l < len(self.attention):  # flow n-1 ran stage l: Eq. 5
                     y = y * (self._attend(l, previous[l], y, n) + self.eta)
                 outputs.append(y)
+            result.append(outputs)
             previous = outputs
-        set_flow(self._mfbn, self.flows - 1)
-        return previous
+        set_flow(norms, self.flows - 1)
+        return result
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_flows(x)[-1]
 
     def _attend(self, l: int, source: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
         anar: ANAR = self.attention[l]  # type: ignore[assignment]
@@ -241,6 +326,6 @@ class R2DNS(nn.Module):
         # ANAR upsamples x2; odd sizes round differently, so always resize to the target
         # (an identity when sizes already match, and it keeps traced graphs shape-generic).
         a = F.interpolate(a, size=target.shape[2:], mode=self._mode, align_corners=False)
-        if self._recorder is not None:
-            self._recorder[(l + 1, n)] = a.detach()
+        if self._attention_maps is not None:
+            self._attention_maps[(l + 1, n)] = a.detach()
         return a

@@ -2,10 +2,10 @@
 
 from .anar import ANAR, ANAR_SPECS, ANARSpec, anar_names, create_anar
 from .downsample import DOWNSAMPLE_MODES, Downsample
-from .mfbn import MultiFlowBatchNorm, convert_to_mfbn, mfbn_modules, set_flow
+from .mfbn import FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, convert_to_mfbn, freeze_mfbn, mfbn_modules, set_flow
 
 __all__ = [
     "ANAR", "ANARSpec", "ANAR_SPECS", "anar_names", "create_anar",
     "Downsample", "DOWNSAMPLE_MODES",
-    "MultiFlowBatchNorm", "convert_to_mfbn", "mfbn_modules", "set_flow",
+    "MultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "convert_to_mfbn", "freeze_mfbn", "mfbn_modules", "set_flow",
 ]

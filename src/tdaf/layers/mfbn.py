@@ -9,13 +9,17 @@ digits for TDAF-ResNet-18).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["MultiFlowBatchNorm", "convert_to_mfbn", "set_flow", "mfbn_modules"]
+__all__ = [
+    "MultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "convert_to_mfbn", "freeze_mfbn", "set_flow", "mfbn_modules",
+]
 
 _INPUT_DIMS = {1: (2, 3), 2: (4,), 3: (5,)}
 
@@ -128,6 +132,67 @@ class MultiFlowBatchNorm(nn.Module):
         )
 
 
+class FrozenMultiFlowBatchNorm(nn.Module):
+    """MFBN with frozen statistics and affine (Eq. 4 at inference), the per-flow
+    counterpart of torchvision's ``FrozenBatchNorm2d``, which its detection builders put in
+    pretrained backbones: always normalises with flow ``flow``'s running statistics, in
+    train mode too, and nothing is trainable (``weight``/``bias`` are buffers).
+
+    Buffers: ``weight``, ``bias`` ``(C,)``; ``running_mean``, ``running_var`` ``(flows, C)``.
+    Loads an MFBN state dict (its batch counters are dropped) or a plain BatchNorm /
+    FrozenBatchNorm2d one (statistics copied into every flow).
+    """
+
+    def __init__(self, num_features: int, flows: int, eps: float = 1e-5, dims: int = 2) -> None:
+        super().__init__()
+        if flows < 1:
+            raise ValueError(f"flows must be >= 1, got {flows}")
+        if dims not in (1, 2, 3):
+            raise ValueError(f"dims must be 1, 2 or 3, got {dims}")
+        self.num_features = num_features
+        self.flows = flows
+        self.eps = eps
+        self.dims = dims
+        self.flow = 0
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(flows, num_features))
+        self.register_buffer("running_var", torch.ones(flows, num_features))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, flows={self.flows}, eps={self.eps}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_dims(x, self.dims)
+        # As FrozenBatchNorm2d: a scale and shift, so it is exact in train and eval mode alike.
+        scale = self.weight * (self.running_var[self.flow] + self.eps).rsqrt()
+        shift = self.bias - self.running_mean[self.flow] * scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.reshape(shape) + shift.reshape(shape)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)  # statistics no longer change
+        for name in ("running_mean", "running_var"):
+            value = state_dict.get(prefix + name)
+            if value is not None and value.dim() == 1:
+                state_dict[prefix + name] = value.unsqueeze(0).expand(self.flows, -1).clone()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+FLOW_NORMS = (MultiFlowBatchNorm, FrozenMultiFlowBatchNorm)
+
+
 _BN_DIMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 
 
@@ -139,16 +204,22 @@ def _bn_dims(module: nn.Module) -> int | None:
 
 
 def convert_to_mfbn(module: nn.Module, flows: int) -> nn.Module:
-    """Replace every ``nn.BatchNorm{1,2,3}d`` in ``module`` by :class:`MultiFlowBatchNorm`.
+    """Replace every ``nn.BatchNorm{1,2,3}d`` in ``module`` by :class:`MultiFlowBatchNorm`
+    and every torchvision ``FrozenBatchNorm2d`` by :class:`FrozenMultiFlowBatchNorm`.
 
     Affine parameters are copied once (shared); running statistics are copied into every
     flow. Returns the converted module (``module`` itself unless it is a BatchNorm).
     Modules that already are MFBN are left alone (their flow count must match).
     """
-    if isinstance(module, MultiFlowBatchNorm):
+    if isinstance(module, FLOW_NORMS):
         if module.flows != flows:
             raise ValueError(f"MFBN already has flows={module.flows}, cannot convert to flows={flows}")
         return module
+    if isinstance(module, FrozenBatchNorm2d):
+        frozen = FrozenMultiFlowBatchNorm(module.weight.numel(), flows, eps=module.eps, dims=2)
+        frozen = frozen.to(device=module.weight.device, dtype=module.weight.dtype)
+        frozen.load_state_dict(module.state_dict())
+        return frozen
     dims = _bn_dims(module)
     if dims is not None:
         bn: nn.modules.batchnorm._BatchNorm = module  # type: ignore[assignment]
@@ -178,11 +249,37 @@ def convert_to_mfbn(module: nn.Module, flows: int) -> nn.Module:
     return module
 
 
-def mfbn_modules(module: nn.Module) -> list[MultiFlowBatchNorm]:
-    return [m for m in module.modules() if isinstance(m, MultiFlowBatchNorm)]
+def freeze_mfbn(module: nn.Module) -> nn.Module:
+    """Replace every :class:`MultiFlowBatchNorm` in ``module`` by a
+    :class:`FrozenMultiFlowBatchNorm` holding its affine and per-flow statistics (what
+    torchvision's detection builders do with ``FrozenBatchNorm2d`` for a pretrained
+    backbone). Returns the converted module (``module`` itself unless it is an MFBN)."""
+    if isinstance(module, MultiFlowBatchNorm):
+        if not module.track_running_stats:
+            raise ValueError("freeze_mfbn: an MFBN without running statistics cannot be frozen")
+        frozen = FrozenMultiFlowBatchNorm(module.num_features, module.flows, eps=module.eps, dims=module.dims)
+        frozen = frozen.to(device=module.running_mean.device, dtype=module.running_mean.dtype)
+        with torch.no_grad():
+            if module.affine:
+                frozen.weight.copy_(module.weight)
+                frozen.bias.copy_(module.bias)
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        frozen.flow = module.flow
+        return frozen
+    for name, child in module.named_children():
+        converted = freeze_mfbn(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
 
 
-def set_flow(modules: list[MultiFlowBatchNorm], flow: int) -> None:
+def mfbn_modules(module: nn.Module) -> list[MultiFlowBatchNorm | FrozenMultiFlowBatchNorm]:
+    """Every MFBN (trainable or frozen) inside ``module``: the layers whose flow R2DNS sets."""
+    return [m for m in module.modules() if isinstance(m, FLOW_NORMS)]
+
+
+def set_flow(modules: Sequence[MultiFlowBatchNorm | FrozenMultiFlowBatchNorm], flow: int) -> None:
     """Point every MFBN in ``modules`` at flow ``flow`` (0-based)."""
     for m in modules:
         m.flow = flow

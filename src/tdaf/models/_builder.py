@@ -1,66 +1,83 @@
-"""Pieces every model family shares: the staged backbone (plain or TDAF) and the
-registration of a family's plain / ``tdaf_`` / ``_cifar`` variants."""
+"""The one build path of every model family: stages (plus channels, strides and a head)
+in, a :class:`TDAFClassifier` over R2DNS (TDAF models) or :class:`StageNet` (plain
+models) out, with its config recorded. The TDAF settings' defaults are R2DNS's own
+(:data:`tdaf.r2dns.TDAF_DEFAULTS`); nothing here repeats them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from ..r2dns import R2DNS, StageNet, Stride
-from ._registry import register_model
+from ..r2dns import TDAF_DEFAULTS, R2DNS, StageNet, Stride
+from .classifier import TDAFClassifier
 
-__all__ = ["staged_backbone", "tdaf_settings", "register_variants"]
+__all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings"]
 
 
-def staged_backbone(
-    stages: Sequence[nn.Module],
-    channels: Sequence[int],
-    strides: Sequence[Stride],
-    *,
-    tdaf: bool,
-    flows: int,
-    anar: str,
-    eta: float,
-    downsample: str,
-    depthwise: bool = False,
-    in_chans: int | None = 3,
-) -> R2DNS | StageNet:
-    """R2DNS over ``stages`` for a TDAF model, the plain :class:`StageNet` otherwise:
-    one code path for both, so ``flows=1`` TDAF and plain models share their weights' layout."""
-    if tdaf:
-        return R2DNS(stages, channels, strides, flows=flows, anar=anar, eta=eta, downsample=downsample,
-                     depthwise=depthwise, in_chans=in_chans)
-    return StageNet(stages, channels, strides, in_chans=in_chans)
+def paired_cfgs(name: str, cfg: dict[str, Any], tdaf_name: str | None = None) -> dict[str, dict[str, Any]]:
+    """The configs of a plain model ``name`` and of its TDAF variant (default
+    ``tdaf_<name>``), linked to each other by ``tdaf_variant`` / ``baseline``."""
+    tdaf_name = tdaf_name or "tdaf_" + name
+    return {
+        name: dict(cfg, tdaf=False, tdaf_variant=tdaf_name),
+        tdaf_name: dict(cfg, tdaf=True, baseline=name),
+    }
+
+
+def split_tdaf_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(TDAF settings, everything else)`` of a builder's keyword arguments."""
+    tdaf = {k: v for k, v in kwargs.items() if k in TDAF_DEFAULTS}
+    rest = {k: v for k, v in kwargs.items() if k not in TDAF_DEFAULTS}
+    return tdaf, rest
 
 
 def tdaf_settings(backbone: R2DNS | StageNet) -> dict[str, Any]:
-    """The TDAF settings to record in a model's ``pretrained_cfg`` (none for a plain model)."""
+    """The TDAF settings to record in a model's ``pretrained_cfg`` (none for a plain model;
+    flows and down-sampling only for flows without attention)."""
     if not isinstance(backbone, R2DNS):
         return {}
+    if backbone.anar_name is None:
+        return dict(flows=backbone.flows, downsample=backbone.down.mode)
     return dict(flows=backbone.flows, anar=backbone.anar_name, eta=backbone.eta, downsample=backbone.down.mode)
 
 
-def register_variants(
-    arch: str,
-    create: Callable[..., nn.Module],
-    cfg: Callable[..., dict[str, Any]],
-    title: str,
-    cifar_variants: bool = True,
-) -> None:
-    """Register ``arch``, ``tdaf_arch`` and (with ``cifar_variants``) their ``_cifar``
-    forms, each built by ``create(arch, tdaf=..., cifar=..., **kwargs)`` with config
-    ``cfg(cifar, tdaf=..., arch=...)``; ``title`` names the network in docstrings."""
-    for cifar in (False, True) if cifar_variants else (False,):
-        for tdaf in (False, True):
-            name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
+def build_model(
+    name: str,
+    stages: Sequence[nn.Module],
+    channels: Sequence[int],
+    strides: Sequence[Stride],
+    cfg: dict[str, Any],
+    *,
+    tdaf: bool,
+    num_classes: int,
+    head: nn.Module | None = None,
+    num_features: int | None = None,
+    drop_rate: float = 0.0,
+    global_pool: str = "avg",
+    depthwise: bool = False,
+    in_chans: int | None = 3,
+    model_cls: type[TDAFClassifier] = TDAFClassifier,
+    **tdaf_kwargs: Any,
+) -> TDAFClassifier:
+    """Wrap ``stages`` in R2DNS (``tdaf=True``, with ``tdaf_kwargs``: ``flows``, ``anar``,
+    ``eta``, ``downsample``; R2DNS's defaults otherwise) or in the plain :class:`StageNet`,
+    and put ``head`` (default: timm's ``ClassifierHead``) on the last flow's last map.
 
-            def builder(_tdaf: bool = tdaf, _cifar: bool = cifar, **kwargs: Any) -> nn.Module:
-                return create(arch, tdaf=_tdaf, cifar=_cifar, **kwargs)
-
-            builder.__name__ = builder.__qualname__ = name
-            builder.__doc__ = f"{'TDAF-' if tdaf else ''}{title}{' for 32x32 (CIFAR) input' if cifar else ''}."
-            config = cfg(cifar, tdaf=tdaf, arch=arch)
-            config["baseline" if tdaf else "tdaf_variant"] = name.removeprefix("tdaf_") if tdaf else "tdaf_" + name
-            register_model(config)(builder)
+    ``cfg`` becomes the model's ``pretrained_cfg``, with ``architecture=name`` and the
+    TDAF settings used. Plain and ``flows=1`` TDAF models share one weight layout."""
+    if tdaf:
+        backbone: R2DNS | StageNet = R2DNS(stages, channels, strides, depthwise=depthwise, in_chans=in_chans,
+                                           **tdaf_kwargs)
+    else:
+        if tdaf_kwargs:
+            raise ValueError(
+                f"{', '.join(tdaf_kwargs)}: only TDAF models take these; {name!r} is a plain model "
+                f"(use {cfg.get('tdaf_variant', 'tdaf_' + name)!r})"
+            )
+        backbone = StageNet(stages, channels, strides, in_chans=in_chans)
+    cfg = dict(cfg)
+    cfg.update(tdaf_settings(backbone), architecture=name)
+    return model_cls(backbone, num_classes, head=head, num_features=num_features, drop_rate=drop_rate,
+                     global_pool=global_pool, pretrained_cfg=cfg)

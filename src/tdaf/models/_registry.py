@@ -1,60 +1,88 @@
-"""Model registry: builders are registered functions whose bodies are data."""
+"""Model registry, as timm's: a model is a function registered under its own name, whose
+body is data; its config is data too (the module's ``default_cfgs[name]``).
+
+A *namespace* is one registered function for a family of names ``<namespace>/<variant>``
+(``tdaf_timm/efficientnet_b0``: any timm CNN), found by the same lookup as every model.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import os
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 from torch import nn
 
-__all__ = [
-    "register_model", "register_prefix", "create_model", "list_models", "is_model", "model_cfg", "unknown_model_error",
-]
+from ..r2dns import TDAF_DEFAULTS
+from .features import FeatureMaps, StageFeatures
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+__all__ = ["register_model", "create_model", "list_models", "is_model", "model_cfg", "unknown_model_error"]
+
+Builder = Callable[..., nn.Module]
+CfgFn = Callable[[str], dict[str, Any]]
+
+_MODELS: dict[str, Builder] = {}
 _CFGS: dict[str, dict[str, Any]] = {}
-# Name families resolved on demand ("tdaf_timm/<timm name>"): prefix -> resolver(rest) -> (builder, cfg).
-# They are not listed by list_models() (every timm CNN would be one).
-_PREFIXES: dict[str, Callable[[str], tuple[Callable[..., nn.Module], dict[str, Any]]]] = {}
+# namespace -> (builder(variant, **kwargs), cfg(variant)); not listed by list_models()
+# (every timm CNN would be one).
+_NAMESPACES: dict[str, tuple[Builder, CfgFn]] = {}
 
-# Arguments that only a TDAF model takes; None means "the builder's default".
-TDAF_ARGS = ("flows", "anar", "eta", "downsample")
+# Arguments that only a TDAF model takes; their defaults are R2DNS's.
+TDAF_ARGS = tuple(TDAF_DEFAULTS)
 
 
-def register_model(cfg: dict[str, Any] | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder under its function name, with its default config (input size,
-    mean/std, classifier name, whether it is a TDAF model, its plain baseline, ...)."""
+@overload
+def register_model(cfg: Builder) -> Builder: ...
+@overload
+def register_model(
+    cfg: dict[str, Any] | CfgFn | None = None, *, namespace: str | None = None
+) -> Callable[[Builder], Builder]: ...
+def register_model(
+    cfg: dict[str, Any] | CfgFn | Builder | None = None, *, namespace: str | None = None
+) -> Builder | Callable[[Builder], Builder]:
+    """Register a builder under its function name.
 
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        name = fn.__name__
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
-        _CFGS[name] = dict(cfg or {})
+    ``@register_model`` (bare, timm's form) takes the config from the defining module's
+    ``default_cfgs[name]``; ``@register_model(cfg)`` gives it (input size, mean/std,
+    classifier, whether it is a TDAF model, its plain baseline, ...).
+    ``@register_model(cfg_fn, namespace="ns")`` registers the family ``ns/<variant>``:
+    the builder takes the variant as its first argument and ``cfg_fn(variant)`` gives the
+    config, raising ValueError for a variant it cannot build."""
+    if callable(cfg) and namespace is None:
+        return _register(cfg, None, None)
+    return lambda fn: _register(fn, cfg, namespace)  # type: ignore[arg-type]
+
+
+def _register(fn: Builder, cfg: dict[str, Any] | CfgFn | None, namespace: str | None) -> Builder:
+    if namespace is not None:
+        if namespace in _NAMESPACES or "/" in namespace:
+            raise ValueError(f"model namespace {namespace!r} is registered twice or contains '/'")
+        if not callable(cfg):
+            raise ValueError(f"model namespace {namespace!r}: cfg must be a function of the variant name")
+        _NAMESPACES[namespace] = (fn, cfg)
         return fn
-
-    return wrap
-
-
-def register_prefix(
-    prefix: str, resolver: Callable[[str], tuple[Callable[..., nn.Module], dict[str, Any]]]
-) -> None:
-    """Resolve every name ``prefix + rest`` with ``resolver(rest) -> (builder, cfg)``; the
-    resolver raises ValueError for a ``rest`` it cannot build."""
-    if prefix in _PREFIXES:
-        raise ValueError(f"model name prefix {prefix!r} is registered twice")
-    _PREFIXES[prefix] = resolver
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    if cfg is None:
+        cfg = getattr(sys.modules.get(fn.__module__), "default_cfgs", {}).get(name, {})
+    _MODELS[name] = fn
+    _CFGS[name] = dict(cfg)  # type: ignore[arg-type]
+    return fn
 
 
-def _resolve(name: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
+def _resolve(name: str) -> tuple[Builder, dict[str, Any]]:
     if name in _MODELS:
         return _MODELS[name], _CFGS[name]
-    for prefix, resolver in _PREFIXES.items():
-        if name.startswith(prefix):
-            return resolver(name[len(prefix):])
+    namespace, slash, variant = name.partition("/")
+    if slash and namespace in _NAMESPACES:
+        builder, cfg_fn = _NAMESPACES[namespace]
+        cfg = cfg_fn(variant)
+        return functools.partial(builder, variant), cfg
     raise unknown_model_error(name)
 
 
@@ -98,14 +126,17 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model.
 
-    ``flows`` (default 3), ``anar`` (``"anar3"``), ``eta`` (0.5) and ``downsample``
-    (``"avg"``) configure TDAF models (``tdaf_*``); giving them to a plain model is an
+    ``flows``, ``anar``, ``eta`` and ``downsample`` (defaults: ``TDAF_DEFAULTS``, the
+    paper's 3 flows, ANAR-3, 0.5, average pooling) configure TDAF models (``tdaf_*``); giving them to a plain model is an
     error. ``pretrained`` is a local file holding the plain backbone's state dict in
     torchvision or timm layout; nothing is ever downloaded.
 
     ``features_only=True`` (with optional ``out_indices``) returns the backbone alone,
     whose forward gives the last flow's stage maps (C2..C5 for a ResNet), with timm's
-    ``feature_info``. Names ``tdaf_timm/<timm name>`` wrap any sequential timm CNN.
+    ``feature_info``; with ``feature_cls="dict"`` it returns them as an ``OrderedDict``
+    and has torchvision's ``out_channels`` (:class:`~tdaf.models.features.FeatureMaps`,
+    for ``FeaturePyramidNetwork`` and detection heads). Names ``tdaf_timm/<timm name>``
+    and ``timm/<timm name>`` wrap any sequential timm CNN.
     """
     builder, cfg = _resolve(name)
     tdaf_args = {k: v for k, v in zip(TDAF_ARGS, (flows, anar, eta, downsample)) if v is not None}
@@ -129,12 +160,13 @@ def create_model(
     if pretrained is not None:
         kwargs["pretrained"] = pretrained
     features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", None)
+    out_indices: int | Sequence[int] | None = kwargs.pop("out_indices", None)
+    feature_cls = kwargs.pop("feature_cls", None)
+    if feature_cls not in (None, "list", "dict"):
+        raise ValueError(f"feature_cls: got {feature_cls!r}; allowed: 'list' (default), 'dict'")
+    if not features_only and (out_indices is not None or feature_cls is not None):
+        raise ValueError("out_indices, feature_cls: only used with features_only=True")
     model = builder(**tdaf_args, **kwargs)
     if features_only:
-        from .features import StageFeatures
-
-        return StageFeatures(model, out_indices)
-    if out_indices is not None:
-        raise ValueError("out_indices: only used with features_only=True")
+        return (FeatureMaps if feature_cls == "dict" else StageFeatures)(model, out_indices)
     return model

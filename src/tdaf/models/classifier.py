@@ -8,17 +8,18 @@ import torch
 from timm.layers import ClassifierHead
 from torch import nn
 
-from ..r2dns import R2DNS, StageNet
+from ..r2dns import R2DNS, StageNet, total_reduction
 
 __all__ = ["TDAFClassifier", "feature_info"]
 
 
 def feature_info(backbone: R2DNS | StageNet, prefix: str = "backbone.stages") -> list[dict[str, Any]]:
     """timm-style feature info: channels and total reduction of each stage output."""
-    info, reduction = [], 1
-    for i, (c, s) in enumerate(zip(backbone.channels, backbone.strides)):
-        reduction *= s if isinstance(s, int) else s[-1]
-        info.append(dict(num_chs=c, reduction=reduction, module=f"{prefix}.{i}"))
+    info = []
+    for i, (c, total) in enumerate(zip(backbone.channels, total_reduction(backbone.strides, backbone.dims))):
+        # timm reports one reduction, the width's; below 1 after up-sampling stages.
+        r = total[-1]
+        info.append(dict(num_chs=c, reduction=int(r) if r.denominator == 1 else float(r), module=f"{prefix}.{i}"))
     return info
 
 
@@ -56,7 +57,8 @@ class TDAFClassifier(nn.Module):
 
     @property
     def is_tdaf(self) -> bool:
-        return isinstance(self.backbone, R2DNS)
+        """True for R2DNS with attention (not for the flows-only ablation)."""
+        return isinstance(self.backbone, R2DNS) and self.backbone.anar_name is not None
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every stage output of the last flow (C2..C5 for a ResNet)."""

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.models import FeatureInfo
 from torch import nn
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
-from ..r2dns import R2DNS
-from .classifier import TDAFClassifier
+from ..r2dns import R2DNS, StageNet
+from .classifier import TDAFClassifier, feature_info
 
-__all__ = ["StageFeatures", "resolve_out_indices"]
+__all__ = ["StageFeatures", "FeatureMaps", "BackboneWithFPN", "resolve_out_indices"]
 
 
 def resolve_out_indices(out_indices: int | Sequence[int] | None, num_levels: int) -> tuple[int, ...]:
@@ -55,8 +58,76 @@ class StageFeatures(nn.Module):
 
     @property
     def is_tdaf(self) -> bool:
-        return isinstance(self.backbone, R2DNS)
+        return isinstance(self.backbone, R2DNS) and self.backbone.anar_name is not None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = self.backbone(x)
         return [outs[i] for i in self.out_indices]
+
+
+class FeatureMaps(nn.Module):
+    """The last flow's stage maps as an ``OrderedDict[str, Tensor]``: the backbone
+    contract of torchvision's detection models (``FeaturePyramidNetwork``, FCOS) and of
+    detectron2. ``IntermediateLayerGetter`` cannot serve R2DNS, which runs its stages once
+    per flow, so the maps come from the backbone's own multi-level output.
+
+    ``model`` is a staged tdaf classifier or its backbone (R2DNS / StageNet);
+    ``out_indices`` follow timm (None = every stage, n = the last n); ``names`` default to
+    ``"0", "1", ...`` (torchvision's ``return_layers`` values). ``out_channels`` lists each
+    map's channels in order (``FeaturePyramidNetwork``'s ``in_channels_list``);
+    ``strides`` their total reductions (below 1 after up-sampling stages);
+    ``feature_info`` the selected levels' timm-style dicts. Its state dict keys are the classifier's
+    ``backbone.*``.
+    """
+
+    def __init__(
+        self,
+        model: TDAFClassifier | R2DNS | StageNet,
+        out_indices: int | Sequence[int] | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, TDAFClassifier):
+            info, cfg, backbone = model.feature_info, dict(model.pretrained_cfg), model.backbone
+        elif isinstance(model, (R2DNS, StageNet)):
+            info, cfg, backbone = feature_info(model), {}, model
+        else:
+            raise ValueError(f"features: {type(model).__name__} is not a staged tdaf model or backbone")
+        self.backbone = backbone
+        self.out_indices = resolve_out_indices(out_indices, len(info))
+        names = [str(i) for i in range(len(self.out_indices))] if names is None else [str(n) for n in names]
+        if len(names) != len(self.out_indices) or len(set(names)) != len(names):
+            raise ValueError(f"names: got {names}; need {len(self.out_indices)} distinct names, one per map")
+        self.names = names
+        # A plain list (timm's FeatureInfo refuses the falling reductions of up-sampling stages).
+        self.feature_info: list[dict[str, Any]] = [copy.deepcopy(info[i]) for i in self.out_indices]
+        self.out_channels: list[int] = [int(info[i]["num_chs"]) for i in self.out_indices]
+        self.strides = [info[i]["reduction"] for i in self.out_indices]
+        self.pretrained_cfg = cfg
+        self.default_cfg = self.pretrained_cfg
+
+    @property
+    def is_tdaf(self) -> bool:
+        return isinstance(self.backbone, R2DNS) and self.backbone.anar_name is not None
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        outs = self.backbone(x)
+        return OrderedDict((name, outs[i]) for name, i in zip(self.names, self.out_indices))
+
+
+class BackboneWithFPN(nn.Module):
+    """:class:`FeatureMaps` followed by torchvision's ``FeaturePyramidNetwork``: the
+    backbone torchvision's FCOS / RetinaNet / Faster R-CNN take (``out_channels`` is an
+    int, the output is an ``OrderedDict``); torchvision's own ``BackboneWithFPN`` relies on
+    ``IntermediateLayerGetter``, which cannot run R2DNS's flows (paper §4, COCO: FPN on the
+    last flow's C3-C5)."""
+
+    def __init__(self, features: FeatureMaps, out_channels: int = 256,
+                 extra_blocks: ExtraFPNBlock | None = None) -> None:
+        super().__init__()
+        self.body = features
+        self.fpn = FeaturePyramidNetwork(features.out_channels, out_channels, extra_blocks=extra_blocks)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(self.body(x))

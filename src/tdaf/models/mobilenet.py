@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._builder import paired_cfgs
 from ._registry import register_model
 from .classifier import TDAFClassifier
 from .timm_adapter import create_timm_model, timm_cfg
@@ -18,25 +19,31 @@ from .timm_adapter import create_timm_model, timm_cfg
 __all__: list[str] = []
 
 _TIMM_NAME = "mobilenetv1_100"
-_STAGE_LEVELS = (0, 1, 2, 3, 4)
 
 
-def _cfg(tdaf: bool) -> dict[str, Any]:
-    cfg = timm_cfg(_TIMM_NAME, tdaf=tdaf, family="mobilenet", first_conv="backbone.stages.0.conv_stem")
-    cfg.pop("baseline" if tdaf else "tdaf_variant")
-    cfg["baseline" if tdaf else "tdaf_variant"] = "mobilenetv1" if tdaf else "tdaf_mobilenetv1"
+def _cfg() -> dict[str, Any]:
+    cfg = timm_cfg(_TIMM_NAME, tdaf=False, family="mobilenet", first_conv="backbone.stages.0.conv_stem")
+    del cfg["tdaf"], cfg["tdaf_variant"]
     return cfg
 
 
-@register_model(_cfg(False))
+default_cfgs: dict[str, dict[str, Any]] = paired_cfgs("mobilenetv1", _cfg())
+
+
+def _create_mobilenet(variant: str, **kwargs: Any) -> TDAFClassifier:
+    cfg = default_cfgs[variant]
+    return create_timm_model(_TIMM_NAME, tdaf=cfg["tdaf"], name=variant, cfg=cfg, **kwargs)
+
+
+@register_model
 def mobilenetv1(**kwargs: Any) -> TDAFClassifier:
     """MobileNetV1 (timm ``mobilenetv1_100``) as five stages."""
-    return create_timm_model(_TIMM_NAME, tdaf=False, name="mobilenetv1", cfg=_cfg(False),
-                             stage_levels=_STAGE_LEVELS, **kwargs)
+    model_args = dict(stage_levels=(0, 1, 2, 3, 4))
+    return _create_mobilenet("mobilenetv1", **dict(model_args, **kwargs))
 
 
-@register_model(_cfg(True))
-def tdaf_mobilenetv1(flows: int = 2, depthwise: bool = True, **kwargs: Any) -> TDAFClassifier:
+@register_model
+def tdaf_mobilenetv1(**kwargs: Any) -> TDAFClassifier:
     """TDAF-MobileNetV1: depthwise ANAR, 2 flows by default (paper Tab. 3a)."""
-    return create_timm_model(_TIMM_NAME, tdaf=True, name="tdaf_mobilenetv1", cfg=_cfg(True),
-                             stage_levels=_STAGE_LEVELS, flows=flows, depthwise=depthwise, **kwargs)
+    model_args = dict(stage_levels=(0, 1, 2, 3, 4), flows=2, depthwise=True)
+    return _create_mobilenet("tdaf_mobilenetv1", **dict(model_args, **kwargs))

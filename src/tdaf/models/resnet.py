@@ -1,4 +1,5 @@
-"""ResNet (He et al. 2016) and TDAF-ResNet, on torchvision's ResNet building blocks.
+"""ResNet (He et al. 2016), ResNeXt (Xie et al. 2017) and their TDAF forms, on torchvision's
+ResNet building blocks.
 
 Stages (L = 4): stem + layer1 (C2), layer2 (C3), layer3 (C4), layer4 (C5). The CIFAR
 variants (``*_cifar``) use a 3x3 stride-1 stem without max-pool (total stride 8),
@@ -14,8 +15,9 @@ from typing import Any
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ._builder import build_model, paired_cfgs, split_tdaf_kwargs
 from ._pretrained import load_pretrained
-from ._builder import register_variants, staged_backbone, tdaf_settings
+from ._registry import register_model
 from .classifier import TDAFClassifier
 
 __all__: list[str] = []
@@ -25,22 +27,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
-_ARCHS: dict[str, dict[str, Any]] = {
-    "resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
-    "resnet34": dict(block=BasicBlock, layers=(3, 4, 6, 3)),
-    "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
-    "resnet101": dict(block=Bottleneck, layers=(3, 4, 23, 3)),
-    "resnet152": dict(block=Bottleneck, layers=(3, 8, 36, 3)),
-    # ResNeXt (Xie et al. 2017) is torchvision's ResNet with grouped 3x3 convs (paper Tab. 3a).
-    "resnext50_32x4d": dict(block=Bottleneck, layers=(3, 4, 6, 3), groups=32, width_per_group=4),
-    "resnext101_32x8d": dict(block=Bottleneck, layers=(3, 4, 23, 3), groups=32, width_per_group=8),
-}
-# The paper uses these on ImageNet only, so they get no *_cifar variants.
-_IMAGENET_ONLY = frozenset({"resnext50_32x4d", "resnext101_32x8d"})
 
-
-def _cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:
-    base = dict(
+def _cfg(arch: str, cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
+    return dict(
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
         mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_STD,
@@ -48,9 +37,26 @@ def _cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:
         classifier="head.fc",
         first_conv="backbone.stages.0.conv1",
         family="resnet",
+        arch=arch,
+        **kwargs,
     )
-    base.update(kwargs)
-    return base
+
+
+# ResNeXt is ImageNet-only in the paper, so it has no *_cifar variants.
+default_cfgs: dict[str, dict[str, Any]] = {
+    **paired_cfgs("resnet18", _cfg("resnet18")),
+    **paired_cfgs("resnet18_cifar", _cfg("resnet18", cifar=True)),
+    **paired_cfgs("resnet34", _cfg("resnet34")),
+    **paired_cfgs("resnet34_cifar", _cfg("resnet34", cifar=True)),
+    **paired_cfgs("resnet50", _cfg("resnet50")),
+    **paired_cfgs("resnet50_cifar", _cfg("resnet50", cifar=True)),
+    **paired_cfgs("resnet101", _cfg("resnet101")),
+    **paired_cfgs("resnet101_cifar", _cfg("resnet101", cifar=True)),
+    **paired_cfgs("resnet152", _cfg("resnet152")),
+    **paired_cfgs("resnet152_cifar", _cfg("resnet152", cifar=True)),
+    **paired_cfgs("resnext50_32x4d", _cfg("resnext50_32x4d")),
+    **paired_cfgs("resnext101_32x8d", _cfg("resnext101_32x8d")),
+}
 
 
 def _resnet_stages(net: ResNet, cifar: bool) -> tuple[list[nn.Module], list[int], list[int]]:
@@ -65,42 +71,197 @@ def _resnet_stages(net: ResNet, cifar: bool) -> tuple[list[nn.Module], list[int]
 
 
 def _create_resnet(
-    arch: str,
+    variant: str,
     *,
-    tdaf: bool,
-    cifar: bool = False,
     num_classes: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
-    flows: int = 3,
-    anar: str = "anar3",
-    eta: float = 0.5,
-    downsample: str = "avg",
     drop_rate: float = 0.0,
-    **arch_kwargs: Any,
+    **kwargs: Any,
 ) -> TDAFClassifier:
-    spec = dict(_ARCHS[arch], **arch_kwargs)
-    name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
-    cfg = _cfg(cifar, tdaf=tdaf, arch=arch)
+    """torchvision's ResNet with ``kwargs`` (``block``, ``layers``, ``groups``, ...), optionally
+    loaded from ``pretrained``, as stages (TDAF settings in ``kwargs`` go to R2DNS)."""
+    cfg = default_cfgs[variant]
+    cifar = variant.endswith("_cifar")
+    tdaf_kwargs, net_kwargs = split_tdaf_kwargs(kwargs)
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
-    net = ResNet(num_classes=max(num_classes, 1), **spec)
+    net = ResNet(num_classes=max(num_classes, 1), **net_kwargs)
     if cifar:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.maxpool = nn.Identity()
     if pretrained is not None:
-        load_pretrained(net, pretrained, name, classifier=("fc",))
+        load_pretrained(net, pretrained, variant, classifier=("fc",))
     stages, channels, strides = _resnet_stages(net, cifar)
-    backbone = staged_backbone(stages, channels, strides, tdaf=tdaf, flows=flows, anar=anar, eta=eta,
-                               downsample=downsample)
-    cfg.update(tdaf_settings(backbone), architecture=name)
-    model = TDAFClassifier(backbone, num_classes, drop_rate=drop_rate, pretrained_cfg=cfg)
+    model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
+                        drop_rate=drop_rate, **tdaf_kwargs)
     if num_classes > 0:
         model.head.fc = net.fc  # keeps pretrained classifier weights when the class count matches
     return model
 
 
-for _arch in _ARCHS:
-    register_variants(
-        _arch, _create_resnet, _cfg, _arch.replace("resnext", "ResNeXt-").replace("resnet", "ResNet-"),
-        cifar_variants=_arch not in _IMAGENET_ONLY,
-    )
+@register_model
+def resnet18(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-18."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    return _create_resnet("resnet18", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet18(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-18."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    return _create_resnet("tdaf_resnet18", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet18_cifar(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-18 for 32x32 (CIFAR) input."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    return _create_resnet("resnet18_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet18_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-18 for 32x32 (CIFAR) input."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    return _create_resnet("tdaf_resnet18_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet34(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-34."""
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+    return _create_resnet("resnet34", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet34(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-34."""
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+    return _create_resnet("tdaf_resnet34", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet34_cifar(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-34 for 32x32 (CIFAR) input."""
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+    return _create_resnet("resnet34_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet34_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-34 for 32x32 (CIFAR) input."""
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+    return _create_resnet("tdaf_resnet34_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-50."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
+    return _create_resnet("resnet50", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet50(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-50."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
+    return _create_resnet("tdaf_resnet50", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_cifar(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-50 for 32x32 (CIFAR) input."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
+    return _create_resnet("resnet50_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet50_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-50 for 32x32 (CIFAR) input."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
+    return _create_resnet("tdaf_resnet50_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet101(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-101."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3))
+    return _create_resnet("resnet101", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet101(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-101."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3))
+    return _create_resnet("tdaf_resnet101", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet101_cifar(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-101 for 32x32 (CIFAR) input."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3))
+    return _create_resnet("resnet101_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet101_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-101 for 32x32 (CIFAR) input."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3))
+    return _create_resnet("tdaf_resnet101_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet152(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-152."""
+    model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3))
+    return _create_resnet("resnet152", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet152(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-152."""
+    model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3))
+    return _create_resnet("tdaf_resnet152", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet152_cifar(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-152 for 32x32 (CIFAR) input."""
+    model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3))
+    return _create_resnet("resnet152_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnet152_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNet-152 for 32x32 (CIFAR) input."""
+    model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3))
+    return _create_resnet("tdaf_resnet152_cifar", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnext50_32x4d(**kwargs: Any) -> TDAFClassifier:
+    """ResNeXt-50 32x4d."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), groups=32, width_per_group=4)
+    return _create_resnet("resnext50_32x4d", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnext50_32x4d(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNeXt-50 32x4d."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), groups=32, width_per_group=4)
+    return _create_resnet("tdaf_resnext50_32x4d", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnext101_32x8d(**kwargs: Any) -> TDAFClassifier:
+    """ResNeXt-101 32x8d."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3), groups=32, width_per_group=8)
+    return _create_resnet("resnext101_32x8d", **dict(model_args, **kwargs))
+
+
+@register_model
+def tdaf_resnext101_32x8d(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-ResNeXt-101 32x8d."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3), groups=32, width_per_group=8)
+    return _create_resnet("tdaf_resnext101_32x8d", **dict(model_args, **kwargs))

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from timm.models.resnet import Bottleneck, ResNet
-from torch import nn
 
+from ._builder import paired_cfgs
 from ._registry import register_model
 from .classifier import TDAFClassifier
 from .timm_adapter import create_timm_model, timm_cfg
@@ -20,44 +20,58 @@ from .timm_adapter import create_timm_model, timm_cfg
 __all__: list[str] = []
 
 
-def _cbam_resnet50(**kwargs: Any) -> nn.Module:
-    # timm registers no CBAM-ResNet; its ResNet takes CBAM as the block attention layer.
-    return ResNet(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="cbam"), **kwargs)
-
-
-def _cfg(plain: str, tdaf: bool) -> dict[str, Any]:
-    cfg = timm_cfg("resnet50" if plain == "cbam_resnet50" else plain, tdaf=tdaf, family="senet",
-                   first_conv="backbone.stages.0.conv1")
-    cfg.pop("baseline" if tdaf else "tdaf_variant")
-    cfg["baseline" if tdaf else "tdaf_variant"] = plain if tdaf else "tdaf_" + plain
+def _cfg(timm_name: str) -> dict[str, Any]:
+    # The data config (input size, mean/std, crop) of the timm model whose weights fit.
+    cfg = timm_cfg(timm_name, tdaf=False, family="senet", first_conv="backbone.stages.0.conv1")
+    del cfg["tdaf"], cfg["tdaf_variant"]
     return cfg
 
 
-def _build(plain: str, tdaf: bool, **kwargs: Any) -> TDAFClassifier:
-    name = ("tdaf_" if tdaf else "") + plain
-    make_net = _cbam_resnet50 if plain == "cbam_resnet50" else None
-    return create_timm_model(plain, tdaf=tdaf, name=name, make_net=make_net, cfg=_cfg(plain, tdaf), **kwargs)
+default_cfgs: dict[str, dict[str, Any]] = {
+    **paired_cfgs("seresnet50", _cfg("seresnet50")),
+    **paired_cfgs("cbam_resnet50", _cfg("resnet50")),
+}
 
 
-@register_model(_cfg("seresnet50", False))
+def _create_senet(variant: str, **kwargs: Any) -> TDAFClassifier:
+    """timm's ResNet with ``kwargs`` (``block``, ``layers``, ``block_args`` naming the block
+    attention), as stages (TDAF settings go to R2DNS)."""
+    cfg = default_cfgs[variant]
+    # The architecture goes to timm's ResNet; the rest (num_classes, pretrained, TDAF
+    # settings, drop_rate, ...) through the shared timm path.
+    arch = {k: kwargs.pop(k) for k in _ARCH_KEYS if k in kwargs}
+    return create_timm_model(
+        variant.removeprefix("tdaf_"), tdaf=cfg["tdaf"], name=variant, cfg=cfg,
+        make_net=lambda **timm_kwargs: ResNet(**arch, **timm_kwargs), **kwargs,
+    )
+
+
+_ARCH_KEYS = ("block", "layers", "block_args")
+
+
+@register_model
 def seresnet50(**kwargs: Any) -> TDAFClassifier:
     """SE-ResNet-50 (timm ``seresnet50``) as four stages."""
-    return _build("seresnet50", False, **kwargs)
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="se"))
+    return _create_senet("seresnet50", **dict(model_args, **kwargs))
 
 
-@register_model(_cfg("seresnet50", True))
+@register_model
 def tdaf_seresnet50(**kwargs: Any) -> TDAFClassifier:
     """TDAF on SE-ResNet-50 (paper Tab. 3b)."""
-    return _build("seresnet50", True, **kwargs)
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="se"))
+    return _create_senet("tdaf_seresnet50", **dict(model_args, **kwargs))
 
 
-@register_model(_cfg("cbam_resnet50", False))
+@register_model
 def cbam_resnet50(**kwargs: Any) -> TDAFClassifier:
     """CBAM-ResNet-50 (timm ResNet-50 with CBAM in every bottleneck) as four stages."""
-    return _build("cbam_resnet50", False, **kwargs)
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="cbam"))
+    return _create_senet("cbam_resnet50", **dict(model_args, **kwargs))
 
 
-@register_model(_cfg("cbam_resnet50", True))
+@register_model
 def tdaf_cbam_resnet50(**kwargs: Any) -> TDAFClassifier:
     """TDAF on CBAM-ResNet-50 (paper Tab. 3b)."""
-    return _build("cbam_resnet50", True, **kwargs)
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="cbam"))
+    return _create_senet("tdaf_cbam_resnet50", **dict(model_args, **kwargs))

@@ -19,7 +19,6 @@ LayerNorm) share their norm layers across flows.
 from __future__ import annotations
 
 import difflib
-import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -29,17 +28,21 @@ from typing import Any
 import timm
 import torch
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
+from timm.models import model_entrypoint
 from torch import nn
 
-from ._builder import staged_backbone
+from ._builder import build_model, split_tdaf_kwargs
 from ._pretrained import load_pretrained
-from ._registry import register_prefix
+from ._registry import register_model
 from .classifier import TDAFClassifier
 
-__all__ = ["TimmHead", "TimmStages", "split_timm_model", "create_timm_model", "split_norm_act"]
+__all__ = ["TimmHead", "TimmStages", "split_timm_model", "create_timm_model", "split_norm_act", "timm_cfg"]
 
-TDAF_PREFIX = "tdaf_timm/"
-PLAIN_PREFIX = "timm/"
+# Namespaces of the registry: "tdaf_timm/<timm name>" and "timm/<timm name>".
+TDAF_NAMESPACE = "tdaf_timm"
+PLAIN_NAMESPACE = "timm"
+TDAF_PREFIX = TDAF_NAMESPACE + "/"
+PLAIN_PREFIX = PLAIN_NAMESPACE + "/"
 
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -303,18 +306,17 @@ def create_timm_model(
     cfg: dict[str, Any] | None = None,
     num_classes: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
-    flows: int = 3,
-    anar: str = "anar3",
-    eta: float = 0.5,
-    downsample: str = "avg",
     depthwise: bool = False,
     stage_levels: Sequence[int] | None = None,
-    **timm_kwargs: Any,
+    **kwargs: Any,
 ) -> TDAFClassifier:
     """Build a timm CNN (never with timm's pretrained download), load ``pretrained`` (a local
     state-dict file in timm layout) into it, split it into stages, and wrap them in R2DNS
-    (``tdaf=True``) or :class:`StageNet`. ``timm_kwargs`` go to the timm model
-    (``drop_rate``, ``drop_path_rate``, ``in_chans``, ...)."""
+    (``tdaf=True``) or :class:`StageNet`. TDAF settings in ``kwargs`` (``flows``, ``anar``,
+    ``eta``, ``downsample``) go to R2DNS; the others to the timm model (``drop_rate``,
+    ``drop_path_rate``, ``in_chans``, ...), or to ``make_net`` in place of
+    ``timm.create_model(timm_name)``."""
+    tdaf_kwargs, timm_kwargs = split_tdaf_kwargs(kwargs)
     cfg = dict(cfg or timm_cfg(timm_name, tdaf=tdaf))
     name = name or (TDAF_PREFIX if tdaf else PLAIN_PREFIX) + timm_name
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
@@ -331,12 +333,14 @@ def create_timm_model(
         net.reset_classifier(0)
     split = split_timm_model(net, timm_name, stage_levels)
     stages = [split_norm_act(s, timm_name) for s in split.stages]
-    in_chans = int(timm_kwargs.get("in_chans", 3))
-    backbone = staged_backbone(stages, split.channels, split.strides, tdaf=tdaf, flows=flows, anar=anar, eta=eta,
-                               downsample=downsample, depthwise=depthwise, in_chans=in_chans)
-    cfg.update(architecture=name, timm_model=timm_name, stage_levels=split.levels)
-    model = TDAFClassifier(backbone, num_classes, head=split.head, num_features=split.num_features,
-                           pretrained_cfg=cfg)
+    cfg.update(timm_model=timm_name, stage_levels=split.levels)
+    if tdaf:
+        cfg["depthwise"] = depthwise
+    elif depthwise:
+        raise ValueError(f"depthwise: only TDAF models take it; {name!r} is a plain model")
+    model = build_model(name, stages, split.channels, split.strides, cfg, tdaf=tdaf, num_classes=num_classes,
+                        head=split.head, num_features=split.num_features, in_chans=int(timm_kwargs.get("in_chans", 3)),
+                        **(dict(depthwise=depthwise) if tdaf else {}), **tdaf_kwargs)
     # Where the classifier and first conv ended up (timm's pretrained-config fields).
     names = {id(m): n for n, m in model.named_modules()}
     if id(model.get_classifier()) in names:
@@ -345,8 +349,6 @@ def create_timm_model(
     if first_conv is not None:
         model.pretrained_cfg["first_conv"] = "backbone.stages.0." + first_conv
     model.head_hidden_size = int(getattr(net, "head_hidden_size", split.num_features))
-    if tdaf:
-        model.pretrained_cfg.update(flows=flows, anar=anar, eta=eta, downsample=downsample, depthwise=depthwise)
     return model
 
 
@@ -383,30 +385,34 @@ def _first_name(value: str | Sequence[str] | None, default: str) -> str:
     return value if isinstance(value, str) else value[0]
 
 
-def _timm_names() -> list[str]:
-    # Our own registrations in timm (tdaf.models.timm_registry) are not timm CNNs to wrap.
-    from . import timm_registry
-
-    own = set(timm_registry.registered_in_timm())
-    return [n for n in timm.list_models() if n not in own]
+def _is_timm_cnn(timm_name: str) -> bool:
+    # tdaf's own entries in timm's registry (tdaf.models.timm_registry) are not timm CNNs to wrap.
+    return "." not in timm_name and timm.is_model(timm_name) and not model_entrypoint(timm_name).__module__.startswith("tdaf.")
 
 
-def _resolver(tdaf: bool) -> Callable[[str], tuple[Callable[..., nn.Module], dict[str, Any]]]:
+def _namespace_cfg(tdaf: bool) -> Callable[[str], dict[str, Any]]:
     prefix = TDAF_PREFIX if tdaf else PLAIN_PREFIX
 
-    def resolve(timm_name: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
-        names = _timm_names()
-        if timm_name not in names:
-            close = difflib.get_close_matches(timm_name, names, n=5, cutoff=0.6)
+    def cfg(timm_name: str) -> dict[str, Any]:
+        if not _is_timm_cnn(timm_name):
+            names = [n for n in timm.list_models() if not n.startswith("tdaf_")]
+            close = [c for c in difflib.get_close_matches(timm_name, names, n=5, cutoff=0.6) if _is_timm_cnn(c)]
             hint = f"; closest: {', '.join(prefix + c for c in close)}" if close else ""
             raise ValueError(
                 f"model: unknown timm model {timm_name!r} in {prefix + timm_name!r}{hint} (see timm.list_models())"
             )
-        builder = functools.partial(create_timm_model, timm_name, tdaf=tdaf)
-        return builder, timm_cfg(timm_name, tdaf=tdaf)
+        return timm_cfg(timm_name, tdaf=tdaf)
 
-    return resolve
+    return cfg
 
 
-register_prefix(TDAF_PREFIX, _resolver(True))
-register_prefix(PLAIN_PREFIX, _resolver(False))
+@register_model(_namespace_cfg(True), namespace=TDAF_NAMESPACE)
+def tdaf_timm_model(timm_name: str, **kwargs: Any) -> TDAFClassifier:
+    """TDAF over any sequential timm CNN: ``tdaf_timm/<timm name>``."""
+    return create_timm_model(timm_name, tdaf=True, **kwargs)
+
+
+@register_model(_namespace_cfg(False), namespace=PLAIN_NAMESPACE)
+def timm_model(timm_name: str, **kwargs: Any) -> TDAFClassifier:
+    """A sequential timm CNN as plain stages: ``timm/<timm name>`` (the baseline of ``tdaf_timm/``)."""
+    return create_timm_model(timm_name, tdaf=False, **kwargs)

@@ -20,15 +20,13 @@ import torch
 import torchvision
 from torch import nn
 
+from ._builder import build_model, paired_cfgs
 from ._pretrained import load_pretrained
-from ._builder import register_variants, staged_backbone, tdaf_settings
+from ._registry import register_model
 from .classifier import TDAFClassifier
 from .resnet import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["VGGHead", "vgg_stages"]
-
-_ARCHS = ("vgg16", "vgg19", "vgg16_bn", "vgg19_bn")
-
 
 class VGGHead(nn.Module):
     """VGG's classifier as a TDAF head: 7x7 adaptive average pool, flatten, FC-ReLU-Dropout
@@ -92,8 +90,8 @@ def _build_for_loading(arch: str, num_classes: int, drop_rate: float) -> nn.Modu
     return net
 
 
-def _cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:
-    base = dict(
+def _cfg(arch: str, cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
+    return dict(
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
         mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_STD,
@@ -101,41 +99,140 @@ def _cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:
         classifier="head.fc",
         first_conv="backbone.stages.0.0",
         family="vgg",
+        arch=arch,
+        **kwargs,
     )
-    base.update(kwargs)
-    return base
+
+
+default_cfgs: dict[str, dict[str, Any]] = {
+    **paired_cfgs("vgg16", _cfg("vgg16")),
+    **paired_cfgs("vgg16_cifar", _cfg("vgg16", cifar=True)),
+    **paired_cfgs("vgg19", _cfg("vgg19")),
+    **paired_cfgs("vgg19_cifar", _cfg("vgg19", cifar=True)),
+    **paired_cfgs("vgg16_bn", _cfg("vgg16_bn")),
+    **paired_cfgs("vgg16_bn_cifar", _cfg("vgg16_bn", cifar=True)),
+    **paired_cfgs("vgg19_bn", _cfg("vgg19_bn")),
+    **paired_cfgs("vgg19_bn_cifar", _cfg("vgg19_bn", cifar=True)),
+}
 
 
 def _create_vgg(
-    arch: str,
+    variant: str,
     *,
-    tdaf: bool,
-    cifar: bool = False,
     num_classes: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
-    flows: int = 3,
-    anar: str = "anar3",
-    eta: float = 0.5,
-    downsample: str = "avg",
     drop_rate: float = 0.5,
+    **tdaf_kwargs: Any,
 ) -> TDAFClassifier:
-    name = f"{'tdaf_' if tdaf else ''}{arch}{'_cifar' if cifar else ''}"
-    cfg = _cfg(cifar, tdaf=tdaf, arch=arch)
+    """torchvision's VGG ``cfg["arch"]``, optionally loaded from ``pretrained``, as five
+    stages with VGG's own head (TDAF settings in ``tdaf_kwargs`` go to R2DNS)."""
+    cfg = default_cfgs[variant]
+    arch = cfg["arch"]
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     if pretrained is None:
         net = torchvision.models.get_model(arch, weights=None, num_classes=max(num_classes, 1), dropout=drop_rate)
     else:
         net = _build_for_loading(arch, max(num_classes, 1), drop_rate)
-        load_pretrained(net, pretrained, name, classifier=("classifier.6",))
+        load_pretrained(net, pretrained, variant, classifier=("classifier.6",))
     stages, channels, strides = vgg_stages(net.features)
-    backbone = staged_backbone(stages, channels, strides, tdaf=tdaf, flows=flows, anar=anar, eta=eta,
-                               downsample=downsample)
     head = VGGHead(net.avgpool, net.classifier, num_classes)
-    cfg.update(tdaf_settings(backbone), architecture=name)
-    model = TDAFClassifier(backbone, num_classes, head=head, pretrained_cfg=cfg)
+    model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
+                        head=head, **tdaf_kwargs)
     model.head_hidden_size = head.hidden_size
     return model
 
 
-for _arch in _ARCHS:
-    register_variants(_arch, _create_vgg, _cfg, _arch.upper().replace("_BN", " with BatchNorm"))
+@register_model
+def vgg16(**kwargs: Any) -> TDAFClassifier:
+    """VGG16."""
+    return _create_vgg("vgg16", **kwargs)
+
+
+@register_model
+def tdaf_vgg16(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG16."""
+    return _create_vgg("tdaf_vgg16", **kwargs)
+
+
+@register_model
+def vgg16_cifar(**kwargs: Any) -> TDAFClassifier:
+    """VGG16 for 32x32 (CIFAR) input."""
+    return _create_vgg("vgg16_cifar", **kwargs)
+
+
+@register_model
+def tdaf_vgg16_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG16 for 32x32 (CIFAR) input."""
+    return _create_vgg("tdaf_vgg16_cifar", **kwargs)
+
+
+@register_model
+def vgg19(**kwargs: Any) -> TDAFClassifier:
+    """VGG19."""
+    return _create_vgg("vgg19", **kwargs)
+
+
+@register_model
+def tdaf_vgg19(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG19."""
+    return _create_vgg("tdaf_vgg19", **kwargs)
+
+
+@register_model
+def vgg19_cifar(**kwargs: Any) -> TDAFClassifier:
+    """VGG19 for 32x32 (CIFAR) input."""
+    return _create_vgg("vgg19_cifar", **kwargs)
+
+
+@register_model
+def tdaf_vgg19_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG19 for 32x32 (CIFAR) input."""
+    return _create_vgg("tdaf_vgg19_cifar", **kwargs)
+
+
+@register_model
+def vgg16_bn(**kwargs: Any) -> TDAFClassifier:
+    """VGG16 with BatchNorm."""
+    return _create_vgg("vgg16_bn", **kwargs)
+
+
+@register_model
+def tdaf_vgg16_bn(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG16 with BatchNorm."""
+    return _create_vgg("tdaf_vgg16_bn", **kwargs)
+
+
+@register_model
+def vgg16_bn_cifar(**kwargs: Any) -> TDAFClassifier:
+    """VGG16 with BatchNorm for 32x32 (CIFAR) input."""
+    return _create_vgg("vgg16_bn_cifar", **kwargs)
+
+
+@register_model
+def tdaf_vgg16_bn_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG16 with BatchNorm for 32x32 (CIFAR) input."""
+    return _create_vgg("tdaf_vgg16_bn_cifar", **kwargs)
+
+
+@register_model
+def vgg19_bn(**kwargs: Any) -> TDAFClassifier:
+    """VGG19 with BatchNorm."""
+    return _create_vgg("vgg19_bn", **kwargs)
+
+
+@register_model
+def tdaf_vgg19_bn(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG19 with BatchNorm."""
+    return _create_vgg("tdaf_vgg19_bn", **kwargs)
+
+
+@register_model
+def vgg19_bn_cifar(**kwargs: Any) -> TDAFClassifier:
+    """VGG19 with BatchNorm for 32x32 (CIFAR) input."""
+    return _create_vgg("vgg19_bn_cifar", **kwargs)
+
+
+@register_model
+def tdaf_vgg19_bn_cifar(**kwargs: Any) -> TDAFClassifier:
+    """TDAF-VGG19 with BatchNorm for 32x32 (CIFAR) input."""
+    return _create_vgg("tdaf_vgg19_bn_cifar", **kwargs)
