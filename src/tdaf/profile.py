@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_gmacs", "measure_latency", "profile_model"]
+__all__ = ["count_params", "count_gmacs", "measure_latency", "interleaved_latency", "profile_model"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -31,23 +32,34 @@ def count_gmacs(model: nn.Module, example: torch.Tensor) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def measure_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, iters: int = 5) -> float:
-    """Median eval-mode forward time in milliseconds."""
-    was_training = model.training
-    model.eval()
-    times = []
+def interleaved_latency(models: Sequence[nn.Module], example: torch.Tensor, rounds: int = 5,
+                        warmup: int = 2) -> list[float]:
+    """Median eval-mode forward time (ms) of ``example`` for each model. The models are timed
+    in turn within each round, so a change in the machine's load hits all of them alike."""
+    modes = [m.training for m in models]
+    times: list[list[float]] = [[] for _ in models]
     try:
         with torch.inference_mode():
-            for i in range(warmup + iters):
-                start = time.perf_counter()
-                model(example)
-                if example.is_cuda:
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1e3)
+            for m in models:
+                m.eval()
+                for _ in range(warmup):
+                    m(example)
+            for _ in range(rounds):
+                for m, t in zip(models, times):
+                    start = time.perf_counter()
+                    m(example)
+                    if example.is_cuda:
+                        torch.cuda.synchronize()
+                    t.append((time.perf_counter() - start) * 1e3)
     finally:
-        model.train(was_training)
-    return statistics.median(times)
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return [statistics.median(t) for t in times]
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, iters: int = 5) -> float:
+    """Median eval-mode forward time in milliseconds."""
+    return interleaved_latency([model], example, rounds=iters, warmup=warmup)[0]
 
 
 def profile_model(

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from ..attention import find_r2dns
 from ..engine.checkpoint import model_from_checkpoint
+from ..engine.distributed import resolve_device as _resolve_device
 from ..models import create_model, model_cfg
 from ..r2dns import R2DNS
 
@@ -31,8 +34,11 @@ class LoadedModel:
 
     @property
     def r2dns(self) -> R2DNS | None:
-        found = [m for m in self.model.modules() if isinstance(m, R2DNS)]
-        return found[0] if len(found) == 1 else None
+        """The model's R2DNS (also the attention-free one of the multi-scale ablation), or None."""
+        try:
+            return find_r2dns(self.model)
+        except ValueError:
+            return None
 
     @property
     def is_classifier(self) -> bool:
@@ -40,7 +46,7 @@ class LoadedModel:
 
     def describe(self) -> str:
         r = self.r2dns
-        tdaf = f", {r.anar_name}, {r.flows} flows" if r is not None else ""
+        tdaf = f", {r.anar_name or 'no attention'}, {r.flows} flows" if r is not None else ""
         return f"{self.name}{tdaf} ({self.source})"
 
 
@@ -76,8 +82,8 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     model = create_model(name, **kwargs).eval()
     meta = {
         "input_size": list(cfg.get("input_size", (3, 224, 224))),
-        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "mean": list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+        "std": list(cfg.get("std", IMAGENET_DEFAULT_STD)),
         "resize": None,
         "class_names": None,
         "model_name": name,
@@ -87,18 +93,12 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
 
 
 def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device`` as the trainer reads it (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
     try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device: got {name!r}; allowed: cpu, cuda, cuda:N ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: got {name!r}, but no CUDA device is available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: got {name!r}; allowed: cpu, cuda, cuda:N")
-    return dev
+        return _resolve_device("auto" if name is None else name)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     images = collect_images(args.images)
     loaded = load_model(args)
     r2dns = loaded.r2dns
-    if r2dns is None:
+    if r2dns is None or r2dns.anar_name is None:
         raise ValueError(
             f"{loaded.name} has no TDAF attention (no R2DNS module): use a tdaf_ model "
             f"(e.g. tdaf_{loaded.name.removeprefix('tdaf_')})"

@@ -13,14 +13,19 @@ import argparse
 import csv
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.digits import digits_pixels
+from ..engine.checkpoint import model_from_checkpoint
 from ..engine.config import TrainConfig
+from ..engine.trainer import Trainer
+from ..profile import count_gmacs, count_params, interleaved_latency
+from ..viz import checkpoint_attention_figures
+from ._table import format_table as layout_table
 
 log = logging.getLogger("tdaf.demo")
 
@@ -67,10 +72,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..engine.trainer import Trainer
-    from ..profile import count_gmacs, count_params
-
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads: got {args.threads}; allowed: >= 1")
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": str(result["last"]), "history": result["history"],
             "steps": [list(s) for s in result["steps"]],
         })
-    for r, ms in zip(runs, interleaved_latency(models, tuple(meta["input_size"]))):
+    for r, ms in zip(runs, interleaved_latency(models, torch.randn(1, *meta["input_size"]), rounds=30, warmup=3)):
         r["latency_ms"] = ms
     total_s = time.perf_counter() - start
     table = format_table(runs)
@@ -121,25 +122,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def interleaved_latency(models: list[torch.nn.Module], input_size: tuple[int, ...], rounds: int = 30,
-                        warmup: int = 3) -> list[float]:
-    """Median eval-mode forward time (ms) of one image for each model, the models timed in
-    turn within each round, so a change in the machine's load hits all of them alike."""
-    x = torch.randn(1, *input_size)
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for m in models:
-            m.eval()
-            for _ in range(warmup):
-                m(x)
-        for _ in range(rounds):
-            for m, t in zip(models, times):
-                t0 = time.perf_counter()
-                m(x)
-                t.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
-
-
 def format_table(runs: list[dict[str, Any]]) -> str:
     """The comparison table: accuracy on the 360 test digits after the last epoch, cost per image."""
     base = runs[0]
@@ -156,11 +138,9 @@ def format_table(runs: list[dict[str, Any]]) -> str:
             f"{r['latency_ms']:.1f}" + (f" ({r['latency_ms'] / base['latency_ms'] - 1:+.1%})" if rel else ""),
             f"{r['train_s']:.0f}",
         ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     note = (f"digits test split (360 images) after epoch {base['epochs']}; top-1/top-5 in %; GMACs = FLOPs/2 per "
             f"32x32 image; latency: median CPU forward of 1 image on {base['threads']} threads")
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows), note])
+    return layout_table(head, rows, note)
 
 
 def save_curves(runs: list[dict[str, Any]], path: Path) -> Path:
@@ -205,9 +185,6 @@ def attention_pictures(checkpoint: str | Path, out: Path, digits: tuple[int, ...
     checkpoint on the first test image of each digit in ``digits``."""
     import numpy as np
     from PIL import Image
-
-    from ..data.digits import digits_pixels
-    from ..viz import checkpoint_attention_figures
 
     images, labels = digits_pixels("val")
     picks = [int(np.flatnonzero(labels == d)[0]) for d in digits]

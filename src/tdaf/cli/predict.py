@@ -11,6 +11,7 @@ from typing import Any
 from ..classification.data import eval_transform
 from ..classification.predict import predict
 from ..io.images import collect_images
+from ._table import format_table
 from ._load import add_device_arg, add_model_args, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _table(results: list[dict[str, Any]], k: int) -> str:
     head = ["file"] + [f"top-{j + 1}" for j in range(k)]
-    rows = [[r["file"]] + [f"{t['label']}:{t['score']:.3f}" for t in r["topk"]] for r in results]
-    widths = [max([len(h)] + [len(row[c]) for row in rows]) for c, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return format_table(head, [[r["file"]] + [f"{t['label']}:{t['score']:.3f}" for t in r["topk"]] for r in results])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..models import create_model, list_models, model_cfg
 from ..profile import profile_model
+from ._table import format_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -176,17 +177,7 @@ def _zoo_table(rows: list[dict[str, Any]], markdown: bool) -> str:
     note = ("GMACs per image at the input size shown (FLOPs/2, torch.utils.flop_counter); "
             "overheads against the plain backbone of the same row group; tdaf_ models with their default "
             "flows and ANAR unless --flows/--anar were given")
-    return _format(head, lines, markdown, note)
-
-
-def _format(head: list[str], lines: list[list[str]], markdown: bool, note: str) -> str:
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out + ["", note])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), note])
+    return format_table(head, lines, note, markdown)
 
 
 def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, markdown: bool = False) -> str:
@@ -204,4 +195,4 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, markdown
     r0 = rows[-1]
     note = (f"input {r0['input_size'][1]}x{r0['input_size'][2]}, GMACs per image (FLOPs/2), latency: "
             f"median CPU forward of batch {r0['batch_size']} on {torch.get_num_threads()} threads")
-    return _format(head, lines, markdown, note)
+    return format_table(head, lines, note, markdown)

@@ -17,13 +17,15 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ._builder import build_model, paired_cfgs, split_tdaf_kwargs
 from ._pretrained import load_pretrained
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from ._registry import register_model
 from .classifier import TDAFClassifier
 
 __all__: list[str] = []
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+# CIFAR-10's per-channel training-set statistics (the usual values), shared by every *_cifar model.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 from timm.models import model_entrypoint
 from torch import nn
@@ -359,8 +360,8 @@ def timm_cfg(timm_name: str, *, tdaf: bool, **extra: Any) -> dict[str, Any]:
     src = pcfg.to_dict() if pcfg is not None else {}
     cfg = dict(
         input_size=tuple(src.get("input_size", (3, 224, 224))),
-        mean=tuple(src.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(src.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(src.get("mean", IMAGENET_DEFAULT_MEAN)),
+        std=tuple(src.get("std", IMAGENET_DEFAULT_STD)),
         interpolation=src.get("interpolation", "bilinear"),
         crop_pct=src.get("crop_pct", 0.875),
         crop_mode=src.get("crop_mode", "center"),

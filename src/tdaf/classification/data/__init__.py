@@ -17,6 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...data import DIGITS_MEAN, DIGITS_STD, TransformedDataset, subset_indices
 from ...data.registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
+from ...models.resnet import CIFAR_MEAN, CIFAR_STD
 from ._base import RawDataset
 from .cifar10 import Cifar10Dataset
 from .digits import DigitsDataset
@@ -29,8 +30,7 @@ __all__ = [
 ]
 
 TASK = "classification"
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_MEAN, CIFAR10_STD = CIFAR_MEAN, CIFAR_STD
 
 
 def _defaults(size: int, mean: tuple[float, ...], std: tuple[float, ...], recipe: str, crop_test: bool) -> dict[str, Any]:

@@ -1,0 +1,20 @@
+"""The one table layout of the commands: aligned text columns, or Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["format_table"]
+
+
+def format_table(head: Sequence[str], rows: Sequence[Sequence[str]], note: str | None = None,
+                 markdown: bool = False) -> str:
+    """``head`` and ``rows`` as aligned columns under a dashed rule (or a Markdown table, the
+    first column left-aligned and the others right-aligned), with ``note`` below."""
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+        out += ["| " + " | ".join(cells) + " |" for cells in rows]
+        return "\n".join(out + (["", note] if note else []))
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)] + ([note] if note else []))
