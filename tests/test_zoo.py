@@ -20,7 +20,7 @@ from tdaf.layers import ANAR, MultiFlowBatchNorm
 from tdaf.r2dns import R2DNS
 
 
-ALL_MODELS = tdaf.list_models()
+ALL_MODELS = tdaf.list_models(task="classification")
 # The heavyweights (> 40M parameters) take seconds each just to initialise their weights on
 # 2 cores. By default the sweep builds them on the meta device (no memory, no init) and
 # checks their structure, running VGG's forward and backward there (shapes and gradient

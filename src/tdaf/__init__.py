@@ -1,15 +1,23 @@
-"""tdaf: the Top-Down Attention Framework (Pang et al.) for the CNNs people already use."""
+"""tdaf: the Top-Down Attention Framework (Pang et al.) for the CNNs people already use.
+
+Importing ``tdaf`` registers every model and every task (and their data sets), so any
+checkpoint written by ``tdaf train`` can be rebuilt.
+"""
 
 from . import classification  # noqa: F401  (registers the classification task and its data sets)
 from .attention import record_attention
-from .layers import ANAR, MultiFlowBatchNorm, convert_to_mfbn, create_anar
-from .models import TDAFClassifier, create_model, is_model, list_models, model_cfg, register_model
-from .r2dns import R2DNS, StageNet
+from .layers import (
+    ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, convert_to_mfbn, create_anar, freeze_mfbn,
+)
+from .models import (
+    BackboneWithFPN, FeatureMaps, TDAFClassifier, create_model, is_model, list_models, model_cfg, register_model,
+)
+from .r2dns import TDAF_DEFAULTS, R2DNS, StageNet
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "R2DNS", "StageNet", "ANAR", "MultiFlowBatchNorm", "TDAFClassifier",
-    "convert_to_mfbn", "create_anar", "create_model", "list_models", "is_model", "model_cfg",
-    "register_model", "record_attention", "__version__",
+    "R2DNS", "StageNet", "TDAF_DEFAULTS", "ANAR", "MultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "TDAFClassifier",
+    "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "freeze_mfbn", "create_anar", "create_model",
+    "list_models", "is_model", "model_cfg", "register_model", "record_attention", "__version__",
 ]

@@ -97,7 +97,7 @@ def _zoo_names(args: argparse.Namespace) -> list[str]:
             model_cfg(name)  # unknown names fail before any work
         return list(dict.fromkeys(args.model))
     if not args.model:
-        return list_models()
+        return list_models(task="classification")
     names = [n for n in list_models() if any(fnmatch.fnmatch(n, pat) for pat in args.model)]
     if not names:
         raise ValueError(f"model: no registered model matches {' '.join(args.model)} (see tdaf.list_models())")

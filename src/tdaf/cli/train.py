@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,11 +11,11 @@ from typing import Any
 import torch
 
 from ..classification.data import RECIPES, dataset_list
-from ..classification.evaluate import evaluate_checkpoint
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
 from ..engine.task import task_for_config, task_names, with_task_defaults
 from ..engine.trainer import TrainingDiverged, Trainer
+from ._tasks import add_task_args, run_task_command
 
 log = logging.getLogger("tdaf.train")
 
@@ -175,10 +173,10 @@ def _threads(n: int | None) -> None:
 # ---------------------------------------------------------------------- eval
 def _register_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint: top-1 / top-5 (1-crop or 10-crop test)",
+        "eval", help="evaluate a checkpoint on a data set split (the metrics of its task)",
         description="Evaluate a tdaf checkpoint on a data set split with the checkpoint's own preprocessing "
-        "(input size, mean/std, resize). --ten-crop is the 10-crop test of the paper's Tab. 3a (ImageNet-style "
-        "data).",
+        "(input size, mean/std, resize) and its task's metrics: classification top-1 / top-5 (--ten-crop: the "
+        "10-crop test of the paper's Tab. 3a). The task is the checkpoint's.",
         epilog="example: tdaf eval --checkpoint runs/d/best.pt --data digits --json",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by tdaf train")
@@ -188,41 +186,17 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("val", "train"), default="val", help="split to evaluate (default val)")
     p.add_argument("--subset", type=int, metavar="N", default=None, help="a fixed random subset of N images")
     p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
-    p.add_argument("--ten-crop", action="store_true", help="10-crop test (corners + centre, and mirrors)")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: automatic)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
-    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5 as fractions in [0, 1])")
+    p.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions in [0, 1])")
+    add_task_args(p, "eval")
     p.set_defaults(func=run_eval)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinity are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def run_eval(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    out = evaluate_checkpoint(
-        args.checkpoint, args.data, args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
-        ten_crop=args.ten_crop, workers=args.workers, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, strict=args.strict, progress=not args.json,
-    )
-    if out is None:  # not the main process
-        return 0
-    if args.json:
-        print(json.dumps(_json_safe(out), allow_nan=False))
-    else:
-        print(f"{out['model']} on {out['data']}/{args.split} ({out['images']} images, {out['crops']}-crop"
-              f"{', %d unreadable skipped' % out['skipped'] if out['skipped'] else ''}): "
-              f"top-1 {out['top1']:.4f}  top-5 {out['top5']:.4f}  loss {out['loss']:.4f}")
-    return 0
+    return run_task_command("eval", args)

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "setup", "teardown", "all_reduce_sum", "broadcast_buffers", "resolve_device"]
+__all__ = [
+    "DistEnv", "setup", "teardown", "all_reduce_sum", "all_gather_objects", "broadcast_object", "broadcast_buffers",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,25 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every process's ``obj`` (picklable), in rank order; ``[obj]`` in a single process.
+    For evaluators whose state is not a sum (COCO detections, per-video scores)."""
+    if dist.is_available() and dist.is_initialized():
+        out: list[object] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every process (``obj`` itself in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

@@ -13,6 +13,7 @@ use it.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import signal
@@ -29,12 +30,23 @@ import torch
 
 __all__ = [
     "safe_load", "load_state_dict_file", "atomic_save", "atomic_write_text", "ensure_writable_dir",
-    "clean_stale_temporaries", "first_line", "TEMP_SUFFIX", "deferred_interrupts",
+    "clean_stale_temporaries", "first_line", "TEMP_SUFFIX", "deferred_interrupts", "json_safe",
 ]
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 TEMP_SUFFIX = ".tmp"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinity (which are not JSON) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def first_line(e: BaseException) -> str:

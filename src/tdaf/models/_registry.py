@@ -86,9 +86,12 @@ def _resolve(name: str) -> tuple[Builder, dict[str, Any]]:
     raise unknown_model_error(name)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, sorted; ``pattern`` is a shell-style filter (``"tdaf_*"``)."""
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` is a shell-style filter (``"tdaf_*"``),
+    ``task`` keeps the models of one task (a config's ``task`` key; classification when absent)."""
     names = sorted(_MODELS)
+    if task is not None:
+        names = [n for n in names if _CFGS[n].get("task", "classification") == task]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 

@@ -96,7 +96,7 @@ def sync_timm_registry() -> list[str]:
     """Register in timm every tdaf model not registered yet (call it after registering
     new tdaf models); returns the newly registered names."""
     new = []
-    for name in list_models():
+    for name in list_models(task="classification"):  # timm's registry holds image classifiers
         if name in _OWN or name in _SHADOWED:
             continue
         if timm_is_model(name) and model_entrypoint(name).__module__ != __name__:
