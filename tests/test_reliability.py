@@ -355,3 +355,19 @@ def test_training_guide_states_what_survives(tmp_path):
     guide = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
     for failure in ("kill -9", "SIGTERM", "Ctrl-C", "diverge", "disk full"):
         assert failure in guide, failure
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
+    import sys
+
+    from tdaf.data import digits
+
+    digits._all_digits.cache_clear()
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were not installed
+    try:
+        assert main(["train", "--epochs", "1", "--out", "/tmp/tdaf-never-written"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "needs the Python package 'sklearn'" in err and "pip install 'tdaf[demo]'" in err
+        assert len(err.splitlines()) == 1
+    finally:
+        digits._all_digits.cache_clear()

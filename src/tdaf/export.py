@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io.optional import require
+
 __all__ = [
     "FORMATS", "ONNX_EXPORTERS", "Parity", "ExportReport", "export_model", "export_onnx", "export_torchscript",
     "run_onnx", "second_size", "model_min_size",
@@ -254,16 +256,8 @@ def _add_onnx_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
 
 
 def _require_onnx() -> None:
-    missing = []
     for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise ValueError(
-            f"--format onnx: needs the {' and '.join(missing)} package(s): pip install 'tdaf[export]'"
-        )
+        require(name, "export", "--format onnx")
 
 
 def _onnx_opset(path: Path) -> int | None:

@@ -32,9 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
@@ -42,6 +39,7 @@ from .attention import record_attention
 from .classification.data.transforms import eval_transform
 from .engine.checkpoint import model_from_checkpoint
 from .io.files import atomic_save
+from .io.optional import require
 
 __all__ = [
     "AttentionGrid", "attention_grid", "attention_figure", "save_attention_figure", "compute_attention",
@@ -52,6 +50,14 @@ __all__ = [
 Maps = Mapping[tuple[int, int], torch.Tensor]
 
 MAP_FORMATS = ("npy", "npz", "pt")
+
+
+def _matplotlib() -> Any:
+    """matplotlib (with its figure, colors and cm modules), imported when a picture is drawn."""
+    mpl = require("matplotlib", "viz", "attention pictures")
+    for sub in ("figure", "colors", "cm"):
+        require(f"matplotlib.{sub}", "viz", "attention pictures")
+    return mpl
 
 
 @dataclass
@@ -180,7 +186,7 @@ def attention_figure(
     alpha: float = 0.5,
     normalize: bool = False,
     cell_inches: float = 1.9,
-) -> tuple[Figure, AttentionGrid]:
+) -> tuple[Any, AttentionGrid]:
     """Build the stages x flows attention figure (paper Fig. 3b/c) for one image.
 
     Args:
@@ -215,10 +221,11 @@ def attention_figure(
     top = 0.2 + 0.17 * (heading.count("\n") + 1)
     fig_w = left + cols * cw + (cols - 1) * gap + right
     fig_h = top + rows * (cell_title + ch) + bottom
-    fig = Figure(figsize=(fig_w, fig_h))
+    mpl = _matplotlib()
+    fig = mpl.figure.Figure(figsize=(fig_w, fig_h))
     axes = [[fig.add_axes(((left + j * (cw + gap)) / fig_w, (fig_h - top - (i + 1) * (cell_title + ch)) / fig_h,
                            cw / fig_w, ch / fig_h)) for j in range(cols)] for i in range(rows)]
-    norm = Normalize(0.0, 1.0)
+    norm = mpl.colors.Normalize(0.0, 1.0)
     for i, stage in enumerate(grid.stages):
         for j, flow in enumerate(grid.flows):
             ax = axes[i][j]
@@ -245,7 +252,7 @@ def attention_figure(
     grid_h = rows * (cell_title + ch) - cell_title
     bar_ax = fig.add_axes(((fig_w - right + 0.15) / fig_w, (bottom + 0.1 * grid_h) / fig_h, 0.15 / fig_w,
                            0.8 * grid_h / fig_h))
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
+    bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
     bar.set_label("attention, per-map min..max" if normalize else "attention g(x)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig_h, va="top")

@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 
+from ..io.optional import MissingDependency
+
 # Sub-command modules, in the order --help lists them.
 COMMAND_MODULES = ("profile", "train", "demo", "predict", "attention", "export")
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError, MissingDependency) as e:
         print(f"tdaf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system said no (permissions, a full disk, ...): say where

@@ -20,6 +20,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from ..io.optional import require
+
 __all__ = ["DIGITS_MEAN", "DIGITS_STD", "SPLIT_SEED", "IMAGE_SIZE", "digits_pixels"]
 
 SPLIT_SEED = 0
@@ -32,8 +34,9 @@ DIGITS_STD = (0.3235, 0.3235, 0.3235)
 
 @lru_cache(maxsize=1)
 def _all_digits() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    datasets = require("sklearn.datasets", "demo", "the bundled handwritten digits (scikit-learn's)")
+    load_digits = datasets.load_digits
+    train_test_split = require("sklearn.model_selection", "demo", "the digits split").train_test_split
 
     bunch = load_digits()
     images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from ..io.files import atomic_write_text
+from ..io.optional import MissingDependency, require
 
 __all__ = ["RunLog", "read_metrics_csv", "metrics_csv_text"]
+
+log = logging.getLogger("tdaf.train")
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
@@ -49,9 +53,12 @@ class RunLog:
             atomic_write_text(metrics_csv_text(history), self.csv_path)
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard is only needed here
-
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=global_step if history else None)
+            try:
+                writer = require("torch.utils.tensorboard", "tb", "TensorBoard logging (--tensorboard)")
+            except MissingDependency as e:
+                log.warning("%s; logging to metrics.csv only (--no-tensorboard silences this)", e)
+            else:
+                self.tb = writer.SummaryWriter(str(out / "tb"), purge_step=global_step if history else None)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:
