@@ -7,7 +7,8 @@ import json
 import logging
 from typing import Any
 
-from ..cli._load import load_model, resolve_device
+from ..cli._common import resolve_device
+from ..cli._load import load_model
 from ..cli._table import format_table
 from ..io.files import json_safe
 from ..io.images import collect_images
@@ -38,7 +39,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(
         args.checkpoint, args.data, args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
         ten_crop=bool(args.ten_crop), workers=args.workers, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, strict=args.strict, progress=not args.json,
+        channels_last=args.channels_last, strict=args.strict, progress=args.progress and not args.json,
     )
     if out is None:  # not the main process
         return 0
@@ -63,10 +64,11 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk: got {args.topk}; allowed: >= 1")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers: got {args.workers}; allowed: >= 0")
     device = resolve_device(args.device)
     images = collect_images(args.images)
+    workers = args.workers if args.workers is not None else (2 if len(images) > 256 else 0)
     loaded = load_model(args)
     if not loaded.is_classifier:
         raise ValueError(
@@ -85,7 +87,7 @@ def run_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(loaded.meta)
     results, skipped = predict(
         loaded.model, images, transform, [str(n) for n in names], topk=args.topk, batch_size=args.batch_size,
-        workers=args.workers, device=device, progress=not args.no_progress,
+        workers=workers, device=device, progress=args.progress,
     )
     k = min(args.topk, num_classes)
     if args.json:

@@ -14,11 +14,10 @@ from torch import nn
 
 from ..attention import find_r2dns
 from ..engine.checkpoint import model_from_checkpoint
-from ..engine.distributed import resolve_device as _resolve_device
 from ..models import create_model, model_cfg
 from ..r2dns import R2DNS
 
-__all__ = ["LoadedModel", "add_model_args", "load_model", "resolve_device", "add_device_arg"]
+__all__ = ["LoadedModel", "add_model_args", "load_model"]
 
 
 @dataclass
@@ -90,15 +89,3 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
         "model_kwargs": kwargs,
     }
     return LoadedModel(model=model, meta=meta, name=name, trained=False, source="untrained", kwargs=kwargs)
-
-
-def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``--device`` as the trainer reads it (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
-    try:
-        return _resolve_device("auto" if name is None else name)
-    except ValueError as e:
-        raise ValueError(f"--{e}") from None

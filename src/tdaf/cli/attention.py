@@ -18,7 +18,8 @@ from ..io.images import collect_images, open_image, unique_stems
 from ..viz import (
     MAP_FORMATS, compute_attention, figure_title, save_attention_figure, save_attention_figures, save_maps,
 )
-from ._load import LoadedModel, add_device_arg, add_model_args, load_model, resolve_device
+from ._common import add_device_arg, resolve_device
+from ._load import LoadedModel, add_model_args, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:

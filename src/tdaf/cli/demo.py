@@ -25,6 +25,7 @@ from ..engine.config import TrainConfig
 from ..engine.trainer import Trainer
 from ..profile import count_gmacs, count_params, interleaved_latency
 from ..viz import checkpoint_attention_figures
+from ._common import add_device_arg, add_progress_arg, add_threads_arg, apply_threads
 from ._table import format_table as layout_table
 
 log = logging.getLogger("tdaf.demo")
@@ -65,17 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flows", type=int, default=3, help="TDAF flows (default 3)")
     p.add_argument("--anar", default="anar3", help="TDAF attention module (default anar3)")
     p.add_argument("--train-subset", type=int, default=None, help="train on N of the 1,437 training images")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="cpu (default; the table's latency is a CPU latency) or cuda")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    add_threads_arg(p)
+    add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: got {args.threads}; allowed: >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     out = Path(args.out)
     recipe = dict(DEMO_RECIPE, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                   train_subset=args.train_subset, device=args.device, progress=args.progress, overwrite=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
 from ..io.files import ensure_writable_dir
+from ._common import add_input_size_arg, add_threads_arg, apply_threads, input_size_hw
 from ._load import LoadedModel, add_model_args, load_model
 
 
@@ -30,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output file (e.g. model.onnx, model.pt); an existing file is kept unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out file (never the input checkpoint)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="example input height and width (default: the checkpoint's / model's input size)")
+    add_input_size_arg(p, "example input height and width, or T H W for a video model (default: the "
+                       "checkpoint's / model's input size)")
     p.add_argument("--check-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="second size for the parity check (default: an odd size ~1.4x H, 1.15x W, e.g. 45x37 "
                    "for 32x32)")
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"--onnx-exporter dynamo, which needs >= 18)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed abs difference (default 1e-4)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -91,7 +93,19 @@ def _check_out(out: Path, args: argparse.Namespace) -> Path:
     return out
 
 
+def _example_size(given: list[int] | None, meta_size: list[int]) -> list[int]:
+    """``--input-size`` against the model's own input size: H [W] for images, T H W for video."""
+    if not given:
+        return [int(s) for s in meta_size[1:]]
+    if len(meta_size) == 4:
+        if len(given) != 3 or any(v < 1 for v in given):
+            raise ValueError(f"--input-size: got {' '.join(map(str, given))}; a video model takes T H W")
+        return list(given)
+    return list(input_size_hw(given) or ())
+
+
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance: got {args.tolerance}; allowed: > 0")
     out = _check_out(Path(args.out).expanduser(), args)
@@ -102,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint: {args.checkpoint} names {len(names)} classes but its model has "
                          f"{outputs} outputs; the exported file would label its outputs wrongly")
     meta_size = list(loaded.meta.get("input_size") or [])
-    if len(meta_size) != 3:
+    if len(meta_size) not in (3, 4):
         raise ValueError(f"{loaded.source}: no input_size [C, H, W] recorded; give --input-size H W")
-    size = [int(meta_size[0]), *(args.input_size or meta_size[1:])]
+    size = [int(meta_size[0]), *_example_size(args.input_size, meta_size)]
     report = export_model(
         loaded.model, out, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
         exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded),

@@ -12,10 +12,13 @@ import logging
 import signal
 import sys
 
+from tdaf_cli import COMMANDS, top_level_parser
+
 from ..io.optional import MissingDependency
 
-# Sub-command modules, in the order --help lists them.
-COMMAND_MODULES = ("profile", "train", "demo", "predict", "attention", "export")
+# Sub-command modules (each registers one or more commands; the console script's
+# tdaf_cli.COMMANDS lists the commands and their help for the fast `tdaf --help`).
+COMMAND_MODULES = ("models", "profile", "train", "demo", "predict", "attention", "export")
 
 
 class UserError(Exception):
@@ -32,18 +35,11 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="tdaf",
-        description="Top-Down Attention Framework (TDAF) for PyTorch CNNs: build, profile, train, "
-        "evaluate, visualise and export TDAF models and their plain baselines.",
-    )
-    parser.add_argument("--version", action="version", version=f"tdaf {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = top_level_parser()
     for name in COMMAND_MODULES:
         importlib.import_module(f"tdaf.cli.{name}").register(sub)
+    order = [name for name, _ in COMMANDS]
+    sub._choices_actions.sort(key=lambda a: order.index(a.dest) if a.dest in order else len(order))
     return parser
 
 

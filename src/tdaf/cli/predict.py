@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._load import add_device_arg, add_model_args
+from ._common import add_device_arg, add_progress_arg, add_threads_arg, apply_threads
+from ._load import add_model_args
 from ._tasks import add_task_args, run_task_command
 
 
@@ -23,13 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders")
     add_model_args(p, allow_name=False)
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0: in-process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding worker processes (default: automatic, in-process for small jobs)")
     add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with all results instead of a table")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
+    add_threads_arg(p)
     add_task_args(p, "predict")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     return run_task_command("predict", args)

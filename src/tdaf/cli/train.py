@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..classification.data import RECIPES, dataset_list
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
 from ..engine.task import task_for_config, task_names, with_task_defaults
 from ..engine.trainer import TrainingDiverged, Trainer
+from ._common import (
+    add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg,
+    apply_threads, input_size_hw,
+)
 from ._tasks import add_task_args, run_task_command
 
 log = logging.getLogger("tdaf.train")
@@ -69,15 +71,15 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-dir", metavar="PATH",
                    help="cifar10: the cifar-10-batches-py folder (or its parent); imagefolder: a folder with "
                    "train/CLASS/*.jpg and val/CLASS/*.jpg")
-    g.add_argument("--input-size", type=int, metavar="PX",
-                   help="crop size (default: 32 for digits/cifar10, 224 for imagefolder)")
+    add_input_size_arg(g, "training crop size (default: 32 for digits/cifar10, 224 for imagefolder; square)",
+                       suppress=True)
     g.add_argument("--recipe", choices=list(RECIPES),
                    help="training augmentation (default: digits -> digits (pad-crop), cifar10 -> cifar "
                    "(pad-crop-flip), imagefolder -> imagenet (scale 256-480, crop, flip))")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random subset of N images")
     g.add_argument("--val-subset", type=int, metavar="N", help="validate on a fixed random subset of N images")
     g.add_argument("--workers", type=int, help="data loader processes per training process (default: automatic)")
-    g.add_argument("--strict", action=_BOOL, help="stop at the first unreadable image instead of skipping it")
+    g.add_argument("--strict", action=_BOOL, help="stop at the first unreadable input instead of skipping it (default off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), help="sgd (the paper's, default), adam or adamw")
     g.add_argument("--epochs", type=int, help="epochs (default 10)")
@@ -98,16 +100,16 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    help="clip the gradients' global norm to MAX, and stop on a non-finite norm (default off)")
     g.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
     g = p.add_argument_group("execution")
-    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    g.add_argument("--amp", action=_BOOL, help="bf16 autocast (mixed precision)")
-    g.add_argument("--channels-last", action=_BOOL, help="channels-last memory format")
+    add_device_arg(g, suppress=True)
+    add_threads_arg(g, suppress=True)
+    add_amp_arg(g, suppress=True)
+    add_channels_last_arg(g, suppress=True)
     g.add_argument("--compile", action=_BOOL, help="torch.compile the model")
     g.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")
     g.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
     g.add_argument("--overwrite", action=_BOOL, help="start over in an --out folder that holds a checkpoint")
     g.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last; default 1)")
-    g.add_argument("--progress", action=_BOOL, help="progress bars (default on)")
+    add_progress_arg(g, suppress=True)
     g.add_argument("--tensorboard", action=_BOOL, help="TensorBoard events in OUT/tb (default on)")
     g.add_argument("--log-every", type=int, help="TensorBoard step scalars every N steps (default 20)")
     p.set_defaults(func=run_train)
@@ -132,6 +134,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         source = f"--config {config} (with flags)"
         TrainConfig.from_dict(values, f"--config {config}")  # report file errors against the file
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
+    if "input_size" in flags:
+        h, w = input_size_hw(flags["input_size"])  # type: ignore[misc]
+        if h != w:
+            raise ValueError(f"--input-size: got {h} {w}; training crops are square: give one number")
+        flags["input_size"] = h
     values.update(flags)
     resume = values.get("resume")
     if resume:
@@ -154,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    _threads(getattr(args, "threads", None))
+    apply_threads(getattr(args, "threads", None))
     try:
         Trainer(cfg).fit()
     except TrainingDiverged as e:
@@ -162,12 +169,6 @@ def run_train(args: argparse.Namespace) -> int:
         return 1
     return 0
 
-
-def _threads(n: int | None) -> None:
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"--threads: got {n}; allowed: >= 1")
-        torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------- eval
@@ -187,16 +188,17 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=int, metavar="N", default=None, help="a fixed random subset of N images")
     p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: automatic)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    add_device_arg(p)
+    add_threads_arg(p)
+    add_amp_arg(p)
+    add_channels_last_arg(p)
+    p.add_argument("--strict", action=_BOOL, default=False, help="stop at the first unreadable input (default off)")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions in [0, 1])")
     add_task_args(p, "eval")
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    _threads(args.threads)
+    apply_threads(args.threads)
     return run_task_command("eval", args)

@@ -1,0 +1,80 @@
+"""Flags that several commands share, defined once so they are spelled, typed and
+defaulted the same everywhere (``tests/test_cli.py`` walks every parser and checks)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..engine.distributed import resolve_device as _resolve_device
+
+__all__ = [
+    "add_device_arg", "resolve_device", "add_threads_arg", "apply_threads", "add_progress_arg", "add_amp_arg",
+    "add_channels_last_arg", "add_input_size_arg", "input_size_hw",
+]
+
+_BOOL = argparse.BooleanOptionalAction
+
+
+def _default(value: Any, suppress: bool) -> Any:
+    return argparse.SUPPRESS if suppress else value
+
+
+def add_device_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
+    p.add_argument("--device", default=_default("auto", suppress),
+                   help="auto | cpu | cuda | cuda:N (default auto: the GPU if there is one, else the CPU)")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device`` as the trainer reads it (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+    try:
+        return _resolve_device("auto" if name is None else name)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
+
+
+def add_threads_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
+    p.add_argument("--threads", type=int, default=_default(None, suppress), metavar="N",
+                   help="CPU threads for torch (default: torch's choice)")
+
+
+def apply_threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads: got {n}; allowed: >= 1")
+        torch.set_num_threads(n)
+
+
+def add_progress_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
+    p.add_argument("--progress", action=_BOOL, default=_default(True, suppress),
+                   help="progress bars on stderr (default on; --no-progress)")
+
+
+def add_amp_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
+    p.add_argument("--amp", action=_BOOL, default=_default(False, suppress),
+                   help="bf16 autocast (mixed precision; default off)")
+
+
+def add_channels_last_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
+    p.add_argument("--channels-last", action=_BOOL, default=_default(False, suppress),
+                   help="channels-last memory format (default off)")
+
+
+def add_input_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str,
+                       suppress: bool = False) -> None:
+    p.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"), default=_default(None, suppress),
+                   help=help + " (one number: a square)")
+
+
+def input_size_hw(values: Sequence[int] | None, what: str = "--input-size") -> tuple[int, int] | None:
+    """``--input-size H [W]`` as (H, W); ValueError for anything but one or two positive ints."""
+    if values is None:
+        return None
+    if isinstance(values, int):
+        values = [values]
+    if not 1 <= len(values) <= 2 or any(v < 1 for v in values):
+        raise ValueError(f"{what}: got {' '.join(map(str, values))}; allowed: H or H W, positive integers")
+    return (values[0], values[-1])
