@@ -276,3 +276,35 @@ def test_train_from_cifar_and_imagefolder_folders(tmp_path, capsys, caplog):
                  "--strict", "--out", str(tmp_path / "strict")]) == 2
     err = capsys.readouterr().err
     assert "tdaf train: error: unreadable input" in err and "broken.jpg (" in err and "--strict" in err
+
+
+def test_ema_weights_are_validated_saved_and_resumed_exactly(tmp_path):
+    ema = dict(ema_decay=0.5, schedule="constant")
+    full = Trainer(_cfg(tmp_path, "full", epochs=2, **ema)).fit()
+    ckpt = load_checkpoint(full["last"])
+    raw, avg = ckpt["train_state_dict"], ckpt["state_dict"]
+    assert set(raw) == set(avg) and not torch.equal(raw["head.fc.weight"], avg["head.fc.weight"])
+    model, meta = model_from_checkpoint(full["last"])  # the EMA weights are the model
+    assert torch.equal(model.state_dict()["head.fc.weight"], avg["head.fc.weight"])
+    Trainer(_cfg(tmp_path, "cut", epochs=1, **ema)).fit()
+    Trainer(_cfg(tmp_path, "cut", epochs=2, resume=str(tmp_path / "cut" / "last.pt"), **ema)).fit()
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key in ("state_dict", "train_state_dict"):
+        assert all(torch.equal(v, b[key][k]) for k, v in ckpt[key].items()), key
+    with pytest.raises(ValueError, match="trained with an EMA of the weights; give --ema-decay 0.5"):
+        Trainer(_cfg(tmp_path, "cut", epochs=3, resume=str(tmp_path / "cut" / "last.pt"))).fit()
+
+
+def test_fp16_autocast_scales_the_loss(tmp_path, monkeypatch):
+    scaled = []
+    real = torch.amp.GradScaler.scale
+
+    def scale(self, outputs):
+        scaled.append(self.is_enabled())
+        return real(self, outputs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", scale)
+    result = Trainer(_cfg(tmp_path, "fp16", epochs=1, train_subset=8, batch_size=8, amp=True, amp_dtype="fp16",
+                          model="resnet18_cifar")).fit()
+    assert scaled == [True] and "scaler" in load_checkpoint(result["last"])
+    assert math.isfinite(result["history"][-1]["train_loss"])

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..classification.data import RECIPES, dataset_list
 from ..engine.checkpoint import load_checkpoint
-from ..engine.config import MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
+from ..engine.config import AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
 from ..engine.task import task_for_config, task_names, with_task_defaults
 from ..engine.trainer import TrainingDiverged, Trainer
 from ._common import (
@@ -96,6 +96,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gamma", type=float, help="step schedule factor (default 0.1)")
     g.add_argument("--warmup-epochs", type=float, help="linear lr warm-up (default 0)")
     g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0)")
+    g.add_argument("--ema-decay", type=float, metavar="D",
+                   help="keep an exponential moving average of the weights (timm's ModelEmaV3, e.g. 0.9998); it is "
+                   "what is validated and saved (default off)")
     g.add_argument("--clip-grad-norm", type=float, metavar="MAX",
                    help="clip the gradients' global norm to MAX, and stop on a non-finite norm (default off)")
     g.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
@@ -103,6 +106,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     add_device_arg(g, suppress=True)
     add_threads_arg(g, suppress=True)
     add_amp_arg(g, suppress=True)
+    g.add_argument("--amp-dtype", choices=list(AMP_DTYPE_NAMES),
+                   help="with --amp: bf16 (default) or fp16 (for GPUs without bf16; the loss is scaled)")
     add_channels_last_arg(g, suppress=True)
     g.add_argument("--compile", action=_BOOL, help="torch.compile the model")
     g.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")

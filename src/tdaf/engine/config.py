@@ -28,6 +28,7 @@ __all__ = ["TrainConfig", "load_config_file", "SCHEDULES", "OPTIMIZERS", "MODEL_
 
 SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+AMP_DTYPE_NAMES = ("bf16", "fp16")
 # Keys that decide the architecture and the data of a run: a resumed run must keep them.
 MODEL_KEYS = ("task", "model", "flows", "anar", "eta", "downsample", "data")
 
@@ -69,10 +70,12 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
+    ema_decay: float | None = None
     seed: int = 0
     # execution
     device: str = "auto"
     amp: bool = False
+    amp_dtype: str = "bf16"
     channels_last: bool = False
     compile: bool = False
     out: str = "runs/train"
@@ -125,7 +128,7 @@ class TrainConfig:
             return ValueError(f"{source}: {key}: got {getattr(self, key)!r}; allowed: {allowed}")
 
         for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing", "eta",
-                    "clip_grad_norm"):
+                    "clip_grad_norm", "ema_decay"):
             value = getattr(self, key)
             if value is not None and not math.isfinite(value):
                 raise bad(key, "a finite number")
@@ -135,6 +138,10 @@ class TrainConfig:
             raise bad("optimizer", ", ".join(OPTIMIZERS))
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise bad("clip_grad_norm", "a number > 0, or null (no clipping)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise bad("ema_decay", "a number in (0, 1), e.g. 0.9998, or null (no EMA)")
+        if self.amp_dtype not in AMP_DTYPE_NAMES:
+            raise bad("amp_dtype", ", ".join(AMP_DTYPE_NAMES))
         if self.schedule not in SCHEDULES:
             raise bad("schedule", ", ".join(SCHEDULES))
         for key in ("epochs", "batch_size", "accum_steps", "lr_batch", "eval_every", "log_every"):

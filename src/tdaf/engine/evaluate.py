@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 from .distributed import all_reduce_sum
 from .task import Task
 
-__all__ = ["evaluate", "autocast", "check_skipped", "UnreadableInputError", "UnreadableImageError"]
+__all__ = [
+    "evaluate", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
+]
 
 
 class UnreadableInputError(ValueError):
@@ -23,9 +25,13 @@ class UnreadableInputError(ValueError):
 UnreadableImageError = UnreadableInputError  # the name of earlier releases
 
 
-def autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CPU or GPU (no loss scaling needed with bf16)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, enabled: bool, dtype: str = "bf16") -> Any:
+    """Mixed-precision autocast: bf16 (no loss scaling needed) or fp16 (for GPUs without
+    bf16; the trainer scales the loss with a ``GradScaler``)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[dtype]) if enabled else nullcontext()
 
 
 def check_skipped(skipped: list[str], strict: bool) -> None:
@@ -44,6 +50,7 @@ def evaluate(
     task: Task,
     *,
     amp: bool = False,
+    amp_dtype: str = "bf16",
     channels_last: bool = False,
     strict: bool = False,
     progress: bool = False,
@@ -65,7 +72,7 @@ def evaluate(
             if inputs is None:
                 continue
             inputs, targets = task.move(inputs, targets, device, fmt)
-            with autocast(device, amp):
+            with autocast(device, amp, amp_dtype):
                 outputs = task.predict(model, inputs)
             evaluator.update(outputs, targets)
     finally:

@@ -20,7 +20,9 @@ What a long run needs:
     step; non-finite weights, BatchNorm statistics or validation loss at the end of an
     epoch stop it before anything is saved. Either way the checkpoints of the last good
     epoch stay as they were and the run exits with an error;
-  * bf16 autocast, channels-last and ``torch.compile`` as options;
+  * bf16 or fp16 autocast (fp16 with a ``GradScaler``), gradient clipping, an exponential
+    moving average of the weights (timm's ``ModelEmaV3``; then the EMA weights are the
+    ones evaluated and saved), channels-last and ``torch.compile`` as options;
   * data-parallel training over processes started by ``torchrun`` (DDP, gloo on CPU,
     NCCL on GPU). ``batch_size`` is the global batch; :class:`~tdaf.data.GlobalBatchSampler`
     splits it so N processes see the same groups of images as one process accumulating
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -227,6 +230,9 @@ class Trainer:
         if cfg.channels_last:
             model.to(memory_format=self._memory_format())
         optimizer = self._optimizer(model)
+        # fp16 needs loss scaling (bf16 does not); a disabled scaler is a pass-through.
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp and cfg.amp_dtype == "fp16")
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
         start_epoch, best, best_epoch, history = 0, None, 0, []
         if cfg.resume:
             start_epoch, best, best_epoch, history = self._resume(model, optimizer, built.name, built.kwargs)
@@ -260,15 +266,19 @@ class Trainer:
                 t0 = time.perf_counter()
                 train = self._train_epoch(train_model, epoch)
                 broadcast_buffers(model)
+                if self.ema is not None:
+                    broadcast_buffers(self.ema.module)
                 val: dict[str, Any] | None = None
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    val = evaluate(model, val_loader, env.device, task, amp=cfg.amp,
+                    val = evaluate(self._eval_model(), val_loader, env.device, task, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
                                    channels_last=cfg.channels_last, strict=cfg.strict,
                                    progress=cfg.progress and env.is_main, desc=f"val {epoch + 1}")
                 if val and val["skipped"] and env.is_main:
                     log.warning("epoch %d: skipped %d unreadable validation %s (e.g. %s)", epoch + 1,
                                 val["skipped"], data.unit, ", ".join(val.get("skipped_examples", [])))
-                self._check_finite(model, val, epoch + 1)
+                self._check_finite(self._eval_model(), val, epoch + 1)
+                if self.ema is not None:
+                    self._check_finite(model, None, epoch + 1)
                 improved = val is not None and task.better(float(val[main_key]), best)
                 if improved:
                     best, best_epoch = float(val[main_key]), epoch + 1
@@ -290,6 +300,10 @@ class Trainer:
         return {"history": history, "steps": self.step_losses,
                 "best_metric": -math.inf if best is None else best, "best_epoch": best_epoch, "out": out,
                 "last": out / "last.pt", "best": out / "best.pt", "meta": data.meta, "model_kwargs": built.kwargs}
+
+    def _eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _row(self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None, seconds: float,
              best: float | None) -> dict[str, Any]:
@@ -336,8 +350,17 @@ class Trainer:
         if changed:
             log.warning("resuming with a changed recipe (%s): the result will differ from an uninterrupted run",
                         "; ".join(changed))
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
         optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            if "train_state_dict" not in ckpt:
+                raise ValueError(f"--resume: {cfg.resume} was trained without --ema-decay; resume it without it")
+            self.ema.module.load_state_dict(ckpt["state_dict"])
+        elif "train_state_dict" in ckpt:
+            raise ValueError(f"--resume: {cfg.resume} was trained with an EMA of the weights; give --ema-decay "
+                             f"{ckpt.get('config', {}).get('ema_decay')} to resume it")
+        if "scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         log.info("resumed from %s after epoch %d", cfg.resume, ckpt["epoch"])
@@ -382,7 +405,7 @@ class Trainer:
             inputs, targets = task.move(inputs, targets, env.device, fmt)
             last_micro = micro == accum - 1
             with (_ddp_of(train_model).no_sync() if ddp and not last_micro else nullcontext()):
-                with autocast(env.device, cfg.amp):
+                with autocast(env.device, cfg.amp, cfg.amp_dtype):
                     result = task.training_step(train_model, inputs, targets)
                 value = result.loss.detach().double()
                 n = torch.tensor(float(result.count), dtype=torch.float64, device=env.device)
@@ -392,15 +415,20 @@ class Trainer:
                 if local[2].item() > 0:
                     raise TrainingDiverged(self._nonfinite_message(f"training loss is {value.item()}", epoch,
                                                                    step_in_epoch))
-                (result.loss / accum).backward()
+                self.scaler.scale(result.loss / accum).backward()
             if last_micro:
                 if cfg.clip_grad_norm is not None:
+                    self.scaler.unscale_(self.optimizer)
                     norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.clip_grad_norm)
-                    if not torch.isfinite(norm):
+                    # With fp16 loss scaling an overflow is expected now and then: the scaler skips that step.
+                    if not torch.isfinite(norm) and not self.scaler.is_enabled():
                         raise TrainingDiverged(self._nonfinite_message(f"gradient norm is {norm.item()}", epoch,
                                                                        step_in_epoch))
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(_unwrap(train_model), step=step + 1)
             sums += torch.cat([local[:2], local[3:]])
             step_sums += local[:2]
             if last_micro:
@@ -460,8 +488,13 @@ class Trainer:
         if val:
             metrics.update({k: v for k, v in val.items() if k != "skipped_examples"})
         meta = {**self.meta, "epoch": epochs_done, "metrics": metrics, "model_name": self.model_name}
+        extra: dict[str, Any] = {}
+        if self.ema is not None:  # the EMA weights are the model; the raw ones continue training
+            extra["train_state_dict"] = _unwrap(self.model).state_dict()
+        if self.scaler.is_enabled():
+            extra["scaler"] = self.scaler.state_dict()
         payload = checkpoint_payload(
-            self.model_name, self.model_kwargs, _unwrap(self.model).state_dict(), meta,
+            self.model_name, self.model_kwargs, _unwrap(self._eval_model()).state_dict(), meta, **extra,
             optimizer=self.optimizer.state_dict(),
             scheduler={"name": cfg.schedule, "step": epochs_done * self.sampler.steps,
                        "steps_per_epoch": self.sampler.steps},
