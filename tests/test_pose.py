@@ -301,3 +301,50 @@ def torchvision_state(model) -> dict:
             src = "head." + k
         out[k] = own[src]
     return out
+
+
+# ---------------------------------------------------------------- training and the commands
+def test_train_a_few_iterations_then_eval_and_predict_commands(coco, tmp_path, capsys):
+    from tdaf.cli.main import main
+
+    cfg = TrainConfig(task="pose", model="tdaf_simplebaseline_resnet18", data="coco", data_dir=str(coco),
+                      input_size=128, epochs=1, batch_size=2, optimizer="adam", lr=1e-3, lr_batch=2, weight_decay=0.0,
+                      workers=0, out=str(tmp_path / "run"), progress=False, tensorboard=False)
+    result = Trainer(cfg).fit()
+    row = result["history"][-1]
+    assert np.isfinite(row["train_loss"]) and row["train_loss"] > 0 and row["skipped"] == 1  # the missing image
+    assert 0.0 <= row["val_AP"] <= 1.0 and np.isfinite(row["val_loss"])
+    model, meta = model_from_checkpoint(result["last"])
+    assert meta["input_size"] == [3, 128, 96] and meta["keypoint_names"] == NAMES and model.head.flows == 3
+
+    assert main(["eval", "--checkpoint", str(result["last"]), "--data-dir", str(coco), "--json",
+                 "--workers", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["persons"] == 2 and out["flip_test"] and {"AP", "AP50", "AP75", "AP_M", "AP_L", "AR"} <= set(out)
+    assert main(["eval", "--checkpoint", str(result["last"]), "--data-dir", str(coco), "--ten-crop"]) != 0
+    assert "--ten-crop: only for classification checkpoints" in capsys.readouterr().err
+
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"000000000200.jpg": [[51.6, 34.8, 76.8, 102.4, 0.9], [0, 0, 40, 60]]}))
+    assert main(["predict", "--checkpoint", str(result["last"]), str(coco / "val2017"), "--person-boxes", str(boxes),
+                 "--skeleton-out", str(tmp_path / "drawn"), "--json", "--no-progress"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    persons = {Path(r["file"]).name: r["persons"] for r in pred["results"]}
+    assert len(persons["000000000200.jpg"]) == 2 and persons["000000000201.jpg"] == []
+    joints = np.array(persons["000000000200.jpg"][0]["keypoints"])
+    assert joints.shape == (17, 3)
+    drawn = Image.open(tmp_path / "drawn" / "000000000200.png")
+    assert drawn.size == (200, 180)
+
+
+def test_config_errors_name_the_setting(coco):
+    task = PoseTask()
+    base = dict(task="pose", data="coco", data_dir=str(coco), input_size=128)
+    with pytest.raises(ValueError, match="model: 'resnet18' is not a pose model"):
+        task.check_config(TrainConfig(model="resnet18", **base))
+    with pytest.raises(ValueError, match="input_size: got 200; allowed for pose: a multiple of 128"):
+        task.check_config(TrainConfig(model="simplebaseline_resnet18", **dict(base, input_size=200)))
+    with pytest.raises(ValueError, match="data: got 'digits'"):
+        task.check_config(TrainConfig(model="simplebaseline_resnet18", **dict(base, data="digits")))
+    with pytest.raises(FileNotFoundError, match="person_keypoints_train2017.json not found"):
+        tdaf.pose.open_coco("train", coco / "nowhere")
