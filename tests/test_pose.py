@@ -348,3 +348,20 @@ def test_config_errors_name_the_setting(coco):
         task.check_config(TrainConfig(model="simplebaseline_resnet18", **dict(base, data="digits")))
     with pytest.raises(FileNotFoundError, match="person_keypoints_train2017.json not found"):
         tdaf.pose.open_coco("train", coco / "nowhere")
+
+
+def test_tab5_configs_share_the_recipe_and_pass_the_task_checks():
+    from tdaf.engine.config import load_config_file
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "pose"
+    files = sorted(root.glob("tab5_*.yaml"))
+    assert len(files) == 8  # ResNet-50/101 x no attention, ANAR-3, ANAR-5, ANAR-7
+    recipes = []
+    for f in files:
+        values = load_config_file(f)
+        cfg = TrainConfig.from_dict(values, str(f))
+        PoseTask().check_config(cfg, str(f))
+        assert cfg.task == "pose" and cfg.optimizer == "adam" and cfg.milestones == [90, 120] and cfg.epochs == 140
+        assert (cfg.anar is not None) == cfg.model.startswith("tdaf_")
+        recipes.append({k: v for k, v in values.items() if k not in ("model", "flows", "anar", "out")})
+    assert all(r == recipes[0] for r in recipes)
