@@ -200,6 +200,12 @@ def test_detector_boxes_unknown_ids_low_scores_and_oks_nms(coco, tmp_path):
         _val(coco, boxes=str(bad))
 
 
+def test_oks_sigmas_are_cocoevals():
+    from pycocotools.cocoeval import Params
+
+    assert np.allclose(tdaf.pose.data.COCO_SIGMAS, Params(iouType="keypoints").kpt_oks_sigmas)
+
+
 def test_oks_nms_keeps_distinct_people():
     base = np.stack([np.array([4 * i for i, _ in GRID], float), np.array([4 * j for _, j in GRID], float),
                      np.ones(17)], axis=1)

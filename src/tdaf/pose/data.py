@@ -45,7 +45,8 @@ log = logging.getLogger("tdaf.pose")
 
 TASK = "pose"
 # COCO's per-joint OKS constants (pycocotools' COCOeval.Params.kpt_oks_sigmas).
-COCO_SIGMAS = (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89)
+COCO_SIGMAS = tuple(s / 10 for s in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87,
+                                     0.87, 0.89, 0.89))
 SPLITS = {"train": "train2017", "val": "val2017"}
 
 
