@@ -1,0 +1,16 @@
+"""Top-down human pose estimation (paper §4.3): SimpleBaseline and its TDAF head on COCO
+keypoints. Importing this package registers the ``pose`` task, its models
+(``simplebaseline_resnet50``, ``tdaf_simplebaseline_resnet50``, ...) and its data set
+(``coco``)."""
+
+from .codec import decode_heatmaps, encode_heatmaps, flip_heatmaps
+from .data import CocoPersons, KeypointInfo, TopDownTransform, open_coco, pose_collate
+from .metrics import KeypointEvaluator, coco_keypoint_stats, oks_nms
+from .models import SimpleBaselinePose
+from .task import PoseTask
+
+__all__ = [
+    "SimpleBaselinePose", "PoseTask", "KeypointEvaluator", "CocoPersons", "KeypointInfo", "TopDownTransform",
+    "open_coco", "pose_collate", "encode_heatmaps", "decode_heatmaps", "flip_heatmaps", "coco_keypoint_stats",
+    "oks_nms",
+]

@@ -1,0 +1,107 @@
+"""Poses of the persons in image files: each box cropped as in evaluation, decoded to
+image coordinates, and drawn as a skeleton with torchvision's ``draw_keypoints``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.utils import draw_bounding_boxes, draw_keypoints
+
+from ..io.images import ImageList, open_image
+from .codec import flip_heatmaps
+from .data import KeypointInfo, TopDownTransform
+from .metrics import heatmaps_to_keypoints
+
+__all__ = ["predict_poses", "read_box_file", "draw_poses"]
+
+
+def read_box_file(path: str | os.PathLike[str]) -> dict[str, list[list[float]]]:
+    """Person boxes per image file: ``{"name.jpg": [[x, y, w, h(, score)], ...], ...}`` (file
+    names as given, or their base names)."""
+    p = Path(path)
+    try:
+        boxes = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--person-boxes: no such file: {p}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--person-boxes: {p} is not JSON ({e})") from None
+    if not isinstance(boxes, dict) or any(
+        not isinstance(v, list) or any(not isinstance(b, list) or len(b) not in (4, 5) for b in v)
+        for v in boxes.values()
+    ):
+        raise ValueError(f'--person-boxes: {p}: expected {{"image.jpg": [[x, y, w, h] or [x, y, w, h, score], ...]}}')
+    return {str(k): [[float(x) for x in b] for b in v] for k, v in boxes.items()}
+
+
+@torch.no_grad()
+def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
+                  boxes: dict[str, list[list[float]]] | None = None, flip_test: bool = True,
+                  device: torch.device | str = "cpu") -> tuple[list[dict[str, Any]], list[str]]:
+    """``(results, skipped)``: per image its persons (``box``, ``score``, ``keypoints`` as
+    ``[x, y, confidence]`` per joint in image pixels); without ``boxes`` the whole image is
+    one person. Undecodable images from folders are skipped (and named), others raise."""
+    info = KeypointInfo.from_meta(meta)
+    hw = (int(meta["input_size"][1]), int(meta["input_size"][2]))
+    stride = float(meta.get("heatmap_stride", 4))
+    transform = TopDownTransform(hw, info, None, meta["mean"], meta["std"])
+    model.eval().to(device)
+    results, skipped = [], []
+    for path, from_folder in zip(images.files, images.from_folder):
+        try:
+            img = open_image(path)
+        except (FileNotFoundError, ValueError) as e:
+            if not from_folder:
+                raise
+            skipped.append(f"{path} ({e})")
+            continue
+        if boxes is None:
+            person_boxes = [[0.0, 0.0, float(img.width), float(img.height), 1.0]]
+        else:
+            person_boxes = boxes.get(str(path), boxes.get(Path(path).name, []))
+        persons = []
+        if person_boxes:
+            j = len(info.names)
+            crops, targets = zip(*(transform((img, dict(image_id=0, box=b[:4], score=b[4] if len(b) > 4 else 1.0,
+                                                         area=b[2] * b[3], keypoints=np.zeros((j, 3)))))
+                                   for b in person_boxes))
+            x = torch.stack(crops).to(device)
+            heatmaps = model(x).float()
+            if flip_test:
+                heatmaps = (heatmaps + flip_heatmaps(model(x.flip(-1)).float(), info.flip_pairs)) * 0.5
+            center = torch.stack([t["center"] for t in targets])
+            scale = torch.stack([t["scale"] for t in targets])
+            coords, conf = heatmaps_to_keypoints(heatmaps.cpu(), center, scale, stride)
+            for b, c, s in zip(person_boxes, coords, conf):
+                persons.append(dict(box=[round(v, 2) for v in b[:4]], score=b[4] if len(b) > 4 else 1.0,
+                                    keypoints=[[round(float(px), 2), round(float(py), 2), round(float(sc), 4)]
+                                               for (px, py), sc in zip(c, s)]))
+        results.append(dict(file=str(path), width=img.width, height=img.height, persons=persons))
+    return results, skipped
+
+
+def draw_poses(image_path: str | os.PathLike[str], persons: Sequence[dict[str, Any]],
+               skeleton: Sequence[Sequence[int]], out: str | os.PathLike[str], conf_thr: float = 0.2) -> Path:
+    """The image with each person's box and skeleton (joints scoring above ``conf_thr``)
+    drawn by torchvision, saved as PNG at ``out``."""
+    img = open_image(image_path)
+    canvas = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    if persons:
+        boxes = torch.tensor([[p["box"][0], p["box"][1], p["box"][0] + p["box"][2], p["box"][1] + p["box"][3]]
+                              for p in persons], dtype=torch.float)
+        canvas = draw_bounding_boxes(canvas, boxes, colors="yellow", width=2)
+        kpts = torch.tensor([[k[:2] for k in p["keypoints"]] for p in persons], dtype=torch.float)
+        vis = torch.tensor([[k[2] > conf_thr for k in p["keypoints"]] for p in persons])
+        canvas = draw_keypoints(canvas, kpts, connectivity=[tuple(e) for e in skeleton], colors="red", radius=3,
+                                width=2, visibility=vis)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out)
+    return out

@@ -1,0 +1,143 @@
+"""Top-down pose estimation (paper §4.3) as a task of the shared trainer: SimpleBaseline's
+heat-map regression (MSE with per-joint target weights), validated with the flip test and
+COCO's keypoint AP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import TransformedDataset, subset_indices
+from ..data.registry import dataset_spec
+from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..models import create_model, is_model, model_cfg
+from ..models._registry import list_models, unknown_model_error
+from .codec import flip_heatmaps
+from .data import TASK, Augment, CocoPersons, KeypointInfo, TopDownTransform, describe_drops, input_hw, pose_collate
+from .metrics import KeypointEvaluator, heatmap_loss
+from .models import HEATMAP_STRIDE
+
+__all__ = ["PoseTask", "pose_model_kwargs", "PoseData", "build_pose_data"]
+
+
+def pose_model_kwargs(cfg: Any, num_joints: int) -> dict[str, Any]:
+    """Arguments of :func:`tdaf.create_model` that rebuild the trained model."""
+    kwargs: dict[str, Any] = {"num_joints": int(num_joints)}
+    for key in ("flows", "anar", "eta", "downsample"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    return kwargs
+
+
+def pose_meta(name: str, info: KeypointInfo, hw: tuple[int, int], mean: Any, std: Any) -> dict[str, Any]:
+    return dict(data=name, input_size=[3, hw[0], hw[1]], mean=list(mean), std=list(std),
+                heatmap_stride=HEATMAP_STRIDE, sigma=2.0, **info.meta())
+
+
+PoseData = TaskData
+
+
+def build_pose_data(raw_train: CocoPersons | None, raw_val: CocoPersons, hw: tuple[int, int], mean: Any, std: Any,
+                    seed: int = 0, train_subset: int | None = None,
+                    val_subset: int | None = None) -> tuple[TransformedDataset | None, TransformedDataset]:
+    """The augmented training crops and the plain validation crops of two splits."""
+    info = raw_val.info
+    train = None
+    if raw_train is not None:
+        train = TransformedDataset(raw_train, TopDownTransform(hw, info, Augment(), mean, std), seed=seed,
+                                   indices=subset_indices(len(raw_train), train_subset))
+    val = TransformedDataset(raw_val, TopDownTransform(hw, info, None, mean, std),
+                             indices=subset_indices(len(raw_val), val_subset), seeded=False)
+    return train, val
+
+
+@register_task
+class PoseTask(Task):
+    """SimpleBaseline's training (heat-map MSE) and COCO keypoint evaluation.
+
+    ``flip_test`` averages the heat-maps of the crop and of its mirror image (the mirror's
+    maps flipped back, left/right joints swapped, shifted one pixel); the evaluator needs
+    the validation annotations, which :meth:`build_data` (or :meth:`set_eval_data`) sets."""
+
+    name = TASK
+    main_metric = "AP"
+    log_metrics = ("loss", "AP", "AP50", "AP75", "AP_M", "AP_L", "AR")
+    defaults = {"model": "simplebaseline_resnet50", "data": "coco", "input_size": 256}
+    labels = {"AP": "AP", "AR": "AR"}
+
+    def __init__(self, flip_test: bool = True, flip_shift: bool = True) -> None:
+        self.flip_test = flip_test
+        self.flip_shift = flip_shift
+        self.info: KeypointInfo | None = None
+        self.val: CocoPersons | None = None
+        self.val_img_ids: list[int] | None = None
+        self.nms = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PoseTask:
+        return cls()
+
+    def check_config(self, cfg: Any, source: str = "config") -> None:
+        if not is_model(cfg.model):
+            raise ValueError(f"{source}: {unknown_model_error(cfg.model)}")
+        if model_cfg(cfg.model).get("task", "classification") != TASK:
+            raise ValueError(f"{source}: model: {cfg.model!r} is not a pose model; allowed: "
+                             f"{', '.join(list_models(task=TASK))}")
+        dataset_spec(cfg.data, TASK, f"{source}: data")
+        try:
+            input_hw(cfg.input_size)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+        if cfg.recipe is not None:
+            raise ValueError(f"{source}: recipe: got {cfg.recipe!r}; the pose task has one augmentation "
+                             f"(SimpleBaseline's), leave recipe unset")
+        if cfg.label_smoothing:
+            raise ValueError(f"{source}: label_smoothing: got {cfg.label_smoothing}; the pose task has no labels "
+                             f"to smooth, leave it 0")
+
+    def set_eval_data(self, val: CocoPersons, img_ids: list[int] | None = None, nms: bool = False) -> None:
+        """The annotations the evaluator scores against, the images it covers (None: every
+        image of the annotation file) and whether to apply OKS NMS (detector boxes)."""
+        self.val, self.info, self.val_img_ids, self.nms = val, val.info, img_ids, nms
+
+    def build_data(self, cfg: Any) -> TaskData:
+        spec = dataset_spec(cfg.data, TASK)
+        hw = input_hw(cfg.input_size)
+        raw_train, raw_val = spec.open("train", cfg.data_dir), spec.open("val", cfg.data_dir)
+        mean, std = model_cfg(cfg.model)["mean"], model_cfg(cfg.model)["std"]
+        if raw_train.info.names != raw_val.info.names:
+            raise ValueError(f"--data-dir: the train and val annotations name different keypoints "
+                             f"({len(raw_train.info.names)} vs {len(raw_val.info.names)})")
+        train, val = build_pose_data(raw_train, raw_val, hw, mean, std, cfg.seed, cfg.train_subset, cfg.val_subset)
+        img_ids = None if cfg.val_subset is None else sorted({raw_val.instances[i]["image_id"] for i in val.indices})
+        self.set_eval_data(raw_val, img_ids)
+        drops = "; ".join(d for d in (describe_drops(raw_train), describe_drops(raw_val)) if d)
+        return TaskData(train, val, pose_collate, pose_meta(cfg.data, raw_val.info, hw, mean, std),  # type: ignore[arg-type]
+                        description=f"{len(raw_val.info.names)} joints, {hw[0]}x{hw[1]} crops"
+                        + (f" (skipped: {drops})" if drops else ""), unit="persons")
+
+    def build_model(self, cfg: Any, meta: dict[str, Any]) -> BuiltModel:
+        kwargs = pose_model_kwargs(cfg, len(meta["keypoint_names"]))
+        return BuiltModel(create_model(cfg.model, pretrained=cfg.pretrained, **kwargs), cfg.model, kwargs)
+
+    def training_step(self, model: nn.Module, inputs: torch.Tensor, targets: dict[str, torch.Tensor]) -> StepOutput:
+        out = model(inputs)
+        loss = heatmap_loss(out, targets["heatmaps"], targets["weights"])
+        return StepOutput(loss, inputs.shape[0])
+
+    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        heatmaps = model(inputs).float()
+        if not self.flip_test:
+            return heatmaps
+        if self.info is None:
+            raise RuntimeError("flip test: the task knows no left/right joint pairs; call build_data or set_eval_data")
+        flipped = flip_heatmaps(model(inputs.flip(-1)).float(), self.info.flip_pairs, self.flip_shift)
+        return (heatmaps + flipped) * 0.5
+
+    def evaluator(self) -> KeypointEvaluator:
+        if self.val is None:
+            raise RuntimeError("pose evaluation needs its annotations: call build_data or set_eval_data first")
+        return KeypointEvaluator(self.val.coco, self.val.category_id, self.val.info.sigmas, HEATMAP_STRIDE,
+                                 img_ids=self.val_img_ids, nms=self.nms)
