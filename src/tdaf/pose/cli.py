@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..cli._load import load_model, resolve_device
+from ..cli._common import resolve_device
+from ..cli._load import load_model
 from ..cli._table import format_table
 from ..io.files import json_safe
 from ..io.images import collect_images, unique_stems
@@ -50,7 +51,7 @@ def run_eval(args: argparse.Namespace) -> int:
         score_thr=0.0 if args.person_score_thr is None else args.person_score_thr,
         flip_test=not args.no_flip_test, subset=args.subset, batch_size=args.batch_size, workers=args.workers,
         device=args.device, amp=args.amp, channels_last=args.channels_last, strict=args.strict,
-        progress=not args.json,
+        progress=args.progress and not args.json,
     )
     if out is None:
         return 0
