@@ -130,7 +130,8 @@ def test_sync_mfbn_matches_one_process_mfbn_per_flow_across_two_processes() -> N
     port = _free_port()
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_sync_worker, args=(port, result), nprocs=2, join=True)
+        # fork: the workers need no second import of torch, timm and tdaf.
+        mp.start_processes(_sync_worker, args=(port, result), nprocs=2, join=True, start_method="fork")
         result = dict(result)
     torch.manual_seed(0)
     ref = MultiFlowBatchNorm(3, flows=2)
