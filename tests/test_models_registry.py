@@ -96,7 +96,7 @@ def test_timm_namespaces_share_the_registry() -> None:
 
 def test_feature_maps_feed_torchvision_fpn() -> None:
     torch.manual_seed(0)
-    feats = tdaf.create_model("tdaf_resnet18", features_only=True, feature_cls="dict", out_indices=(1, 2, 3))
+    feats = tdaf.create_model("tdaf_resnet18", features_only=True, feature_cls="dict", out_indices=(2, 3, 4))
     assert isinstance(feats, FeatureMaps) and feats.is_tdaf
     assert feats.out_channels == [128, 256, 512] and feats.strides == [8, 16, 32]
     x = torch.randn(2, 3, 64, 96)
@@ -119,7 +119,7 @@ def test_feature_maps_feed_torchvision_fpn() -> None:
 
 def test_backbone_with_fpn_in_fcos() -> None:
     torch.manual_seed(0)
-    body = FeatureMaps(tdaf.create_model("tdaf_resnet18", flows=2), out_indices=(1, 2, 3))
+    body = FeatureMaps(tdaf.create_model("tdaf_resnet18", flows=2), out_indices=(2, 3, 4))
     backbone = BackboneWithFPN(body, out_channels=64, extra_blocks=LastLevelP6P7(64, 64))
     assert backbone.out_channels == 64
     fcos = FCOS(backbone, num_classes=3, min_size=64, max_size=64).eval()

@@ -51,13 +51,15 @@ def test_timm_cnn_as_tdaf_backbone(name: str, tmp_path: Path) -> None:
     assert model.backbone.strides == [4, 2, 2, 2]
     assert len(model.backbone.attention) == 3 and model.backbone.flows == 3
     assert model.pretrained_cfg["baseline"] == f"timm/{name}"
-    norms = [m for m in model.backbone.stages.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.backbone.stages.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, MultiFlowBatchNorm)]
     mfbn = [m for m in model.backbone.stages.modules() if isinstance(m, MultiFlowBatchNorm)]
     assert not norms and not any(isinstance(m, BatchNormAct2d) for m in model.backbone.modules())
     if name == "convnext_atto":
         assert not mfbn  # LayerNorm: shared by all flows, nothing for MFBN to replace
     else:  # every BatchNorm of the timm model is MFBN in the stages, or plain in the head (run once)
-        in_head = sum(isinstance(m, nn.BatchNorm2d) for m in model.head.modules())
+        in_head = sum(isinstance(m, nn.BatchNorm2d) and not isinstance(m, MultiFlowBatchNorm)
+                      for m in model.head.modules())
         assert len(mfbn) + in_head == sum(isinstance(m, nn.BatchNorm2d) for m in ref.modules())
         assert all(m.flows == 3 for m in mfbn)
     model.train()
@@ -104,5 +106,5 @@ def test_timm_adapter_argument_errors(tmp_path: Path) -> None:
     torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), path)
     with pytest.raises(ValueError, match=r"does not fit tdaf_timm/regnety_002.*missing keys: stem\.conv\.weight"):
         tdaf.create_model("tdaf_timm/regnety_002", pretrained=path)
-    with pytest.raises(ValueError, match="tdaf_timm/regnety_002: bad argument for the timm model"):
+    with pytest.raises(TypeError, match="tdaf_timm/regnety_002: bad argument for the timm model"):
         tdaf.create_model("tdaf_timm/regnety_002", no_such_option=1)

@@ -41,7 +41,7 @@ def test_timm_create_model_round_trip(tmp_path: Path) -> None:
     assert model.state_dict().keys() == ref.state_dict().keys()
     assert resolve_data_config({}, model=model) == {
         "input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616), "crop_pct": 0.875, "crop_mode": "center",
+        "std": (0.2470, 0.2435, 0.2616), "crop_pct": 1.0, "crop_mode": "squash",  # tdaf eval: no crop
     }
     # A local file of the plain backbone is the only pretrained source: timm's own way to name
     # one, or a path. (resnet18_cifar is torchvision's ResNet-18 with a 3x3 stem.)
@@ -81,8 +81,8 @@ def test_features_only_returns_the_last_flows_stage_maps() -> None:
     assert [m.shape[1] for m in c3_c5.eval()(torch.randn(1, 3, 64, 64))] == [256, 512, 1024]
     assert timm.create_model("tdaf_resnet50", features_only=True, out_indices=2).feature_info.channels() == [1024,
                                                                                                            2048]
-    with pytest.raises(ValueError, match=r"out_indices: got \[4\]; allowed: level indices from -4 to 3"):
-        tdaf.create_model("tdaf_resnet18_cifar", features_only=True, out_indices=[4])
+    with pytest.raises(ValueError, match=r"out_indices: got \[5\]; allowed: level indices from -5 to 4"):
+        tdaf.create_model("tdaf_resnet18_cifar", features_only=True, out_indices=[5])
 
 
 @pytest.mark.parametrize("name, jit", [("tdaf_resnet18_cifar", True), ("tdaf_mobilenetv1", False),

@@ -5,6 +5,16 @@ normalises with its own batch statistics and keeps its own running mean / varian
 the flows see inputs of different scales, and the later flows are masked by attention,
 so one set of statistics for all of them is wrong (a shared BN costs ~6 points on
 digits for TDAF-ResNet-18).
+
+MFBN is a ``torch.nn.modules.batchnorm._BatchNorm`` (and, for ``dims=2``, an
+``nn.BatchNorm2d``; ``dims=1``/``3``: ``BatchNorm1d``/``3d``), so code that finds BatchNorm
+layers by type sees it: ``norm_eval`` loops (``m.eval()`` on every ``_BatchNorm``), weight
+decay filters, the freezing and synchronising converters. Converters that copy a layer
+into a one-statistics BatchNorm (``nn.SyncBatchNorm.convert_sync_batchnorm``,
+``timm.layers.freeze_batch_norm_2d``) cannot keep per-flow statistics: the copy fails at
+its first forward (its ``(flows, C)`` statistics do not fit ``C`` channels) rather than
+silently using one set for every flow. Use
+:func:`convert_sync_batchnorm` and :func:`freeze_mfbn` instead.
 """
 
 from __future__ import annotations
@@ -14,11 +24,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 __all__ = [
-    "MultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "convert_to_mfbn", "freeze_mfbn", "set_flow", "mfbn_modules",
+    "MultiFlowBatchNorm", "SyncMultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "convert_to_mfbn", "freeze_mfbn",
+    "convert_sync_batchnorm", "set_flow", "mfbn_modules",
 ]
 
 _INPUT_DIMS = {1: (2, 3), 2: (4,), 3: (5,)}
@@ -36,8 +50,11 @@ def _check_dims(x: torch.Tensor, dims: int) -> None:
 torch.fx.wrap("_check_dims")
 
 
-class MultiFlowBatchNorm(nn.Module):
+class MultiFlowBatchNorm(_BatchNorm):
     """BatchNorm over 1d/2d/3d inputs with shared affine and per-flow statistics (Eq. 4).
+
+    An instance is of the subclass matching ``dims`` (``MultiFlowBatchNorm2d``, also an
+    ``nn.BatchNorm2d``, for ``dims=2``), so type-based BatchNorm tools see it.
 
     The running buffers are stacked per flow: ``running_mean`` and ``running_var`` have
     shape ``(flows, C)`` and ``num_batches_tracked`` shape ``(flows,)``. ``flow`` (a
@@ -45,6 +62,20 @@ class MultiFlowBatchNorm(nn.Module):
     A plain BatchNorm state dict (``running_mean`` of shape ``(C,)``) loads into every
     flow's buffers, so pretrained backbones keep their statistics.
     """
+
+    # The state-dict version of the layer before it was a _BatchNorm (its loader below
+    # bypasses _NormBase's version upgrade: MFBN files always hold the batch counters).
+    _version = 1
+    _by_dims: dict[int, type[MultiFlowBatchNorm]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MultiFlowBatchNorm:
+        # MultiFlowBatchNorm(..., dims=d) gives the dims-specific subclass; a subclass (and
+        # unpickling, which calls __new__ with no arguments) gets itself.
+        target = cls
+        if "_by_dims" in cls.__dict__ and (args or kwargs):
+            dims = kwargs.get("dims", args[6] if len(args) > 6 else 2)
+            target = cls._by_dims.get(dims, cls)
+        return super().__new__(target)
 
     def __init__(
         self,
@@ -56,7 +87,7 @@ class MultiFlowBatchNorm(nn.Module):
         track_running_stats: bool = True,
         dims: int = 2,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not _NormBase's: it would register (C,)-shaped statistics
         if flows < 1:
             raise ValueError(f"flows must be >= 1, got {flows}")
         if dims not in (1, 2, 3):
@@ -89,6 +120,9 @@ class MultiFlowBatchNorm(nn.Module):
             f"{self.num_features}, flows={self.flows}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}, track_running_stats={self.track_running_stats}"
         )
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        _check_dims(input, self.dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_dims(x, self.dims)
@@ -127,9 +161,83 @@ class MultiFlowBatchNorm(nn.Module):
         value = state_dict.get(key)
         if value is not None and value.dim() == 0 and self.num_batches_tracked is not None:
             state_dict[key] = value.expand(self.flows).clone()
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        nn.Module._load_from_state_dict(  # not _NormBase's (see _version)
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+class SyncMultiFlowBatchNorm(MultiFlowBatchNorm):
+    """MFBN whose training-time batch statistics are computed over every process of
+    ``process_group`` (default: the whole world), per flow: the flow-``n`` statistics of
+    all processes are reduced together, never mixed with another flow's. As
+    ``nn.SyncBatchNorm``, it is plain MFBN outside training, in eval mode, or without an
+    initialised process group of more than one process. Same parameters, buffers and
+    state dict as :class:`MultiFlowBatchNorm`. Works with every ``torch.distributed``
+    backend (an all-reduce of per-channel sums; gradients flow through it).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        flows: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dims: int = 2,
+        process_group: Any = None,
+    ) -> None:
+        super().__init__(num_features, flows, eps, momentum, affine, track_running_stats, dims)
+        self.process_group = process_group
+
+    def _world_size(self) -> int:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1
+        return dist.get_world_size(self.process_group or dist.group.WORLD)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self._world_size() == 1:
+            return super().forward(x)
+        _check_dims(x, self.dims)
+        flow = self.flow
+        reduce_dims = [0] + list(range(2, x.dim()))
+        count = torch.full((1,), x.numel() // x.shape[1], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum(reduce_dims), (x * x).sum(reduce_dims), count])
+        # Differentiable all-reduce: the backward sums the gradients of every process's sums.
+        stats = torch.distributed.nn.functional.all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        c = x.shape[1]
+        n = stats[2 * c]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as batch norm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked[flow] += 1
+                momentum = 1.0 / float(self.num_batches_tracked[flow]) if self.momentum is None else self.momentum
+                unbiased = var * (n / (n - 1).clamp_min(1))
+                self.running_mean[flow].mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var[flow].mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = (x - mean.reshape(shape)) * (var + self.eps).rsqrt().reshape(shape)
+        if self.affine:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
+
+
+def _dims_classes(base: type[MultiFlowBatchNorm]) -> None:
+    # One subclass per input rank, also a BatchNorm1d/2d/3d: tools that look for
+    # nn.BatchNorm2d (timm's freeze_batch_norm_2d, detectron2's freezer) find 2d MFBN.
+    for dims, bn in ((1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d)):
+        name = f"{base.__name__}{dims}d"
+        cls = type(name, (base, bn), {"__module__": __name__, "__qualname__": name,
+                                      "__doc__": f"{base.__name__} over {dims}d inputs (see {base.__name__})."})
+        globals()[name] = cls
+        base._by_dims[dims] = cls
+
+
+MultiFlowBatchNorm._by_dims = {}
+SyncMultiFlowBatchNorm._by_dims = {}
+_dims_classes(MultiFlowBatchNorm)
+_dims_classes(SyncMultiFlowBatchNorm)
 
 
 class FrozenMultiFlowBatchNorm(nn.Module):
@@ -283,3 +391,34 @@ def set_flow(modules: Sequence[MultiFlowBatchNorm | FrozenMultiFlowBatchNorm], f
     """Point every MFBN in ``modules`` at flow ``flow`` (0-based)."""
     for m in modules:
         m.flow = flow
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` for TDAF models: every
+    :class:`MultiFlowBatchNorm` becomes a :class:`SyncMultiFlowBatchNorm` (per-flow
+    statistics, synchronised per flow) and every other BatchNorm an ``nn.SyncBatchNorm``
+    (timm's ``BatchNormAct2d`` a ``SyncBatchNormAct``). Parameters and buffers are the
+    original tensors (as torch's converter), so the state dict is unchanged. Frozen layers
+    stay frozen. Returns the converted module (``module`` itself unless it is a BatchNorm)."""
+    if isinstance(module, SyncMultiFlowBatchNorm):
+        if process_group is not None:
+            module.process_group = process_group
+        return module
+    if isinstance(module, MultiFlowBatchNorm):
+        sync = SyncMultiFlowBatchNorm.__new__(SyncMultiFlowBatchNorm._by_dims[module.dims])
+        nn.Module.__init__(sync)
+        sync.__dict__.update({k: v for k, v in module.__dict__.items() if not k.startswith("_")})
+        for name in ("weight", "bias"):
+            sync._parameters[name] = module._parameters[name]
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            sync._buffers[name] = module._buffers[name]
+        sync.process_group = process_group
+        sync.train(module.training)
+        return sync
+    if isinstance(module, _BatchNorm):
+        return timm_convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

@@ -13,7 +13,7 @@ from torch import nn
 from ..r2dns import TDAF_DEFAULTS, R2DNS, StageNet, Stride
 from .classifier import TDAFClassifier
 
-__all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings"]
+__all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings", "check_torchvision_args"]
 
 
 def paired_cfgs(name: str, cfg: dict[str, Any], tdaf_name: str | None = None) -> dict[str, dict[str, Any]]:
@@ -31,6 +31,26 @@ def split_tdaf_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     tdaf = {k: v for k, v in kwargs.items() if k in TDAF_DEFAULTS}
     rest = {k: v for k, v in kwargs.items() if k not in TDAF_DEFAULTS}
     return tdaf, rest
+
+
+def check_torchvision_args(
+    name: str, *, drop_path_rate: float | None, output_stride: int | None, native_stride: int, in_chans: Any = 3
+) -> None:
+    """timm's common model arguments on a family built from torchvision's blocks: only
+    their no-op values are accepted (a clear error instead of a TypeError from inside torchvision)."""
+    if drop_path_rate not in (None, 0, 0.0):
+        raise ValueError(
+            f"drop_path_rate: got {drop_path_rate!r}; {name!r} is built from torchvision's blocks, which have no "
+            f"drop path (allowed: None or 0). Stochastic depth is available on the timm-based families: "
+            f"'tdaf_timm/<timm name>', tdaf_seresnet50, tdaf_mobilenetv1"
+        )
+    if output_stride not in (None, native_stride):
+        raise ValueError(
+            f"output_stride: got {output_stride!r}; {name!r} only has its native output stride {native_stride} "
+            f"(no dilated variant)"
+        )
+    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
+        raise ValueError(f"in_chans: got {in_chans!r}; allowed: an integer >= 1")
 
 
 def tdaf_settings(backbone: R2DNS | StageNet) -> dict[str, Any]:
@@ -59,6 +79,7 @@ def build_model(
     depthwise: bool = False,
     in_chans: int | None = 3,
     model_cls: type[TDAFClassifier] = TDAFClassifier,
+    stem_info: Sequence[dict[str, Any]] = (),
     **tdaf_kwargs: Any,
 ) -> TDAFClassifier:
     """Wrap ``stages`` in R2DNS (``tdaf=True``, with ``tdaf_kwargs``: ``flows``, ``anar``,
@@ -66,7 +87,9 @@ def build_model(
     and put ``head`` (default: timm's ``ClassifierHead``) on the last flow's last map.
 
     ``cfg`` becomes the model's ``pretrained_cfg``, with ``architecture=name`` and the
-    TDAF settings used. Plain and ``flows=1`` TDAF models share one weight layout."""
+    TDAF settings used. Plain and ``flows=1`` TDAF models share one weight layout.
+    ``stem_info`` lists the feature levels (timm's numbering starts with them) computed
+    inside the first stage, such as a ResNet's stem."""
     if tdaf:
         backbone: R2DNS | StageNet = R2DNS(stages, channels, strides, depthwise=depthwise, in_chans=in_chans,
                                            **tdaf_kwargs)
@@ -79,5 +102,7 @@ def build_model(
         backbone = StageNet(stages, channels, strides, in_chans=in_chans)
     cfg = dict(cfg)
     cfg.update(tdaf_settings(backbone), architecture=name)
-    return model_cls(backbone, num_classes, head=head, num_features=num_features, drop_rate=drop_rate,
-                     global_pool=global_pool, pretrained_cfg=cfg)
+    model = model_cls(backbone, num_classes, head=head, num_features=num_features, drop_rate=drop_rate,
+                      global_pool=global_pool, pretrained_cfg=cfg)
+    model.stem_info = [dict(level) for level in stem_info]
+    return model

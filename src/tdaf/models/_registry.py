@@ -169,7 +169,12 @@ def create_model(
         raise ValueError(f"feature_cls: got {feature_cls!r}; allowed: 'list' (default), 'dict'")
     if not features_only and (out_indices is not None or feature_cls is not None):
         raise ValueError("out_indices, feature_cls: only used with features_only=True")
-    model = builder(**tdaf_args, **kwargs)
+    try:
+        model = builder(**tdaf_args, **kwargs)
+    except TypeError as e:  # timm's contract: an unknown argument is a TypeError (named here)
+        if str(e).startswith(name + ":"):
+            raise
+        raise TypeError(f"{name}: {e}") from e
     if features_only:
         return (FeatureMaps if feature_cls == "dict" else StageFeatures)(model, out_indices)
     return model

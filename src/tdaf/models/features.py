@@ -13,26 +13,19 @@ from torch import nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
 from ..r2dns import R2DNS, StageNet
-from .classifier import TDAFClassifier, feature_info
+from .classifier import TDAFClassifier, feature_info, resolve_levels
 
 __all__ = ["StageFeatures", "FeatureMaps", "BackboneWithFPN", "resolve_out_indices"]
 
 
-def resolve_out_indices(out_indices: int | Sequence[int] | None, num_levels: int) -> tuple[int, ...]:
-    """timm's convention: None = every level, an int n = the last n levels, a sequence =
-    those levels (negative indices count from the end)."""
-    if out_indices is None:
-        return tuple(range(num_levels))
-    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
-        if not 1 <= out_indices <= num_levels:
-            raise ValueError(f"out_indices: got {out_indices}; allowed: 1 to {num_levels} (the last n levels)")
-        return tuple(range(num_levels - out_indices, num_levels))
-    indices = list(out_indices)
-    if not indices or any(not isinstance(i, int) or not -num_levels <= i < num_levels for i in indices):
-        raise ValueError(
-            f"out_indices: got {indices}; allowed: level indices from {-num_levels} to {num_levels - 1}"
-        )
-    return tuple(i % num_levels for i in indices)
+def resolve_out_indices(
+    out_indices: int | Sequence[int] | None, num_levels: int, stem_info: Sequence[dict[str, Any]] = ()
+) -> tuple[int, ...]:
+    """The stage indices of timm's ``out_indices`` over ``num_levels`` stage outputs:
+    None = every stage, an int n = the last n, a sequence = those levels, numbered as timm
+    numbers the model's levels (``stem_info``: the levels computed inside stage 1, such as
+    a ResNet's stem, come first; asking for one is an error)."""
+    return resolve_levels(out_indices, num_levels, stem_info)
 
 
 class StageFeatures(nn.Module):
@@ -41,6 +34,10 @@ class StageFeatures(nn.Module):
     ``features_only=True`` models do, with ``feature_info.channels()`` /
     ``.reduction()``. Only the last flow reaches a task head (paper Fig. 2), so the
     earlier flows' maps are not returned.
+
+    Levels are numbered as timm numbers them: for a ResNet, level 0 is the stem (timm's
+    ``act1``, computed inside stage 1 here and not returned) and levels 1..4 are C2..C5,
+    so ``out_indices=(1, 2, 3, 4)`` taken from timm code gives the same maps.
 
     Its state dict is the classifier's ``backbone.*`` part, so a classifier checkpoint
     loads into it with ``strict=False``.
@@ -51,8 +48,10 @@ class StageFeatures(nn.Module):
         if not isinstance(model, TDAFClassifier):
             raise ValueError(f"features_only: {type(model).__name__} is not a staged tdaf model")
         self.backbone = model.backbone
-        self.out_indices = resolve_out_indices(out_indices, len(model.feature_info))
-        self.feature_info = FeatureInfo(copy.deepcopy(model.feature_info), self.out_indices)
+        stem = list(getattr(model, "stem_info", []))
+        self.stage_indices = resolve_out_indices(out_indices, len(model.feature_info), stem)
+        self.out_indices = tuple(len(stem) + i for i in self.stage_indices)  # timm's level numbers
+        self.feature_info = FeatureInfo(copy.deepcopy(stem + list(model.feature_info)), self.out_indices)
         self.pretrained_cfg = dict(model.pretrained_cfg)
         self.default_cfg = self.pretrained_cfg
 
@@ -62,7 +61,7 @@ class StageFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = self.backbone(x)
-        return [outs[i] for i in self.out_indices]
+        return [outs[i] for i in self.stage_indices]
 
 
 class FeatureMaps(nn.Module):
@@ -72,7 +71,8 @@ class FeatureMaps(nn.Module):
     per flow, so the maps come from the backbone's own multi-level output.
 
     ``model`` is a staged tdaf classifier or its backbone (R2DNS / StageNet);
-    ``out_indices`` follow timm (None = every stage, n = the last n); ``names`` default to
+    ``out_indices`` follow timm (None = every stage, n = the last n, levels numbered as
+    timm numbers them: a ResNet's C2..C5 are 1..4); ``names`` default to
     ``"0", "1", ...`` (torchvision's ``return_layers`` values). ``out_channels`` lists each
     map's channels in order (``FeaturePyramidNetwork``'s ``in_channels_list``);
     ``strides`` their total reductions (below 1 after up-sampling stages);
@@ -89,20 +89,22 @@ class FeatureMaps(nn.Module):
         super().__init__()
         if isinstance(model, TDAFClassifier):
             info, cfg, backbone = model.feature_info, dict(model.pretrained_cfg), model.backbone
+            stem = list(model.stem_info)
         elif isinstance(model, (R2DNS, StageNet)):
-            info, cfg, backbone = feature_info(model), {}, model
+            info, cfg, backbone, stem = feature_info(model), {}, model, []
         else:
             raise ValueError(f"features: {type(model).__name__} is not a staged tdaf model or backbone")
         self.backbone = backbone
-        self.out_indices = resolve_out_indices(out_indices, len(info))
+        self.stage_indices = resolve_out_indices(out_indices, len(info), stem)
+        self.out_indices = tuple(len(stem) + i for i in self.stage_indices)  # timm's level numbers
         names = [str(i) for i in range(len(self.out_indices))] if names is None else [str(n) for n in names]
         if len(names) != len(self.out_indices) or len(set(names)) != len(names):
             raise ValueError(f"names: got {names}; need {len(self.out_indices)} distinct names, one per map")
         self.names = names
         # A plain list (timm's FeatureInfo refuses the falling reductions of up-sampling stages).
-        self.feature_info: list[dict[str, Any]] = [copy.deepcopy(info[i]) for i in self.out_indices]
-        self.out_channels: list[int] = [int(info[i]["num_chs"]) for i in self.out_indices]
-        self.strides = [info[i]["reduction"] for i in self.out_indices]
+        self.feature_info: list[dict[str, Any]] = [copy.deepcopy(info[i]) for i in self.stage_indices]
+        self.out_channels: list[int] = [int(info[i]["num_chs"]) for i in self.stage_indices]
+        self.strides = [info[i]["reduction"] for i in self.stage_indices]
         self.pretrained_cfg = cfg
         self.default_cfg = self.pretrained_cfg
 
@@ -112,7 +114,7 @@ class FeatureMaps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         outs = self.backbone(x)
-        return OrderedDict((name, outs[i]) for name, i in zip(self.names, self.out_indices))
+        return OrderedDict((name, outs[i]) for name, i in zip(self.names, self.stage_indices))
 
 
 class BackboneWithFPN(nn.Module):

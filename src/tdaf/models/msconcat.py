@@ -83,7 +83,7 @@ def _create_msconcat(
     model = build_model(
         variant, list(plain.backbone.stages), plain.backbone.channels, plain.backbone.strides, cfg, tdaf=True,
         num_classes=num_classes, drop_rate=drop_rate, global_pool=global_pool, in_chans=plain.backbone.in_chans,
-        model_cls=MultiScaleConcatClassifier, anar=None, **tdaf_kwargs,
+        model_cls=MultiScaleConcatClassifier, stem_info=plain.stem_info, anar=None, **tdaf_kwargs,
     )
     return model  # type: ignore[return-value]
 

@@ -12,12 +12,14 @@ import os
 from collections import OrderedDict
 from typing import Any
 
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import adapt_input_conv
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ._builder import build_model, paired_cfgs, split_tdaf_kwargs
+from ._builder import build_model, check_torchvision_args, paired_cfgs, split_tdaf_kwargs
 from ._pretrained import load_pretrained
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ._registry import register_model
 from .classifier import TDAFClassifier
@@ -31,7 +33,11 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def _cfg(arch: str, cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
+    # CIFAR models are evaluated on the image resized straight to 32x32 (no crop): timm's
+    # eval transform does the same with crop_pct=1 and crop_mode="squash".
+    data = dict(interpolation="bilinear", crop_pct=1.0, crop_mode="squash") if cifar else {}
     return dict(
+        **data,
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
         mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_STD,
@@ -78,12 +84,20 @@ def _create_resnet(
     num_classes: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
     drop_rate: float = 0.0,
+    in_chans: int = 3,
+    drop_path_rate: float | None = None,
+    output_stride: int | None = None,
     **kwargs: Any,
 ) -> TDAFClassifier:
     """torchvision's ResNet with ``kwargs`` (``block``, ``layers``, ``groups``, ...), optionally
-    loaded from ``pretrained``, as stages (TDAF settings in ``kwargs`` go to R2DNS)."""
+    loaded from ``pretrained``, as stages (TDAF settings in ``kwargs`` go to R2DNS).
+    ``in_chans`` sets the first conv's input channels (a pretrained 3-channel conv is
+    adapted as timm does); ``drop_path_rate`` and ``output_stride`` only take their no-op
+    values (torchvision's blocks have no drop path, and no dilation is applied)."""
     cfg = default_cfgs[variant]
     cifar = variant.endswith("_cifar")
+    check_torchvision_args(variant, drop_path_rate=drop_path_rate, output_stride=output_stride,
+                           native_stride=8 if cifar else 32, in_chans=in_chans)
     tdaf_kwargs, net_kwargs = split_tdaf_kwargs(kwargs)
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     net = ResNet(num_classes=max(num_classes, 1), **net_kwargs)
@@ -93,9 +107,17 @@ def _create_resnet(
         net.maxpool = nn.Identity()
     if pretrained is not None:
         load_pretrained(net, pretrained, variant, classifier=("fc",))
+    if in_chans != 3:  # after loading: timm's adaptation of a pretrained 3-channel conv
+        conv = net.conv1
+        new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+        with torch.no_grad():
+            new.weight.copy_(adapt_input_conv(in_chans, conv.weight))
+        net.conv1 = new
     stages, channels, strides = _resnet_stages(net, cifar)
+    # timm numbers a ResNet's feature levels from its stem (level 0, act1), which is inside stage 1 here.
+    stem = [dict(num_chs=64, reduction=1 if cifar else 2, module="backbone.stages.0.relu")]
     model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
-                        drop_rate=drop_rate, **tdaf_kwargs)
+                        drop_rate=drop_rate, in_chans=in_chans, stem_info=stem, **tdaf_kwargs)
     if num_classes > 0:
         model.head.fc = net.fc  # keeps pretrained classifier weights when the class count matches
     return model

@@ -32,6 +32,7 @@ from timm.layers import BatchNormAct2d, SyncBatchNormAct
 from timm.models import model_entrypoint
 from torch import nn
 
+from ..layers.mfbn import FLOW_NORMS
 from ._builder import build_model, split_tdaf_kwargs
 from ._pretrained import load_pretrained
 from ._registry import register_model
@@ -279,7 +280,7 @@ def split_norm_act(module: nn.Module, name: str) -> nn.Module:
         bn.load_state_dict(module.state_dict(), strict=False)
         bn.train(module.training)
         return nn.Sequential(OrderedDict(bn=bn, drop=module.drop, act=module.act))
-    if isinstance(module, _PLAIN_BN) and type(module) not in _PLAIN_BN:
+    if isinstance(module, _PLAIN_BN) and type(module) not in _PLAIN_BN and not isinstance(module, FLOW_NORMS):
         raise ValueError(
             f"timm model {name!r}: its normalisation layer {type(module).__name__} is a BatchNorm subclass that "
             f"MFBN cannot replace"
@@ -326,8 +327,9 @@ def create_timm_model(
             net = make_net(num_classes=max(num_classes, 1), **timm_kwargs)
         else:
             net = timm.create_model(timm_name, pretrained=False, num_classes=max(num_classes, 1), **timm_kwargs)
-    except TypeError as e:
-        raise ValueError(f"{name}: bad argument for the timm model: {e}") from e
+    except TypeError as e:  # timm's contract: an unknown argument is a TypeError
+        raise TypeError(f"{name}: bad argument for the timm model: {e}") from e
+    timm_levels = _feature_levels(net, timm_name) if getattr(net, "feature_info", None) else []
     if pretrained is not None:
         load_pretrained(net, pretrained, name, classifier=_classifier_names(net))
     if num_classes == 0:
@@ -339,9 +341,14 @@ def create_timm_model(
         cfg["depthwise"] = depthwise
     elif depthwise:
         raise ValueError(f"depthwise: only TDAF models take it; {name!r} is a plain model")
+    # timm's levels before the first stage's (a stem at reduction 2) are computed inside stage 1;
+    # they keep their numbers, so out_indices copied from timm code select the same maps.
+    stem_info = [dict(num_chs=int(f["num_chs"]), reduction=f["reduction"],
+                      module="backbone.stages.0." + str(f["module"]).replace(".", "_"))
+                 for f in timm_levels[:split.levels[0]]]
     model = build_model(name, stages, split.channels, split.strides, cfg, tdaf=tdaf, num_classes=num_classes,
                         head=split.head, num_features=split.num_features, in_chans=int(timm_kwargs.get("in_chans", 3)),
-                        **(dict(depthwise=depthwise) if tdaf else {}), **tdaf_kwargs)
+                        stem_info=stem_info, **(dict(depthwise=depthwise) if tdaf else {}), **tdaf_kwargs)
     # Where the classifier and first conv ended up (timm's pretrained-config fields).
     names = {id(m): n for n, m in model.named_modules()}
     if id(model.get_classifier()) in names:

@@ -11,6 +11,11 @@ Nothing is downloaded: ``pretrained`` is a local file, given as
 (timm's way to name a local file). Plain models whose name timm already uses (timm's own
 ``resnet50``, ``vgg16``, ``seresnet50``, ...) keep timm's entry: tdaf never overwrites
 timm's models.
+
+Namespaced names (``tdaf_timm/<timm name>``, ``timm/<timm name>``) cannot go through
+``timm.create_model`` as they are: timm reads a name with ``/`` as a Hugging Face Hub
+repository. :func:`register_in_timm` registers one under ``tdaf_timm__<timm name>`` (``/``
+becomes ``__``), which ``timm.create_model`` then builds like any tdaf model.
 """
 
 from __future__ import annotations
@@ -20,16 +25,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from timm.models import generate_default_cfgs, model_entrypoint
+from timm.models import PretrainedCfg, generate_default_cfgs, model_entrypoint, resolve_pretrained_cfg
 from timm.models import is_model as timm_is_model
 from timm.models import register_model as timm_register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._pretrained import PretrainedCfg
 from torch import nn
 
 from ._registry import create_model, list_models, model_cfg
 
-__all__ = ["sync_timm_registry", "registered_in_timm", "shadowed_by_timm"]
+__all__ = ["sync_timm_registry", "registered_in_timm", "shadowed_by_timm", "register_in_timm", "timm_alias"]
 
 _TIMM_KEYS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 # torchvision's evaluation transform (resize 256, centre crop 224) for configs that do not say.
@@ -58,7 +61,10 @@ def _timm_cfg(name: str) -> dict[str, Any]:
     return out
 
 
-def _entrypoint(name: str) -> Callable[..., nn.Module]:
+def _entrypoint(name: str, target: str | None = None) -> Callable[..., nn.Module]:
+    # ``name``: the name in timm's registry; ``target``: the tdaf name it builds (default: the same).
+    target = target or name
+
     def entrypoint(
         pretrained: bool | str | os.PathLike[str] = False,
         pretrained_cfg: Any = None,
@@ -79,7 +85,7 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
                 )
         else:
             file = None
-        model = create_model(name, pretrained=file, **kwargs)
+        model = create_model(target, pretrained=file, **kwargs)
         merged = {k: v for k, v in resolved.to_dict().items() if v is not None}
         merged.update(model.pretrained_cfg)
         merged.update(pretrained_cfg_overlay or {})
@@ -88,7 +94,7 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"tdaf model {name!r} (see tdaf.create_model)."
+    entrypoint.__doc__ = f"tdaf model {target!r} (see tdaf.create_model)."
     return entrypoint
 
 
@@ -107,3 +113,29 @@ def sync_timm_registry() -> list[str]:
         _OWN.append(name)
         new.append(name)
     return new
+
+
+def timm_alias(name: str) -> str:
+    """The name of tdaf model ``name`` in timm's registry: ``/`` becomes ``__``
+    (``tdaf_timm/efficientnet_b0`` -> ``tdaf_timm__efficientnet_b0``)."""
+    return name.replace("/", "__")
+
+
+def register_in_timm(name: str) -> str:
+    """Make the tdaf model ``name`` (typically ``tdaf_timm/<timm name>`` or
+    ``timm/<timm name>``, which timm would read as a Hub id) buildable by
+    ``timm.create_model`` under :func:`timm_alias` ``(name)``, and return that name.
+    Registered names are returned as they are. Raises ValueError for an unknown or
+    unsplittable model (``tdaf.create_model``'s message)."""
+    alias = timm_alias(name)
+    if alias in _OWN:
+        return alias
+    if timm_is_model(alias):
+        raise ValueError(f"register_in_timm: timm already has a model named {alias!r}")
+    cfg = model_cfg(name)  # unknown names raise here
+    if cfg.get("task", "classification") != "classification":
+        raise ValueError(f"register_in_timm: {name!r} is not an image classifier ({cfg['task']})")
+    default_cfgs.update(generate_default_cfgs({alias: _timm_cfg(name)}))
+    timm_register_model(_entrypoint(alias, target=name))
+    _OWN.append(alias)
+    return alias

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 import torchvision
+from timm.models import adapt_input_conv
 from torch import nn
 
-from ._builder import build_model, paired_cfgs
+from ._builder import build_model, check_torchvision_args, paired_cfgs
 from ._pretrained import load_pretrained
 from ._registry import register_model
 from .classifier import TDAFClassifier
@@ -91,7 +92,11 @@ def _build_for_loading(arch: str, num_classes: int, drop_rate: float) -> nn.Modu
 
 
 def _cfg(arch: str, cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
+    # CIFAR models are evaluated on the image resized straight to 32x32 (no crop): timm's
+    # eval transform does the same with crop_pct=1 and crop_mode="squash".
+    data = dict(interpolation="bilinear", crop_pct=1.0, crop_mode="squash") if cifar else {}
     return dict(
+        **data,
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
         mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_STD,
@@ -122,11 +127,19 @@ def _create_vgg(
     num_classes: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
     drop_rate: float = 0.5,
+    in_chans: int = 3,
+    drop_path_rate: float | None = None,
+    output_stride: int | None = None,
     **tdaf_kwargs: Any,
 ) -> TDAFClassifier:
     """torchvision's VGG ``cfg["arch"]``, optionally loaded from ``pretrained``, as five
-    stages with VGG's own head (TDAF settings in ``tdaf_kwargs`` go to R2DNS)."""
+    stages with VGG's own head (TDAF settings in ``tdaf_kwargs`` go to R2DNS).
+    ``in_chans`` sets the first conv's input channels (a pretrained 3-channel conv is
+    adapted as timm does); ``drop_path_rate`` and ``output_stride`` only take their no-op
+    values."""
     cfg = default_cfgs[variant]
+    check_torchvision_args(variant, drop_path_rate=drop_path_rate, output_stride=output_stride, native_stride=32,
+                           in_chans=in_chans)
     arch = cfg["arch"]
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     if pretrained is None:
@@ -134,10 +147,17 @@ def _create_vgg(
     else:
         net = _build_for_loading(arch, max(num_classes, 1), drop_rate)
         load_pretrained(net, pretrained, variant, classifier=("classifier.6",))
+    if in_chans != 3:  # after loading: timm's adaptation of a pretrained 3-channel conv
+        conv = net.features[0]
+        new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+        with torch.no_grad():
+            new.weight.copy_(adapt_input_conv(in_chans, conv.weight))
+            new.bias.copy_(conv.bias)
+        net.features[0] = new
     stages, channels, strides = vgg_stages(net.features)
     head = VGGHead(net.avgpool, net.classifier, num_classes)
     model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
-                        head=head, **tdaf_kwargs)
+                        head=head, in_chans=in_chans, **tdaf_kwargs)
     model.head_hidden_size = head.hidden_size
     return model
 
