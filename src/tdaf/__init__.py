@@ -8,7 +8,8 @@ from . import classification  # noqa: F401  (registers the classification task a
 from . import pose  # noqa: F401  (registers the pose task, its models and data sets)
 from .attention import record_attention
 from .layers import (
-    ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, convert_to_mfbn, create_anar, freeze_mfbn,
+    ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, SyncMultiFlowBatchNorm, convert_sync_batchnorm,
+    convert_to_mfbn, create_anar, freeze_mfbn,
 )
 from .models import (
     BackboneWithFPN, FeatureMaps, TDAFClassifier, create_model, is_model, list_models, model_cfg, register_model,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "R2DNS", "StageNet", "TDAF_DEFAULTS", "ANAR", "MultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "TDAFClassifier",
-    "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "freeze_mfbn", "create_anar", "create_model",
+    "SyncMultiFlowBatchNorm", "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "convert_sync_batchnorm",
+    "freeze_mfbn", "create_anar", "create_model",
     "list_models", "is_model", "model_cfg", "register_model", "record_attention", "__version__",
 ]
