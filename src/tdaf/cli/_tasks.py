@@ -14,12 +14,14 @@ from types import ModuleType
 
 from ..classification import cli as classification_cli
 from ..engine.checkpoint import load_checkpoint
+from ..video import cli as video_cli
 
 __all__ = ["TASK_COMMANDS", "add_task_args", "run_task_command", "checkpoint_task"]
 
 # task name -> its cli module
 TASK_COMMANDS: dict[str, ModuleType] = {
     "classification": classification_cli,
+    "video": video_cli,
 }
 
 
