@@ -30,12 +30,13 @@ def write_frame_folder(folder: Path, frames: np.ndarray) -> None:
         Image.fromarray(f).save(folder / f"image_{t:05d}.jpg", quality=95)
 
 
-def write_kinetics(root: Path, videos_per_class: int = 2, frames: int = 20, frame_folders: bool = False) -> Path:
+def write_kinetics(root: Path, videos_per_class: int = 2, frames: int = 20, frame_folders: bool = False,
+                   size: int = SIZE) -> Path:
     """train/ and val/ with classes 'a' and 'b' (mp4 files, or Hara's frame folders)."""
     for split in ("train", "val"):
         for c, name in enumerate(("a", "b")):
             for i in range(videos_per_class):
-                data = ramp_frames(frames, base=40 * c)
+                data = ramp_frames(frames, base=40 * c, size=size)
                 if frame_folders:
                     write_frame_folder(root / split / name / f"v{c}{i}", data)
                 else:

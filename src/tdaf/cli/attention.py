@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
     info = {"tdaf:model": loaded.describe()}
     written: list[Path] = []
     if r2dns.dims == 3:
-        # A video model: the images are the frames of one clip.
-        transform = eval_transform(meta)
+        # A video model: the images are the frames of one clip. Its meta's input size is
+        # [C, T, H, W]; each frame is preprocessed to [C, H, W].
+        size = list(meta.get("input_size", [3, 224, 224]))
+        transform = eval_transform({**meta, "input_size": [size[0], *size[-2:]]})
         frames = [open_image(f) for f in images.files]
         clip = torch.stack([transform(f) for f in frames], dim=1)[None].to(device)  # (1, C, T, H, W)
         out, maps = compute_attention(model, clip)

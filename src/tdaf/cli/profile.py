@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--anar", default=None, help="anar2 | anar3 | anar5 | anar7 (tdaf_ models; default anar3)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="input height and width (default: the model's, e.g. 224 224)")
+                   help="input height and width (default: the model's, e.g. 224 224; video models keep their "
+                        "clip length, e.g. 16 frames)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for the latency measurement (default 1)")
     p.add_argument("--iters", type=int, default=5, help="timed forward passes (median is reported; default 5)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing (params and GMACs only)")
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any]) -> dict[str, Any]:
     cfg = model_cfg(name)
     channels = cfg["input_size"][0]
-    size = tuple(args.input_size) if args.input_size else tuple(cfg["input_size"][1:])
+    size = _input_size(cfg, args)
     model = create_model(name, num_classes=args.num_classes, **tdaf_args)
     result = profile_model(
         model, (channels, *size), batch_size=args.batch_size, latency=not args.no_latency, iters=args.iters
@@ -60,6 +61,12 @@ def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any]) -> 
     if cfg.get("tdaf"):
         result.update(flows=model.backbone.flows, anar=model.backbone.anar_name)
     return result
+
+
+def _input_size(cfg: dict[str, Any], args: argparse.Namespace) -> tuple[int, ...]:
+    """The model's input size without channels; --input-size replaces H and W (video models keep T)."""
+    default = tuple(cfg["input_size"][1:])
+    return default[:-2] + tuple(args.input_size) if args.input_size else default
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +133,7 @@ def _zoo_row(name: str, args: argparse.Namespace, cache: dict[str, dict[str, Any
     kwargs: dict[str, Any] = {}
     if cfg.get("tdaf"):
         kwargs = {k: v for k, v in (("flows", args.flows), ("anar", args.anar)) if v is not None}
-    size = tuple(args.input_size) if args.input_size else tuple(cfg["input_size"][1:])
+    size = _input_size(cfg, args)
     # Parameters and MACs need shapes only: the meta device skips weight init and memory.
     with torch.device("meta"):
         model = create_model(name, num_classes=args.num_classes, **kwargs)
@@ -193,6 +200,7 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, markdown
                 lat += f" ({r['latency_ms'] / baseline['latency_ms'] - 1:+.1%})"
         lines.append([r["model"], str(r.get("anar", "-")), str(r.get("flows", "-")), params, gmacs, lat])
     r0 = rows[-1]
-    note = (f"input {r0['input_size'][1]}x{r0['input_size'][2]}, GMACs per image (FLOPs/2), latency: "
+    unit = "clip" if len(r0["input_size"]) == 4 else "image"
+    note = (f"input {'x'.join(map(str, r0['input_size'][1:]))}, GMACs per {unit} (FLOPs/2), latency: "
             f"median CPU forward of batch {r0['batch_size']} on {torch.get_num_threads()} threads")
     return format_table(head, lines, note, markdown)
