@@ -37,8 +37,9 @@ from torch.utils.data import Dataset
 from ..data import DIGITS_MEAN, DIGITS_STD, subset_indices
 from ..data.registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
 from .digits import moving_digits_root
-from .io import VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames
-from .io import train_clip_indices
+from .io import (
+    VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames, train_clip_indices,
+)
 from .models import KINETICS_MEAN, KINETICS_STD
 from .transforms import RECIPES, clip_transform
 

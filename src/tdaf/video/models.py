@@ -264,76 +264,73 @@ def _create_r3d(
                            pretrained_cfg=pretrained_cfg)
 
 
-_BASIC, _BOTTLENECK = BasicBlock, Bottleneck
-
-
 @register_model
 def r3d_resnet10(**kwargs: Any) -> VideoClassifier:
     """3D-ResNet-10 (Hara et al. 2018)."""
-    return _create_r3d("r3d_resnet10", _BASIC, (1, 1, 1, 1), **kwargs)
+    return _create_r3d("r3d_resnet10", BasicBlock, (1, 1, 1, 1), **kwargs)
 
 
 @register_model
 def tdaf_r3d_resnet10(**kwargs: Any) -> VideoClassifier:
     """TDAF 3D-ResNet-10 (3D ANAR-5, 3 flows by default)."""
-    return _create_r3d("tdaf_r3d_resnet10", _BASIC, (1, 1, 1, 1), **kwargs)
+    return _create_r3d("tdaf_r3d_resnet10", BasicBlock, (1, 1, 1, 1), **kwargs)
 
 
 @register_model
 def r3d_resnet10_w16(**kwargs: Any) -> VideoClassifier:
     """3D-ResNet-10 at a quarter width (16-32-64-128 channels): the CPU quick-run model."""
-    return _create_r3d("r3d_resnet10_w16", _BASIC, (1, 1, 1, 1), **kwargs)
+    return _create_r3d("r3d_resnet10_w16", BasicBlock, (1, 1, 1, 1), **kwargs)
 
 
 @register_model
 def tdaf_r3d_resnet10_w16(**kwargs: Any) -> VideoClassifier:
     """TDAF 3D-ResNet-10 at a quarter width: the CPU quick-run model."""
-    return _create_r3d("tdaf_r3d_resnet10_w16", _BASIC, (1, 1, 1, 1), **kwargs)
+    return _create_r3d("tdaf_r3d_resnet10_w16", BasicBlock, (1, 1, 1, 1), **kwargs)
 
 
 @register_model
 def r3d_resnet18(**kwargs: Any) -> VideoClassifier:
     """3D-ResNet-18 (Hara et al. 2018)."""
-    return _create_r3d("r3d_resnet18", _BASIC, (2, 2, 2, 2), **kwargs)
+    return _create_r3d("r3d_resnet18", BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
 @register_model
 def tdaf_r3d_resnet18(**kwargs: Any) -> VideoClassifier:
     """TDAF 3D-ResNet-18 (3D ANAR-5, 3 flows by default)."""
-    return _create_r3d("tdaf_r3d_resnet18", _BASIC, (2, 2, 2, 2), **kwargs)
+    return _create_r3d("tdaf_r3d_resnet18", BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
 @register_model
 def r3d_resnet34(**kwargs: Any) -> VideoClassifier:
     """3D-ResNet-34 (Hara et al. 2018)."""
-    return _create_r3d("r3d_resnet34", _BASIC, (3, 4, 6, 3), **kwargs)
+    return _create_r3d("r3d_resnet34", BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def tdaf_r3d_resnet34(**kwargs: Any) -> VideoClassifier:
     """TDAF 3D-ResNet-34 (3D ANAR-5, 3 flows by default)."""
-    return _create_r3d("tdaf_r3d_resnet34", _BASIC, (3, 4, 6, 3), **kwargs)
+    return _create_r3d("tdaf_r3d_resnet34", BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def r3d_resnet50(**kwargs: Any) -> VideoClassifier:
     """3D-ResNet-50 (Hara et al. 2018), paper Tab. 6 baseline."""
-    return _create_r3d("r3d_resnet50", _BOTTLENECK, (3, 4, 6, 3), **kwargs)
+    return _create_r3d("r3d_resnet50", Bottleneck, (3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def tdaf_r3d_resnet50(**kwargs: Any) -> VideoClassifier:
     """TDAF 3D-ResNet-50, paper Tab. 6 (3D ANAR-5, 3 flows by default)."""
-    return _create_r3d("tdaf_r3d_resnet50", _BOTTLENECK, (3, 4, 6, 3), **kwargs)
+    return _create_r3d("tdaf_r3d_resnet50", Bottleneck, (3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def r3d_resnet101(**kwargs: Any) -> VideoClassifier:
     """3D-ResNet-101 (Hara et al. 2018), paper Tab. 6 baseline."""
-    return _create_r3d("r3d_resnet101", _BOTTLENECK, (3, 4, 23, 3), **kwargs)
+    return _create_r3d("r3d_resnet101", Bottleneck, (3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def tdaf_r3d_resnet101(**kwargs: Any) -> VideoClassifier:
     """TDAF 3D-ResNet-101, paper Tab. 6 (3D ANAR-5, 3 flows by default)."""
-    return _create_r3d("tdaf_r3d_resnet101", _BOTTLENECK, (3, 4, 23, 3), **kwargs)
+    return _create_r3d("tdaf_r3d_resnet101", Bottleneck, (3, 4, 23, 3), **kwargs)
