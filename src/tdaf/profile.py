@@ -69,8 +69,9 @@ def profile_model(
     latency: bool = True,
     warmup: int = 2,
     iters: int = 5,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """``params``, ``gmacs`` (per image) and ``latency_ms`` (per batch) of ``model``."""
+    """``params``, ``gmacs`` (per image) and ``latency_ms`` (per batch, on ``device``) of ``model``."""
     example = torch.randn(batch_size, *input_size)
     out: dict[str, Any] = {
         "params": count_params(model),
@@ -79,6 +80,8 @@ def profile_model(
         "batch_size": batch_size,
     }
     if latency:
-        out["latency_ms"] = measure_latency(model, example, warmup=warmup, iters=iters)
+        device = torch.device(device)
+        out["latency_ms"] = measure_latency(model.to(device), example.to(device), warmup=warmup, iters=iters)
+        out["device"] = device.type
         out["threads"] = torch.get_num_threads()
     return out

@@ -13,8 +13,9 @@ import argparse
 from types import ModuleType
 
 from ..classification import cli as classification_cli
-from ..pose import cli as pose_cli
 from ..engine.checkpoint import load_checkpoint
+from ..pose import cli as pose_cli
+from ..video import cli as video_cli
 
 __all__ = ["TASK_COMMANDS", "add_task_args", "run_task_command", "checkpoint_task"]
 
@@ -22,6 +23,7 @@ __all__ = ["TASK_COMMANDS", "add_task_args", "run_task_command", "checkpoint_tas
 TASK_COMMANDS: dict[str, ModuleType] = {
     "classification": classification_cli,
     "pose": pose_cli,
+    "video": video_cli,
 }
 
 

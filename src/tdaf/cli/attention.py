@@ -18,7 +18,9 @@ from ..io.images import collect_images, open_image, unique_stems
 from ..viz import (
     MAP_FORMATS, compute_attention, figure_title, save_attention_figure, save_attention_figures, save_maps,
 )
-from ._common import add_device_arg, resolve_device
+from ._common import (
+    add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg, apply_threads, input_size_hw, resolve_device,
+)
 from ._load import LoadedModel, add_model_args, load_model
 
 
@@ -39,9 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (recursive)")
     add_model_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="resize images straight to H x W (default: the checkpoint's preprocessing, or the "
-                   "model's input size for --model)")
+    add_input_size_arg(p, "resize images straight to H x W (default: the checkpoint's preprocessing, or the "
+                       "model's input size for --model)")
     p.add_argument("--save-maps", choices=MAP_FORMATS, default=None,
                    help="also save the raw maps at their own resolution: npy (one file per map), npz, or pt "
                    "(a dict of tensors)")
@@ -52,21 +53,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stretch each map to its own min..max (default: one 0..1 scale for all cells)")
     p.add_argument("--dpi", type=int, default=100, help="figure resolution (default 100)")
     add_device_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
 def _meta(loaded: LoadedModel, input_size: list[int] | None) -> dict[str, Any]:
     meta = dict(loaded.meta)
-    if input_size is not None:
-        if any(s < 1 for s in input_size):
-            raise ValueError(f"--input-size: got {input_size}; allowed: two positive integers H W")
+    hw = input_size_hw(input_size)
+    if hw is not None:
         channels = int(meta.get("input_size", [3])[0])
-        meta.update(input_size=[channels, *input_size], resize=None)
+        meta.update(input_size=[channels, *hw], resize=None)
     return meta
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha: got {args.alpha}; allowed: 0..1")
     if args.dpi < 10:
@@ -93,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     info = {"tdaf:model": loaded.describe()}
     written: list[Path] = []
     if r2dns.dims == 3:
-        # A video model: the images are the frames of one clip.
-        transform = eval_transform(meta)
+        # A video model: the images are the frames of one clip. Its meta's input size is
+        # [C, T, H, W]; each frame is preprocessed to [C, H, W].
+        size = list(meta.get("input_size", [3, 224, 224]))
+        transform = eval_transform({**meta, "input_size": [size[0], *size[-2:]]})
         frames = [open_image(f) for f in images.files]
         clip = torch.stack([transform(f) for f in frames], dim=1)[None].to(device)  # (1, C, T, H, W)
         out, maps = compute_attention(model, clip)
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.frame is not None:
             raise ValueError(f"--frame: only for video (3D) models; {loaded.name} is a 2D model")
-        bar = tqdm(total=len(images), unit="img", desc="attention", disable=args.no_progress or None, file=sys.stderr)
+        bar = tqdm(total=len(images), unit="img", desc="attention", disable=not args.progress or None, file=sys.stderr)
 
         def readable() -> Iterator[tuple[str, Image.Image]]:
             for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files)):

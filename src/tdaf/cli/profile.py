@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..models import create_model, list_models, model_cfg
 from ..profile import profile_model
+from ._common import add_device_arg, add_input_size_arg, add_threads_arg, apply_threads, input_size_hw, resolve_device
 from ._table import format_table
 
 
@@ -26,14 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                "tdaf profile --all --markdown > zoo.md (every registered model); "
                "tdaf profile --all 'tdaf_vgg*'; tdaf profile tdaf_timm/efficientnet_b0 timm/efficientnet_b0",
     )
-    p.add_argument("model", nargs="*", default=[],
+    p.add_argument("names", nargs="*", default=[], metavar="MODEL",
                    help="registered model name (see tdaf.list_models(); tdaf_timm/<timm name> works too); "
                         "several names give one table; with --all, shell-style patterns that filter the zoo")
     p.add_argument("--flows", type=int, default=None, help="number of flows N (tdaf_ models; default 3)")
     p.add_argument("--anar", default=None, help="anar2 | anar3 | anar5 | anar7 (tdaf_ models; default anar3)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="input height and width (default: the model's, e.g. 224 224)")
+    p.add_argument("--model", default=None, metavar="NAME", help="the model to profile (or give names as MODEL ...)")
+    add_input_size_arg(p, "input height and width (default: the model's, e.g. 224 224; video models keep their "
+                       "clip length, e.g. 16 frames)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for the latency measurement (default 1)")
     p.add_argument("--iters", type=int, default=5, help="timed forward passes (median is reported; default 5)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing (params and GMACs only)")
@@ -45,16 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default input size, and for tdaf_ and msconcat_ models the overhead against the plain "
                         "backbone; no latency (models are built on the meta device, without memory)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in docs/models.md)")
+    add_device_arg(p)
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
 def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any]) -> dict[str, Any]:
     cfg = model_cfg(name)
     channels = cfg["input_size"][0]
-    size = tuple(args.input_size) if args.input_size else tuple(cfg["input_size"][1:])
+    size = _input_size(cfg, args)
     model = create_model(name, num_classes=args.num_classes, **tdaf_args)
     result = profile_model(
-        model, (channels, *size), batch_size=args.batch_size, latency=not args.no_latency, iters=args.iters
+        model, (channels, *size), batch_size=args.batch_size, latency=not args.no_latency, iters=args.iters,
+        device=resolve_device(args.device),
     )
     result["model"] = name
     if cfg.get("tdaf"):
@@ -62,7 +67,16 @@ def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any]) -> 
     return result
 
 
+def _input_size(cfg: dict[str, Any], args: argparse.Namespace) -> tuple[int, ...]:
+    """The model's input size without channels; --input-size replaces H and W (video models keep T)."""
+    default = tuple(cfg["input_size"][1:])
+    hw = input_size_hw(args.input_size)
+    return default[:-2] + hw if hw else default
+
+
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
+    args.model = ([args.model] if args.model else []) + list(args.names)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
     if args.all or len(args.model) > 1:
@@ -126,7 +140,7 @@ def _zoo_row(name: str, args: argparse.Namespace, cache: dict[str, dict[str, Any
     kwargs: dict[str, Any] = {}
     if cfg.get("tdaf"):
         kwargs = {k: v for k, v in (("flows", args.flows), ("anar", args.anar)) if v is not None}
-    size = tuple(args.input_size) if args.input_size else tuple(cfg["input_size"][1:])
+    size = _input_size(cfg, args)
     # Parameters and MACs need shapes only: the meta device skips weight init and memory.
     with torch.device("meta"):
         model = create_model(name, num_classes=args.num_classes, **kwargs)
@@ -193,6 +207,9 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, markdown
                 lat += f" ({r['latency_ms'] / baseline['latency_ms'] - 1:+.1%})"
         lines.append([r["model"], str(r.get("anar", "-")), str(r.get("flows", "-")), params, gmacs, lat])
     r0 = rows[-1]
-    note = (f"input {r0['input_size'][1]}x{r0['input_size'][2]}, GMACs per image (FLOPs/2), latency: "
-            f"median CPU forward of batch {r0['batch_size']} on {torch.get_num_threads()} threads")
+    unit = "clip" if len(r0["input_size"]) == 4 else "image"
+    note = f"input {'x'.join(map(str, r0['input_size'][1:]))}, GMACs per {unit} (FLOPs/2)"
+    if "latency_ms" in r0:
+        where = "GPU" if r0.get("device") == "cuda" else f"CPU, {r0.get('threads', torch.get_num_threads())} threads"
+        note += f", latency: median forward of batch {r0['batch_size']} ({where})"
     return format_table(head, lines, note, markdown)

@@ -111,7 +111,12 @@ def model_cfg(name: str) -> dict[str, Any]:
 
 
 def unknown_model_error(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
+    # Names that extend the one given (tdaf_resnext50 -> tdaf_resnext50_32x4d) first: with many
+    # families registered, plain similarity would rank e.g. tdaf_r3d_resnet50 above them.
+    extended = sorted(n for n in _MODELS if name and n.startswith(name))[:5]
+    close = extended + [n for n in difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
+                        if n not in extended]
+    close = close[:5]
     hint = f"; closest: {', '.join(close)}" if close else ""
     return ValueError(f"model: unknown name {name!r}{hint} (see tdaf.list_models())")
 

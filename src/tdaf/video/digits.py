@@ -1,0 +1,158 @@
+"""Moving digits: a small real video data set written from the bundled handwritten digits.
+
+Each video shows one handwritten digit (scikit-learn's digits, :func:`tdaf.data.digits_pixels`)
+on a dark 48x48 canvas for 24 frames, moving or turning; the class is the *motion*, not the
+digit: ``down``, ``left``, ``right``, ``up`` (0.8-1.2 pixels per frame, from a random start
+that keeps the digit inside the canvas) or ``turn_ccw``, ``turn_cw`` (6-12 degrees per frame
+about the digit's centre, at a random place). A single frame cannot tell the class; two can.
+
+The videos are written once as H.264 ``.mp4`` files (MPEG-4 part 2 where the PyAV wheel has
+no H.264 encoder) in the Kinetics layout ``train/CLASS/VIDEO.mp4`` and ``val/CLASS/VIDEO.mp4``
+under ``$TDAF_DATA/moving_digits-v1`` (default ``~/.cache/tdaf``), so training reads them
+through the same decoding path as Kinetics. 720 training videos come from the digits'
+training split and 180 validation videos from its test split; the motion parameters are
+fixed (seeded), so every machine writes the same data set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data import digits_pixels
+
+__all__ = ["MOTIONS", "moving_digits_root", "write_moving_digits", "render_motion", "write_video"]
+
+MOTIONS = ("down", "left", "right", "up", "turn_ccw", "turn_cw")
+VERSION = "moving_digits-v1"
+CANVAS, FRAMES, DIGIT = 48, 24, 20
+SIZES = {"train": 720, "val": 180}
+FPS = 12
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("TDAF_DATA") or Path.home() / ".cache" / "tdaf").expanduser()
+
+
+def render_motion(digit: np.ndarray, motion: str, rng: np.random.Generator, frames: int = FRAMES,
+                  canvas: int = CANVAS) -> np.ndarray:
+    """``(frames, canvas, canvas)`` uint8 frames of ``digit`` (a 2-D uint8 image) in ``motion``."""
+    if motion not in MOTIONS:
+        raise ValueError(f"motion: got {motion!r}; allowed: {', '.join(MOTIONS)}")
+    patch = Image.fromarray(digit).resize((DIGIT, DIGIT), Image.Resampling.BILINEAR)
+    out = np.zeros((frames, canvas, canvas), np.uint8)
+    room = canvas - DIGIT
+    if motion.startswith("turn"):
+        sign = 1 if motion == "turn_ccw" else -1
+        speed = sign * rng.uniform(6, 12)
+        angle0 = rng.uniform(0, 360)
+        # a turning square needs sqrt(2) times its side: keep the rotated digit inside
+        pad = math.ceil(DIGIT * (math.sqrt(2) - 1) / 2)
+        y, x = (int(v) for v in rng.integers(pad, room - pad + 1, size=2))
+        for t in range(frames):
+            rotated = patch.rotate(angle0 + speed * t, resample=Image.Resampling.BILINEAR, expand=True)
+            r = np.asarray(rotated)
+            oy, ox = y + (DIGIT - r.shape[0]) // 2, x + (DIGIT - r.shape[1]) // 2
+            _paste(out[t], r, oy, ox)
+        return out
+    speed = rng.uniform(0.8, 1.2)
+    travel = speed * (frames - 1)
+    dy, dx = {"down": (1, 0), "up": (-1, 0), "right": (0, 1), "left": (0, -1)}[motion]
+    along = rng.uniform(0, room - travel)
+    across = rng.uniform(0, room)
+    start = along if (dy + dx) > 0 else room - along
+    arr = np.asarray(patch)
+    for t in range(frames):
+        pos = start + (dy + dx) * speed * t
+        y, x = (pos, across) if dy else (across, pos)
+        _paste(out[t], _shift(arr, y % 1, x % 1), int(y), int(x))
+    return out
+
+
+def _shift(arr: np.ndarray, fy: float, fx: float) -> np.ndarray:
+    """``arr`` moved by a sub-pixel offset (bilinear), one pixel larger on each axis."""
+    a = np.pad(arr.astype(np.float32), ((0, 1), (0, 1)))
+    b = (1 - fy) * (1 - fx) * a + fy * (1 - fx) * np.roll(a, 1, 0) + (1 - fy) * fx * np.roll(a, 1, 1) \
+        + fy * fx * np.roll(np.roll(a, 1, 0), 1, 1)
+    return np.clip(np.round(b), 0, 255).astype(np.uint8)
+
+
+def _paste(frame: np.ndarray, patch: np.ndarray, y: int, x: int) -> None:
+    h, w = frame.shape
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + patch.shape[0], h), min(x + patch.shape[1], w)
+    if y1 > y0 and x1 > x0:
+        region = patch[y0 - y:y1 - y, x0 - x:x1 - x]
+        np.maximum(frame[y0:y1, x0:x1], region, out=frame[y0:y1, x0:x1])
+
+
+def _encoder() -> str:
+    import av  # optional dependency (extra "video")
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = FPS, codec: str | None = None) -> None:
+    """Write ``frames`` (``(T, H, W)`` grey or ``(T, H, W, 3)`` RGB uint8, even H and W) as a video file."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    codec = codec or _encoder()
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "17", "preset": "veryfast"}
+        else:
+            stream.bit_rate = 2_000_000
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_moving_digits(root: str | os.PathLike[str], sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """Write the data set under ``root`` (``train/CLASS/*.mp4``, ``val/CLASS/*.mp4``)."""
+    root = Path(root)
+    for split, count in (sizes or SIZES).items():
+        images, _ = digits_pixels(split)
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        for motion in MOTIONS:
+            (root / split / motion).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            motion = MOTIONS[i % len(MOTIONS)]
+            digit = images[int(rng.integers(len(images)))]
+            write_video(root / split / motion / f"{split}_{i:05d}.mp4", render_motion(digit, motion, rng))
+    return root
+
+
+def moving_digits_root() -> Path:
+    """The folder of the written data set, written on first use (atomically: a temporary
+    folder renamed into place, so concurrent or interrupted first uses never leave half a set)."""
+    home = _data_home()
+    root = home / VERSION
+    if (root / "val").is_dir():
+        return root
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=home))
+    try:
+        write_moving_digits(tmp)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first
+            if not (root / "val").is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

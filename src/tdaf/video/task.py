@@ -1,0 +1,117 @@
+"""Action recognition (paper §4.4) as a task of the shared trainer.
+
+Cross-entropy on one random clip per video and epoch; at evaluation, clip and video
+top-1 / top-5 (the video's clips' softmax scores averaged). The clip length ``T`` is the
+model's (its config's ``input_size``, 16 frames for Hara's models), the crop size
+``--input-size`` (default: the data set's, 112 for Kinetics).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import collate_skip
+from ..data.registry import dataset_spec
+from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..models import create_model, is_model, model_cfg
+from ..models._registry import unknown_model_error
+from .data import TASK, build_datasets
+from .metrics import VideoEvaluator
+from .transforms import RECIPES
+
+__all__ = ["VideoTask", "model_kwargs", "clip_frames"]
+
+log = logging.getLogger("tdaf.train")
+
+
+def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
+    """Arguments of :func:`tdaf.create_model` that rebuild the trained model."""
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+    for key in ("flows", "anar", "eta", "downsample"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    return kwargs
+
+
+def clip_frames(model_name: str) -> int:
+    """The clip length ``T`` a video model takes (its config's ``input_size[1]``)."""
+    return int(model_cfg(model_name)["input_size"][1])
+
+
+@register_task
+class VideoTask(Task):
+    """Clip classification with video-level evaluation (Hara et al. 2018; paper Tab. 6)."""
+
+    name = TASK
+    main_metric = "video_top1"
+    log_metrics = ("loss", "clip_top1", "video_top1", "video_top5")
+    train_metrics = ("top1",)
+    defaults = {"model": "r3d_resnet10_w16", "data": "moving_digits"}
+    labels = {"top1": "clip top-1", "clip_top1": "clip top-1", "video_top1": "video top-1",
+              "video_top5": "video top-5"}
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> VideoTask:
+        return cls(label_smoothing=cfg.label_smoothing)
+
+    def input_dims(self) -> int:
+        return 3
+
+    def check_config(self, cfg: Any, source: str = "config") -> None:
+        if not is_model(cfg.model):
+            raise ValueError(f"{source}: {unknown_model_error(cfg.model)}")
+        mcfg = model_cfg(cfg.model)
+        if mcfg.get("task", "classification") != TASK:
+            raise ValueError(f"{source}: model: {cfg.model!r} is a {mcfg.get('task', 'classification')} model; the "
+                             f"video task takes 3D models (r3d_resnet18 ... r3d_resnet101, tdaf_r3d_*)")
+        spec = dataset_spec(cfg.data, TASK, f"{source}: data")
+        if cfg.recipe is not None and cfg.recipe not in RECIPES:
+            raise ValueError(f"{source}: recipe: got {cfg.recipe!r}; allowed for video: {', '.join(RECIPES)}")
+        size = cfg.input_size or spec.defaults["size"]
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = create_model(cfg.model, num_classes=2, **{k: v for k, v in model_kwargs(cfg, 2).items()
+                                                                 if k != "num_classes"})
+        need = model.backbone.min_input_size()
+        have = (clip_frames(cfg.model), size, size)
+        if any(h < n for h, n in zip(have, need)):
+            raise ValueError(f"{source}: input_size: clips of T x H x W = {'x'.join(map(str, have))} are too small "
+                             f"for {cfg.model}; the minimum is {'x'.join(map(str, need))}")
+
+    def build_data(self, cfg: Any) -> TaskData:
+        frames = clip_frames(cfg.model)
+        train, val, info = build_datasets(
+            cfg.data, cfg.data_dir, frames=frames, input_size=cfg.input_size, recipe=cfg.recipe, seed=cfg.seed,
+            train_subset=cfg.train_subset, val_subset=cfg.val_subset,
+        )
+        if len(info.class_names) < 2:
+            log.warning("%s has %d class: a classifier learns nothing from it; check the data folder", cfg.data,
+                        len(info.class_names))
+        _, t, h, w = info.input_size
+        return TaskData(train, val, collate_skip, info.meta(), in_memory=False, unit="clips",
+                        description=f"{len(info.class_names)} classes, clips {t}x{h}x{w}, "
+                                    f"{info.clips} clips per validation video")
+
+    def build_model(self, cfg: Any, meta: dict[str, Any]) -> BuiltModel:
+        kwargs = model_kwargs(cfg, len(meta["class_names"]))
+        return BuiltModel(create_model(cfg.model, pretrained=cfg.pretrained, **kwargs), cfg.model, kwargs)
+
+    def training_step(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        labels = targets[:, 0]
+        out = model(inputs)
+        loss = F.cross_entropy(out.float(), labels, label_smoothing=self.label_smoothing)
+        hits = (out.detach().argmax(dim=1) == labels).sum()
+        return StepOutput(loss, labels.numel(), {"top1": hits})
+
+    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs)
+
+    def evaluator(self) -> VideoEvaluator:
+        return VideoEvaluator()

@@ -1,0 +1,78 @@
+"""One command line: the fast ``tdaf --help``, and the same flags spelled, typed and
+defaulted the same way in every command."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import tdaf_cli
+
+from tdaf.cli.main import build_parser
+
+PARSER = build_parser()
+SUB = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
+COMMANDS = dict(SUB.choices)
+
+# Flags that mean the same thing wherever they appear.
+SHARED = ("--device", "--threads", "--progress", "--amp", "--channels-last", "--input-size", "--json", "--strict",
+          "--checkpoint", "--model", "--workers", "--overwrite")
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
+
+
+def test_the_console_script_lists_exactly_the_real_commands():
+    assert [name for name, _ in tdaf_cli.COMMANDS] == [a.dest for a in SUB._choices_actions]
+    real_help = {a.dest: a.help for a in SUB._choices_actions}
+    assert dict(tdaf_cli.COMMANDS) == real_help
+    assert PARSER.description == tdaf_cli.DESCRIPTION
+
+
+def test_top_level_help_does_not_import_torch():
+    code = ("import sys, contextlib, io, tdaf_cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n        tdaf_cli.main(['--help'])\n    except SystemExit:\n        pass\n"
+            "assert 'train' in out.getvalue() and 'predict' in out.getvalue()\n"
+            "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("flag", SHARED)
+def test_shared_flags_are_the_same_everywhere(flag):
+    seen = {name: _options(p)[flag] for name, p in COMMANDS.items() if flag in _options(p)}
+    assert seen, flag
+    kinds = {name: (type(a).__name__, a.nargs, getattr(a.type, "__name__", a.type), tuple(a.choices or ()))
+             for name, a in seen.items()}
+    assert len(set(kinds.values())) == 1, kinds
+    defaults = {name: a.default for name, a in seen.items() if a.default is not argparse.SUPPRESS}
+    assert len(set(map(repr, defaults.values()))) <= 1, defaults
+
+
+def test_every_command_that_computes_takes_threads_and_device_where_it_picks_one():
+    for name, parser in COMMANDS.items():
+        opts = _options(parser)
+        if name != "models":
+            assert "--threads" in opts, name
+        if name in ("train", "eval", "demo", "predict", "attention", "profile"):
+            assert "--device" in opts, name
+        if name in ("train", "eval", "demo", "predict", "attention"):
+            assert "--progress" in opts and "--no-progress" in opts, name
+    assert _options(COMMANDS["eval"])["--device"].default == "auto"
+
+
+def test_models_lists_the_registry(capsys):
+    from tdaf.cli.main import main
+
+    assert main(["models", "tdaf_resnet50*", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["tdaf_resnet50", "tdaf_resnet50_cifar"]
+    assert rows[0]["tdaf"] and rows[0]["pair"] == "resnet50" and rows[0]["task"] == "classification"
+    assert main(["models", "nothing_like_this*"]) == 2
