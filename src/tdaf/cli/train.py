@@ -73,9 +73,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "train/CLASS/*.jpg and val/CLASS/*.jpg")
     add_input_size_arg(g, "training crop size (default: 32 for digits/cifar10, 224 for imagefolder; square)",
                        suppress=True)
-    g.add_argument("--recipe", choices=list(RECIPES),
-                   help="training augmentation (default: digits -> digits (pad-crop), cifar10 -> cifar "
-                   "(pad-crop-flip), imagefolder -> imagenet (scale 256-480, crop, flip))")
+    g.add_argument("--recipe", metavar="NAME",
+                   help=f"training augmentation of the task; classification: {', '.join(RECIPES)} (default: digits "
+                   "-> digits (pad-crop), cifar10 -> cifar (pad-crop-flip), imagefolder -> imagenet (scale 256-480, "
+                   "crop, flip)); see each task's guide for its own")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random subset of N images")
     g.add_argument("--val-subset", type=int, metavar="N", help="validate on a fixed random subset of N images")
     g.add_argument("--workers", type=int, help="data loader processes per training process (default: automatic)")
