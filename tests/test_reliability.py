@@ -212,6 +212,16 @@ def test_out_that_cannot_hold_a_run_is_refused_before_training(tmp_path, capsys)
             assert len(err.splitlines()) == 1
 
 
+def test_export_refuses_an_out_it_cannot_write_before_loading_anything(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "file" / "m.ts", "is a file, expected a folder"),
+                         (Path("/proc/tdaf-test/m.ts"), "cannot write in /proc/tdaf-test")):
+        argv = ["export", "--model", "resnet18_cifar", "--format", "torchscript", "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tdaf export: error: --out: ") and message in err and len(err.splitlines()) == 1, err
+
+
 def test_resume_into_an_unwritable_folder_fails_before_the_first_epoch(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r"
     Trainer(_cfg(tmp_path, "r", epochs=1)).fit()

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "inputs at the export size and at a second, odd size with another batch size, and the max absolute "
         "difference to PyTorch is printed; the command fails (exit 1) if it exceeds --tolerance (relative to "
         "the output's scale when that exceeds 1). The file records the model name, class names, mean, std "
-        "and input size (ONNX metadata_props; TorchScript extra file tdaf.json).",
+        "and input size (ONNX metadata_props; TorchScript extra file tdaf.json). Export runs on the CPU (the "
+        "files are device-independent), so the command has no --device.",
         epilog="example: tdaf export --checkpoint runs/digits/best.pt --format onnx --out digits.onnx",
     )
     add_model_args(p)
