@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..data import ShardSampler, TransformedDataset, collate_skip, subset_indices
+from ..data import TransformedDataset, collate_skip, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.checkpoint import model_from_checkpoint
-from ..engine.distributed import setup, teardown
-from ..engine.evaluate import evaluate
+from ..engine.evaluate import evaluate_dataset
 from .data import TASK, eval_transform, open_split, ten_crop_transform
 from .task import ClassificationTask
 
@@ -59,21 +55,11 @@ def evaluate_checkpoint(
                          f"checkpoint; the data's class folders must match the training data")
     transform = ten_crop_transform(meta) if ten_crop else eval_transform(meta)
     dataset = TransformedDataset(raw, transform, indices=subset_indices(len(raw), subset), seeded=False)
-    env = setup(device)
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size,
-                            num_workers=workers if workers is not None else (0 if not spec.needs_dir else 4),
-                            collate_fn=collate_skip, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-                            pin_memory=env.device.type == "cuda")
-        model.to(env.device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        result = evaluate(model, loader, env.device, ClassificationTask(ten_crop=ten_crop), amp=amp,
-                          channels_last=channels_last, strict=strict, progress=progress and env.is_main)
-    finally:
-        if env.distributed:
-            teardown()
-    if not env.is_main:
+    workers = workers if workers is not None else (4 if spec.needs_dir else 0)
+    result = evaluate_dataset(model, dataset, collate_skip, ClassificationTask(ten_crop=ten_crop),
+                              batch_size=batch_size, workers=workers, device=device, amp=amp,
+                              channels_last=channels_last, strict=strict, progress=progress)
+    if result is None:
         return None
     return {"checkpoint": str(checkpoint), "model": meta.get("model_name"), "data": data, "split": split,
             "crops": 10 if ten_crop else 1, "epoch": meta.get("epoch"), **result}

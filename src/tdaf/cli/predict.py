@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="predictions of a trained model for images (top-k labels of a classifier)",
         description="Run a checkpoint written by `tdaf train` on image files, or every image in folders "
         "(searched recursively); the task is the checkpoint's (classification: the top-k labels). Images "
-        "are preprocessed exactly as `tdaf eval` does (the checkpoint's input size, resize/crop, mean and std); any PIL mode is converted to RGB (greyscale, "
+        "are preprocessed exactly as `tdaf eval` does (the checkpoint's input size, resize/crop, mean and std); "
+        "any PIL mode is converted to RGB (greyscale, "
         "palette, RGBA without its alpha, 16-bit scaled to 8 bits). A file named on the command line that is "
         "not an image is an error; inside folders, non-image files are ignored and undecodable images are "
         "skipped, and both are counted. Scores are softmax probabilities.",

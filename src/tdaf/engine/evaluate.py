@@ -7,14 +7,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .distributed import all_reduce_sum
+from ..data import ShardSampler
+from .distributed import all_reduce_sum, setup, teardown
 from .task import Task
 
 __all__ = [
-    "evaluate", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
+    "evaluate", "evaluate_dataset", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
 ]
 
 
@@ -84,3 +85,36 @@ def evaluate(
     if first_skipped:
         result["skipped_examples"] = first_skipped
     return result
+
+
+def evaluate_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    collate: Any,
+    task: Task,
+    *,
+    batch_size: int,
+    workers: int,
+    device: str = "auto",
+    amp: bool = False,
+    channels_last: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """:func:`evaluate` of ``model`` on a whole data set, by one process or sharded over the
+    processes ``torchrun`` started: the metrics on the main process, None on the others.
+    What ``tdaf eval`` runs for every task."""
+    env = setup(device)
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                            sampler=ShardSampler(len(dataset), env.world_size, env.rank),
+                            pin_memory=env.device.type == "cuda")
+        model.to(env.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last_3d if task.input_dims() == 3 else torch.channels_last)
+        result = evaluate(model, loader, env.device, task, amp=amp, channels_last=channels_last, strict=strict,
+                          progress=progress and env.is_main)
+    finally:
+        if env.distributed:
+            teardown()
+    return result if env.is_main else None

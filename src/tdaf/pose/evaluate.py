@@ -6,14 +6,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..data import ShardSampler
 from ..data.registry import dataset_spec
 from ..engine.checkpoint import model_from_checkpoint
-from ..engine.distributed import setup, teardown
-from ..engine.evaluate import evaluate
+from ..engine.evaluate import evaluate_dataset
 from .data import TASK, KeypointInfo, annotation_file, CocoPersons, describe_drops, pose_collate
 from .task import PoseTask, build_pose_data
 
@@ -64,20 +59,10 @@ def evaluate_checkpoint(
     img_ids = None if subset is None else sorted({raw.instances[i]["image_id"] for i in dataset.indices})
     task = PoseTask(flip_test=flip_test)
     task.set_eval_data(raw, img_ids, nms=boxes is not None)
-    env = setup(device)
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers if workers is not None else 2,
-                            collate_fn=pose_collate, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-                            pin_memory=env.device.type == "cuda")
-        model.to(env.device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        result = evaluate(model, loader, env.device, task, amp=amp, channels_last=channels_last, strict=strict,
-                          progress=progress and env.is_main)
-    finally:
-        if env.distributed:
-            teardown()
-    if not env.is_main:
+    result = evaluate_dataset(model, dataset, pose_collate, task, batch_size=batch_size,
+                              workers=workers if workers is not None else 2, device=device, amp=amp,
+                              channels_last=channels_last, strict=strict, progress=progress)
+    if result is None:
         return None
     return {"checkpoint": str(checkpoint), "model": meta.get("model_name"), "data": data, "split": split,
             "boxes": "ground truth" if boxes is None else str(boxes), "flip_test": flip_test,

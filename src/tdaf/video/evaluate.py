@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..data import ShardSampler, collate_skip, subset_indices
+from ..data import collate_skip, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.checkpoint import model_from_checkpoint
-from ..engine.distributed import setup, teardown
-from ..engine.evaluate import evaluate
+from ..engine.evaluate import evaluate_dataset
 from .data import TASK, VideoClips, open_split
 from .task import VideoTask
 from .transforms import clip_transform
@@ -69,20 +65,10 @@ def evaluate_checkpoint(
     clips = int(clips or meta.get("clips") or spec.defaults["clips"])
     dataset = VideoClips(raw, clip_transform("none", size, meta["mean"], meta["std"]), frames, clips,
                          indices=subset_indices(len(raw), subset))
-    env = setup(device)
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers if workers is not None else 1,
-                            collate_fn=collate_skip, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-                            pin_memory=env.device.type == "cuda")
-        model.to(env.device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last_3d)
-        result = evaluate(model, loader, env.device, VideoTask(), amp=amp, channels_last=channels_last,
-                          strict=strict, progress=progress and env.is_main)
-    finally:
-        if env.distributed:
-            teardown()
-    if not env.is_main:
+    result = evaluate_dataset(model, dataset, collate_skip, VideoTask(), batch_size=batch_size,
+                              workers=workers if workers is not None else 1, device=device, amp=amp,
+                              channels_last=channels_last, strict=strict, progress=progress)
+    if result is None:
         return None
     return {"checkpoint": str(checkpoint), "model": meta.get("model_name"), "data": data, "split": split,
             "clips_per_video": clips, "epoch": meta.get("epoch"), **result}
