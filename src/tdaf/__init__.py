@@ -5,6 +5,7 @@ checkpoint written by ``tdaf train`` can be rebuilt.
 """
 
 from . import classification  # noqa: F401  (registers the classification task and its data sets)
+from . import detection  # noqa: F401  (registers the detection task, its models and data sets)
 from .attention import record_attention
 from .layers import (
     ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, convert_to_mfbn, create_anar, freeze_mfbn,
