@@ -65,6 +65,7 @@ def predict(
                          f"has no ANAR maps (a plain detector, or one flow)")
     backbone_of(model)
     model.eval().to(device)
+    model.score_thresh = score_thresh  # the caller's threshold, not the one the model was built with
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,7 @@ def predict(
             maps = dict(maps)
         else:
             det = model([x])[0]
-        keep = det["scores"] >= score_thresh
-        boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
+        boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
         names = [class_names[i] if 0 <= i < len(class_names) and class_names[i] else str(i) for i in labels.tolist()]
         result = {"file": str(path), "width": pil.width, "height": pil.height, "detections": [
             {"box": [round(v, 2) for v in b], "label": n, "category_id": int(c), "score": round(float(s), 4)}
