@@ -235,3 +235,23 @@ def test_train_eval_predict_end_to_end(scenes: Path, tmp_path: Path, capsys: pyt
     assert (pics / "000000.png").is_file() and (pics / "000000.attention.png").is_file()
     assert json.loads((pics / "predictions.json").read_text())["results"][0]["file"].endswith("000000.png")
     assert main(["predict", "--checkpoint", str(out / "last.pt"), str(scenes / "val"), "--topk", "3"]) == 2
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "detection"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("[!_]*.yaml")), ids=str)
+def test_every_detection_config_validates(path: str) -> None:
+    from tdaf.detection import DetectionTask
+    from tdaf.engine.config import TrainConfig, load_config_file
+
+    values = load_config_file(CONFIGS / path)
+    cfg = TrainConfig.from_dict(values, path)
+    DetectionTask().check_config(cfg, path)
+    base = {"coco": "_coco_fcos_2x", "digit": "_digit_scenes_recipe"}[path.split("_")[0]]
+    recipe = load_config_file(CONFIGS / f"{base}.yaml")  # a baseline and its TDAF model differ only in the model
+    assert {k: v for k, v in values.items() if k in recipe} == recipe
+    assert set(values) - set(recipe) <= {"model", "flows", "anar", "out", "pretrained"}
+    assert cfg.model.startswith("tdaf_") == (cfg.flows is not None) and cfg.task == "detection"
+    if base == "_coco_fcos_2x":  # the 2x schedule: lr 0.01 at 16 images, x0.1 at 16 and 22 of 24 epochs
+        assert (cfg.base_lr, cfg.epochs, cfg.milestones, cfg.recipe) == (0.01, 24, [16, 22], "fcos_ms")

@@ -54,10 +54,11 @@ log = logging.getLogger("tdaf.detection")
 # training, one value drawn per image, and evaluation uses the last.
 RECIPES: dict[str, dict[str, Any]] = {
     # FCOS / paper §4.2: "2x" schedule, shorter side drawn from [640, 800], evaluated at 800.
-    "fcos_ms": dict(min_size=[640, 672, 704, 736, 768, 800], max_size=1333),
-    "fcos": dict(min_size=[800], max_size=1333),
-    # The 128x128 digit scenes at 0.75x to 1x during training, evaluated at their own size.
-    "digit_scenes": dict(min_size=[96, 112, 128], max_size=128),
+    "fcos_ms": dict(min_size=[640, 672, 704, 736, 768, 800], max_size=1333, flip=True),
+    "fcos": dict(min_size=[800], max_size=1333, flip=True),
+    # The 64x64 digit scenes at 0.75x to 1x during training, evaluated at their own size; no
+    # flip (a mirrored 2 is no digit).
+    "digit_scenes": dict(min_size=[48, 56, 64], max_size=64, flip=False),
 }
 
 DIGIT_CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
@@ -169,11 +170,11 @@ class CocoDetection:
         return (img, target), image_id, str(path)
 
 
-def train_transform() -> v2.Transform:
+def train_transform(flip: bool = True) -> v2.Transform:
     """FCOS's training augmentation: horizontal flip (the multi-scale resize is the model's,
     see :data:`RECIPES`), boxes moved by ``transforms.v2``; boxes that lost their area are removed."""
     return v2.Compose([
-        v2.ToImage(), v2.RandomHorizontalFlip(0.5), v2.ToDtype(torch.float32, scale=True),
+        v2.ToImage(), *([v2.RandomHorizontalFlip(0.5)] if flip else []), v2.ToDtype(torch.float32, scale=True),
         v2.SanitizeBoundingBoxes(min_size=1.0),
     ])
 
@@ -265,8 +266,8 @@ def _scenes(split: str, count: int, size: int, digits: tuple[int, int], scale: t
     return canvases, boxes
 
 
-def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 600, val_images: int = 150,
-                       size: int = 128, digits: tuple[int, int] = (2, 5), scale: tuple[int, int] = (20, 48),
+def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, val_images: int = 100,
+                       size: int = 64, digits: tuple[int, int] = (1, 3), scale: tuple[int, int] = (14, 30),
                        seed: int = 0) -> Path:
     """Write "digit scenes" in COCO format under ``root``: ``train/``, ``val/`` (PNG canvases)
     and ``annotations/instances_{train,val}.json``.
@@ -336,7 +337,7 @@ def open_digit_scenes(split: str, data_dir: str | os.PathLike[str] | None) -> Co
 
 register_dataset(DatasetSpec(
     "digit_scenes", TASK, open_digit_scenes, needs_dir=False,
-    help="digits pasted on 128x128 canvases, COCO format (written on first use; bundled, nothing downloaded)",
+    help="1-3 handwritten digits pasted on 64x64 canvases, COCO format (written on first use; bundled, nothing downloaded)",
     defaults={"recipe": "digit_scenes"},
 ))
 register_dataset(DatasetSpec(

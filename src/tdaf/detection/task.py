@@ -35,15 +35,21 @@ def open_split(name: str, split: str, data_dir: str | None, out: str | None = No
     return spec.open(split, data_dir)
 
 
-def recipe_sizes(data: str, recipe: str | None, input_size: int | None) -> dict[str, Any]:
-    """``min_size`` / ``max_size`` of the model's resizing: the recipe's (default: the data
-    set's), or one fixed shorter side ``input_size`` (the longer side capped at 1333/800 of it)."""
+def recipe_of(data: str, recipe: str | None) -> dict[str, Any]:
+    """The training recipe ``recipe`` (default: the data set's), see :data:`RECIPES`."""
     name = recipe if recipe is not None else dataset_spec(data, TASK).defaults.get("recipe", "fcos_ms")
     if name not in RECIPES:
         raise ValueError(f"recipe: got {name!r}; allowed for detection: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_sizes(data: str, recipe: str | None, input_size: int | None) -> dict[str, Any]:
+    """``min_size`` / ``max_size`` of the model's resizing: the recipe's (default: the data
+    set's), or one fixed shorter side ``input_size`` (the longer side capped at 1333/800 of it)."""
+    sizes = recipe_of(data, recipe)
     if input_size is not None:
         return dict(min_size=[int(input_size)], max_size=max(int(input_size), round(input_size * 1333 / 800)))
-    return {k: (list(v) if isinstance(v, list) else v) for k, v in RECIPES[name].items()}
+    return dict(min_size=list(sizes["min_size"]), max_size=int(sizes["max_size"]))
 
 
 def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
@@ -93,7 +99,7 @@ class DetectionTask(Task):
                     num_classes=train.num_classes, recipe=cfg.recipe, **recipe_sizes(cfg.data, cfg.recipe,
                                                                                     cfg.input_size))
         return TaskData(
-            TransformedDataset(train, apply_pair(train_transform()), cfg.seed,
+            TransformedDataset(train, apply_pair(train_transform(recipe_of(cfg.data, cfg.recipe)["flip"])), cfg.seed,
                                subset_indices(len(train), cfg.train_subset)),
             TransformedDataset(val, apply_pair(eval_transform()), cfg.seed,
                                subset_indices(len(val), cfg.val_subset), seeded=False),
