@@ -87,7 +87,8 @@ def test_annotation_problems_are_counted_or_named(tmp_path: Path, caplog: pytest
         raw = CocoDetection(ann, tmp_path / "train", train=True)
     assert raw.counts == {"boxes clipped to the image": 1, "zero-area or out-of-image boxes dropped": 2,
                           "crowd boxes left out of the targets": 1, "images without boxes left out of training": 1}
-    assert "2 zero-area or out-of-image boxes dropped" in caplog.text
+    assert "2 zero-area or out-of-image boxes dropped (annotation id 11, annotation id 12)" in caplog.text
+    assert f"{ann}: 1 images without boxes left out of training (image id 2)" in caplog.text
     assert raw.ids == [1, 3]  # image 2 has no box; the validation split would keep it
     assert CocoDetection(ann, tmp_path / "train", train=False).ids == [1, 2, 3]
     (img, target), _, _ = raw.load(0)

@@ -105,6 +105,11 @@ class CocoDetection:
             _need(im, ("id", "file_name", "width", "height"), f"annotations: {f}: images[{i}]")
             images[int(im["id"])] = im
         counts: Counter[str] = Counter()
+        examples: dict[str, list[str]] = {}
+
+        def note(what: str, which: str) -> None:
+            counts[what] += 1
+            examples.setdefault(what, []).append(which)
         per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
         gt_anns = []
         for i, a in enumerate(data["annotations"]):
@@ -122,26 +127,28 @@ class CocoDetection:
             crowd = int(a.get("iscrowd", 0))
             gt_anns.append(dict(a, area=float(a.get("area", box[2] * box[3])), iscrowd=crowd))
             if crowd:
-                counts["crowd boxes left out of the targets"] += 1
+                note("crowd boxes left out of the targets", f"annotation id {a['id']}")
                 continue
             im = images[a["image_id"]]
             x1, y1, x2, y2 = box[0], box[1], box[0] + box[2], box[1] + box[3]
             cx1, cy1 = min(max(x1, 0), im["width"]), min(max(y1, 0), im["height"])
             cx2, cy2 = min(max(x2, 0), im["width"]), min(max(y2, 0), im["height"])
             if cx2 <= cx1 or cy2 <= cy1:
-                counts["zero-area or out-of-image boxes dropped"] += 1
+                note("zero-area or out-of-image boxes dropped", f"annotation id {a['id']}")
                 continue
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-                counts["boxes clipped to the image"] += 1
+                note("boxes clipped to the image", f"annotation id {a['id']}")
             per_image[a["image_id"]].append({"box": [cx1, cy1, cx2, cy2], "label": int(a["category_id"])})
         ids = sorted(images)
         if train:
-            empty = [i for i in ids if not per_image[i]]
-            if empty:
-                counts["images without boxes left out of training"] += len(empty)
+            for i in ids:
+                if not per_image[i]:
+                    note("images without boxes left out of training", f"image id {i}")
             ids = [i for i in ids if per_image[i]]
         for what, n in sorted(counts.items()):
-            log.info("%s: %d %s", f.name, n, what)
+            shown = examples[what][:3]
+            more = ", ..." if n > len(shown) else ""
+            log.info("%s: %d %s (%s%s)", f, n, what, ", ".join(shown), more)
         self.counts = dict(counts)
         self.ids, self.images, self.per_image = ids, images, per_image
         self.gt = {"images": [images[i] for i in sorted(images)], "annotations": gt_anns,
