@@ -5,6 +5,7 @@ checkpoint written by ``tdaf train`` can be rebuilt.
 """
 
 from . import classification  # noqa: F401  (registers the classification task and its data sets)
+from . import detection  # noqa: F401  (registers the detection task, its models and data sets)
 from . import pose  # noqa: F401  (registers the pose task, its models and data sets)
 from . import video  # noqa: F401  (registers the video task, its models and data sets)
 from .attention import record_attention

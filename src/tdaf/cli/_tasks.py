@@ -13,6 +13,7 @@ import argparse
 from types import ModuleType
 
 from ..classification import cli as classification_cli
+from ..detection import cli as detection_cli
 from ..engine.checkpoint import load_checkpoint
 from ..pose import cli as pose_cli
 from ..video import cli as video_cli
@@ -22,6 +23,7 @@ __all__ = ["TASK_COMMANDS", "add_task_args", "run_task_command", "checkpoint_tas
 # task name -> its cli module
 TASK_COMMANDS: dict[str, ModuleType] = {
     "classification": classification_cli,
+    "detection": detection_cli,
     "pose": pose_cli,
     "video": video_cli,
 }

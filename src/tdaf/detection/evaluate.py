@@ -1,0 +1,84 @@
+"""``tdaf eval`` of a detector: COCOeval box AP on a split, and the detections as COCO json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..data import TransformedDataset, subset_indices
+from ..data.registry import dataset_spec
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..engine.evaluate import evaluate_dataset
+from ..io.files import atomic_write_text
+from .data import apply_pair, collate_detection, eval_transform
+from .metrics import CocoEvaluator
+from .models import TASK
+from .task import DetectionTask, open_split
+
+__all__ = ["evaluate_checkpoint", "default_data_dir"]
+
+
+def default_data_dir(ckpt: dict[str, Any], data: str) -> str | None:
+    """Where the run that wrote ``ckpt`` read ``data``: its ``data_dir``, or for a bundled set
+    the copy it wrote under its ``out`` folder (when it is still there)."""
+    cfg = ckpt.get("config", {})
+    if cfg.get("data") != data:
+        return None
+    if cfg.get("data_dir"):
+        return str(cfg["data_dir"])
+    if not dataset_spec(data, TASK).needs_dir and cfg.get("out"):
+        built = Path(cfg["out"]).expanduser() / "data" / data
+        return str(built) if built.is_dir() else None
+    return None
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "val",
+    subset: int | None = None,
+    batch_size: int = 8,
+    workers: int | None = None,
+    device: str = "auto",
+    amp: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    detections: str | os.PathLike[str] | None = None,
+) -> dict[str, Any] | None:
+    """AP, AP50, AP75, AP_S, AP_M, AP_L (COCOeval, fractions) of a detection checkpoint on a
+    split; the detections are written as COCO result json to ``detections`` (default: beside
+    the checkpoint, ``detections_<data>_<split>.json``). None on processes other than the main one."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
+    ckpt = load_checkpoint(checkpoint, "--checkpoint")
+    model, meta = model_from_checkpoint(checkpoint, "--checkpoint")
+    data = data or meta.get("data")
+    if data is None:
+        raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
+    spec = dataset_spec(data, TASK, "--data")
+    data_dir = str(data_dir) if data_dir is not None else default_data_dir(ckpt, data)
+    raw = open_split(data, split, data_dir)
+    if raw.num_classes > model.head.classification_head.num_classes:
+        raise ValueError(f"--data: {data} has category ids up to {raw.num_classes - 1}, but the checkpoint's "
+                         f"model has {model.head.classification_head.num_classes} classes")
+    dataset = TransformedDataset(raw, apply_pair(eval_transform()), indices=subset_indices(len(raw), subset),
+                                 seeded=False)
+    evaluator = CocoEvaluator(raw.gt)
+    task = DetectionTask()
+    task.evaluator = lambda: evaluator  # type: ignore[method-assign]  (keep it: its detections are written)
+    result = evaluate_dataset(model, dataset, collate_detection, task, batch_size=batch_size,
+                              workers=workers if workers is not None else (2 if spec.needs_dir else 0), device=device,
+                              amp=amp, strict=strict, progress=progress)
+    if result is None:
+        return None
+    out = Path(detections) if detections is not None else \
+        Path(checkpoint).parent / f"detections_{data}_{split}.json"
+    atomic_write_text(json.dumps(evaluator.detections), out)
+    result.update(model=meta.get("model_name"), data=data, split=split, detections=str(out),
+                  detections_count=len(evaluator.detections))
+    return result
+

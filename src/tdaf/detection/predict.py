@@ -1,0 +1,108 @@
+"""``tdaf predict`` with a detector: boxes, labels and scores per image, as JSON and as
+pictures drawn with ``torchvision.utils.draw_bounding_boxes`` (optionally with the ANAR maps)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import draw_bounding_boxes
+from tqdm.auto import tqdm
+
+from ..attention import record_attention
+from ..io.files import atomic_write_text
+from ..io.images import ImageList, open_image, unique_stems
+from .models import backbone_of
+
+__all__ = ["predict"]
+
+
+def _attention_picture(img: torch.Tensor, maps: dict[tuple[int, int], torch.Tensor]) -> Image.Image:
+    """The last flow's ANAR maps (one panel per stage), each resized to the image and laid
+    over its grey version: red where attention is high."""
+    last = max(n for _, n in maps)
+    h, w = img.shape[1:]
+    grey = img.float().mean(0) / 255
+    panels = []
+    for stage in sorted(s for s, n in maps if n == last):
+        m = torch.nn.functional.interpolate(maps[(stage, last)][:1].float(), size=(h, w), mode="bilinear")[0, 0]
+        m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-6)
+        rgb = torch.stack([0.5 * grey + 0.5 * m, 0.5 * grey, 0.5 * grey * (1 - m)])
+        panels.append((rgb.clamp(0, 1) * 255).byte())
+    return Image.fromarray(torch.cat(panels, dim=2).permute(1, 2, 0).numpy())
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    images: ImageList,
+    class_names: Sequence[str],
+    out_dir: str | os.PathLike[str] | None,
+    *,
+    score_thresh: float = 0.3,
+    attention: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Detections above ``score_thresh`` for each image (``boxes`` as XYXY pixels of the
+    original image); with ``out_dir``, ``<stem>.png`` with the boxes drawn (and, with
+    ``attention``, ``<stem>.attention.png``: the last flow's ANAR maps) and
+    ``predictions.json``. Returns ``(results, skipped)``: undecodable images inside folders
+    are skipped, a named file that cannot be decoded is an error."""
+    if not 0 <= score_thresh <= 1:
+        raise ValueError(f"--score-thresh: got {score_thresh}; allowed: a number in [0, 1]")
+    r2dns = getattr(model, "r2dns", None)
+    if attention and (r2dns is None or not r2dns.has_attention):
+        raise ValueError(f"--attention: {getattr(model, 'pretrained_cfg', {}).get('architecture', 'this model')} "
+                         f"has no ANAR maps (a plain detector, or one flow)")
+    backbone_of(model)
+    model.eval().to(device)
+    model.score_thresh = score_thresh  # the caller's threshold, not the one the model was built with
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    results, skipped = [], []
+    for path, stem, from_folder in tqdm(list(zip(images.files, unique_stems(images.files), images.from_folder)),
+                                        disable=not progress, unit="image"):
+        try:
+            pil = open_image(path)
+        except ValueError as e:
+            if not from_folder:
+                raise
+            skipped.append(f"{path} ({e})")
+            continue
+        img = TF.pil_to_tensor(pil)
+        x = TF.to_dtype(img, torch.float32, scale=True).to(device)
+        if attention:
+            with record_attention(model) as maps:
+                det = model([x])[0]
+            maps = dict(maps)
+        else:
+            det = model([x])[0]
+        boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        names = [class_names[i] if 0 <= i < len(class_names) and class_names[i] else str(i) for i in labels.tolist()]
+        result = {"file": str(path), "width": pil.width, "height": pil.height, "detections": [
+            {"box": [round(v, 2) for v in b], "label": n, "category_id": int(c), "score": round(float(s), 4)}
+            for b, n, c, s in zip(boxes.tolist(), names, labels.tolist(), scores.tolist())]}
+        if out is not None:
+            drawn = draw_bounding_boxes(img, boxes, labels=[f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())],
+                                        colors="lime", width=max(1, round(min(img.shape[1:]) / 200)))
+            picture = out / f"{stem}.png"
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(picture)
+            result["picture"] = str(picture)
+            if attention:
+                att = out / f"{stem}.attention.png"
+                _attention_picture(img, maps).save(att)
+                result["attention"] = str(att)
+        results.append(result)
+    if out is not None:
+        atomic_write_text(json.dumps({"results": results, "skipped": skipped}, indent=1), out / "predictions.json")
+    return results, skipped

@@ -1,0 +1,129 @@
+"""Object detection (paper §4.2) as a task of the shared trainer: FCOS's own losses in
+training mode (torchvision's detector contract), COCOeval box AP at validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import TransformedDataset, subset_indices
+from ..data.registry import dataset_spec
+from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..models import create_model, is_model, list_models, model_cfg
+from ..models._registry import unknown_model_error
+from .data import RECIPES, CocoDetection, apply_pair, collate_detection, eval_transform, train_transform
+from .metrics import COCO_METRICS, CocoEvaluator
+from .models import TASK
+
+__all__ = ["DetectionTask", "open_split", "model_kwargs", "recipe_sizes"]
+
+log = logging.getLogger("tdaf.train")
+
+LOSSES = ("classification", "bbox_regression", "bbox_ctrness")  # torchvision FCOS's loss dict
+
+
+def open_split(name: str, split: str, data_dir: str | None, out: str | None = None) -> CocoDetection:
+    """The untransformed split of a registered detection data set; the bundled digit scenes
+    are written under ``data_dir``, else under the run's ``out`` folder, on first use."""
+    spec = dataset_spec(name, TASK)
+    if data_dir is None and not spec.needs_dir and out is not None:
+        data_dir = str(Path(out).expanduser() / "data" / name)
+    return spec.open(split, data_dir)
+
+
+def recipe_of(data: str, recipe: str | None) -> dict[str, Any]:
+    """The training recipe ``recipe`` (default: the data set's), see :data:`RECIPES`."""
+    name = recipe if recipe is not None else dataset_spec(data, TASK).defaults.get("recipe", "fcos_ms")
+    if name not in RECIPES:
+        raise ValueError(f"recipe: got {name!r}; allowed for detection: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_sizes(data: str, recipe: str | None, input_size: int | None) -> dict[str, Any]:
+    """``min_size`` / ``max_size`` of the model's resizing: the recipe's (default: the data
+    set's), or one fixed shorter side ``input_size`` (the longer side capped at 1333/800 of it)."""
+    sizes = recipe_of(data, recipe)
+    if input_size is not None:
+        return dict(min_size=[int(input_size)], max_size=max(int(input_size), round(input_size * 1333 / 800)))
+    return dict(min_size=list(sizes["min_size"]), max_size=int(sizes["max_size"]))
+
+
+def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
+    """Arguments of :func:`tdaf.create_model` that rebuild the trained detector (the backbone
+    weights file is not among them: the checkpoint's weights replace it, but whether they
+    froze the BatchNorms is)."""
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+    for key in ("flows", "anar", "eta", "downsample"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    kwargs.update(recipe_sizes(cfg.data, cfg.recipe, cfg.input_size))
+    kwargs["frozen_bn"] = cfg.pretrained is not None
+    return kwargs
+
+
+@register_task
+class DetectionTask(Task):
+    """FCOS training (the loss dict of torchvision's ``FCOS``, summed) and COCO box AP."""
+
+    name = TASK
+    main_metric = "AP"
+    log_metrics = COCO_METRICS
+    train_metrics = LOSSES
+    defaults = {"model": "fcos_resnet18_fpn", "data": "digit_scenes"}
+    labels = {"bbox_regression": "box", "bbox_ctrness": "ctr", "classification": "cls"}
+
+    def __init__(self) -> None:
+        self.gt: dict[str, Any] | None = None
+
+    def check_config(self, cfg: Any, source: str = "config") -> None:
+        if not is_model(cfg.model):
+            raise ValueError(f"{source}: {unknown_model_error(cfg.model)}")
+        if model_cfg(cfg.model).get("task") != TASK:
+            raise ValueError(f"{source}: model: {cfg.model!r} is not a detection model; allowed: "
+                             f"{', '.join(list_models(task=TASK))}")
+        dataset_spec(cfg.data, TASK, f"{source}: data")
+        recipe_sizes(cfg.data, cfg.recipe, cfg.input_size)
+
+    def build_data(self, cfg: Any) -> TaskData:
+        train = open_split(cfg.data, "train", cfg.data_dir, cfg.out)
+        val = open_split(cfg.data, "val", cfg.data_dir, cfg.out)
+        if train.num_classes != val.num_classes:
+            raise ValueError(f"{cfg.data}: the train and val annotations list different categories "
+                             f"({train.ann_file}, {val.ann_file})")
+        self.gt = val.gt
+        meta = dict(data=cfg.data, categories=train.categories, class_names=train.classes,
+                    num_classes=train.num_classes, recipe=cfg.recipe, **recipe_sizes(cfg.data, cfg.recipe,
+                                                                                    cfg.input_size))
+        return TaskData(
+            TransformedDataset(train, apply_pair(train_transform(recipe_of(cfg.data, cfg.recipe)["flip"])), cfg.seed,
+                               subset_indices(len(train), cfg.train_subset)),
+            TransformedDataset(val, apply_pair(eval_transform()), cfg.seed,
+                               subset_indices(len(val), cfg.val_subset), seeded=False),
+            collate_detection, meta, in_memory=False,
+            description=f"{len(train.categories)} categories, shorter side {meta['min_size']}",
+        )
+
+    def build_model(self, cfg: Any, meta: dict[str, Any]) -> BuiltModel:
+        kwargs = model_kwargs(cfg, meta["num_classes"])
+        model = create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
+        return BuiltModel(model, cfg.model, kwargs)
+
+    def training_step(self, model: nn.Module, inputs: list[torch.Tensor], targets: list[dict[str, Any]]) -> StepOutput:
+        losses = model(inputs, targets)
+        loss = sum(losses.values())
+        n = len(inputs)
+        return StepOutput(loss, n, {k: losses[k].detach() * n for k in LOSSES})
+
+    def predict(self, model: nn.Module, inputs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return model(inputs)
+
+    def evaluator(self) -> CocoEvaluator:
+        if self.gt is None:
+            raise RuntimeError("detection: the evaluator needs the validation ground truth; call build_data first "
+                               "(or use tdaf.detection.evaluate_checkpoint)")
+        return CocoEvaluator(self.gt)
+
