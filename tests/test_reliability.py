@@ -154,8 +154,13 @@ def test_sigint_during_a_save_finishes_the_file_then_stops(tmp_path, monkeypatch
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", interrupted_save)
+    # as in a terminal: Ctrl-C raises KeyboardInterrupt (a background job may start with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     out = tmp_path / "i"
-    code = main(["train", *FLAGS, "--epochs", "2", "--out", str(out)])
+    try:
+        code = main(["train", *FLAGS, "--epochs", "2", "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert code == 130 and err.strip().endswith("tdaf train: interrupted") and "Traceback" not in err
     monkeypatch.setattr(torch, "save", real_save)
