@@ -50,6 +50,15 @@ def _check_dims(x: torch.Tensor, dims: int) -> None:
 torch.fx.wrap("_check_dims")
 
 
+def _per_flow_statistics(state_dict: dict[str, Any], prefix: str, flows: int) -> None:
+    """A plain BatchNorm's running mean / variance (shape (C,)) copied into every flow's row,
+    so pretrained files and plain checkpoints load into per-flow statistics."""
+    for name in ("running_mean", "running_var"):
+        value = state_dict.get(prefix + name)
+        if value is not None and value.dim() == 1:
+            state_dict[prefix + name] = value.unsqueeze(0).expand(flows, -1).clone()
+
+
 class MultiFlowBatchNorm(_BatchNorm):
     """BatchNorm over 1d/2d/3d inputs with shared affine and per-flow statistics (Eq. 4).
 
@@ -152,11 +161,8 @@ class MultiFlowBatchNorm(_BatchNorm):
         error_msgs: list[str],
     ) -> None:
         # A plain BatchNorm's buffers (shape (C,), scalar count) fill every flow.
-        for name in ("running_mean", "running_var"):
-            key = prefix + name
-            value = state_dict.get(key)
-            if value is not None and value.dim() == 1 and getattr(self, name) is not None:
-                state_dict[key] = value.unsqueeze(0).expand(self.flows, -1).clone()
+        if self.running_mean is not None:
+            _per_flow_statistics(state_dict, prefix, self.flows)
         key = prefix + "num_batches_tracked"
         value = state_dict.get(key)
         if value is not None and value.dim() == 0 and self.num_batches_tracked is not None:
@@ -289,10 +295,7 @@ class FrozenMultiFlowBatchNorm(nn.Module):
         error_msgs: list[str],
     ) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)  # statistics no longer change
-        for name in ("running_mean", "running_var"):
-            value = state_dict.get(prefix + name)
-            if value is not None and value.dim() == 1:
-                state_dict[prefix + name] = value.unsqueeze(0).expand(self.flows, -1).clone()
+        _per_flow_statistics(state_dict, prefix, self.flows)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
