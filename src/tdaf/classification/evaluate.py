@@ -7,8 +7,7 @@ from typing import Any
 
 from ..data import TransformedDataset, collate_skip, subset_indices
 from ..data.registry import dataset_spec
-from ..engine.checkpoint import model_from_checkpoint
-from ..engine.evaluate import evaluate_dataset
+from ..engine.evaluate import evaluate_dataset, open_checkpoint
 from .data import TASK, eval_transform, open_split, ten_crop_transform
 from .task import ClassificationTask
 
@@ -34,12 +33,8 @@ def evaluate_checkpoint(
     """Top-1 / top-5 of a classification checkpoint on a data set split, preprocessed with the
     checkpoint's own meta (input size, mean/std, resize). Returns the result on the main
     process (None on the others when run under ``torchrun``)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
-    model, meta = model_from_checkpoint(checkpoint, "--checkpoint")
-    data = data or meta.get("data")
-    if data is None:
-        raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
+    opened = open_checkpoint(checkpoint, data, batch_size)
+    model, meta, data = opened.model, opened.meta, opened.data
     spec = dataset_spec(data, TASK)
     if data_dir is not None and not spec.needs_dir:
         raise ValueError(f"--data-dir: {data} is built in and reads no folder; drop --data-dir")

@@ -9,8 +9,7 @@ from typing import Any
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ..engine.evaluate import evaluate_dataset
+from ..engine.evaluate import evaluate_dataset, open_checkpoint
 from ..io.files import atomic_write_text
 from .data import apply_pair, collate_detection, eval_transform
 from .metrics import CocoEvaluator
@@ -52,15 +51,10 @@ def evaluate_checkpoint(
     """AP, AP50, AP75, AP_S, AP_M, AP_L (COCOeval, fractions) of a detection checkpoint on a
     split; the detections are written as COCO result json to ``detections`` (default: beside
     the checkpoint, ``detections_<data>_<split>.json``). None on processes other than the main one."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
-    ckpt = load_checkpoint(checkpoint, "--checkpoint")
-    model, meta = model_from_checkpoint(checkpoint, "--checkpoint")
-    data = data or meta.get("data")
-    if data is None:
-        raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
+    opened = open_checkpoint(checkpoint, data, batch_size)
+    model, meta, data = opened.model, opened.meta, opened.data
     spec = dataset_spec(data, TASK, "--data")
-    data_dir = str(data_dir) if data_dir is not None else default_data_dir(ckpt, data)
+    data_dir = str(data_dir) if data_dir is not None else default_data_dir(opened.payload, data)
     raw = open_split(data, split, data_dir)
     if raw.num_classes > model.head.classification_head.num_classes:
         raise ValueError(f"--data: {data} has category ids up to {raw.num_classes - 1}, but the checkpoint's "

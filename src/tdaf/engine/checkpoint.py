@@ -17,7 +17,7 @@ from ..models import create_model
 
 __all__ = [
     "safe_load", "atomic_save", "load_state_dict_file", "checkpoint_payload", "load_checkpoint",
-    "model_from_checkpoint", "CHECKPOINT_FORMAT", "state_dict_mismatch", "architecture", "build_from_spec",
+    "model_from_checkpoint", "model_from_payload", "CHECKPOINT_FORMAT", "state_dict_mismatch", "architecture", "build_from_spec",
 ]
 
 CHECKPOINT_FORMAT = "tdaf-checkpoint/1"
@@ -91,7 +91,13 @@ def build_from_spec(spec: dict[str, Any], device: str | torch.device | None = No
 
 def model_from_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model saved in a tdaf checkpoint; returns ``(model in eval mode, meta)``."""
-    ckpt = load_checkpoint(path, what)
+    return model_from_payload(load_checkpoint(path, what), path, what)
+
+
+def model_from_payload(ckpt: dict[str, Any], path: str | os.PathLike[str],
+                       what: str = "checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`model_from_checkpoint` for a checkpoint already read by :func:`load_checkpoint`
+    (``path`` only names it in messages)."""
     spec = ckpt["model"]
     try:
         model = build_from_spec(spec)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,11 +13,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data import ShardSampler
+from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
 from .task import Task
 
 __all__ = [
-    "evaluate", "evaluate_dataset", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
+    "evaluate", "evaluate_dataset", "open_checkpoint", "CheckpointToEvaluate", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
 ]
 
 
@@ -118,3 +121,28 @@ def evaluate_dataset(
         if env.distributed:
             teardown()
     return result if env.is_main else None
+
+
+@dataclass
+class CheckpointToEvaluate:
+    """A checkpoint opened for ``tdaf eval``: its model (eval mode), meta, the data set to
+    evaluate on, and the whole checkpoint (config, history, ...), read once."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    data: str
+    payload: dict[str, Any]
+
+
+def open_checkpoint(checkpoint: str | os.PathLike[str], data: str | None, batch_size: int) -> CheckpointToEvaluate:
+    """What every task's ``evaluate_checkpoint`` starts with: the batch size checked, the
+    checkpoint read and its model rebuilt, and the data set named (``data``, or the one the
+    checkpoint was trained on)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
+    payload = load_checkpoint(checkpoint, "--checkpoint")
+    model, meta = model_from_payload(payload, checkpoint, "--checkpoint")
+    data = data or meta.get("data")
+    if data is None:
+        raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
+    return CheckpointToEvaluate(model, meta, data, payload)

@@ -7,8 +7,7 @@ import os
 from typing import Any
 
 from ..data.registry import dataset_spec
-from ..engine.checkpoint import model_from_checkpoint
-from ..engine.evaluate import evaluate_dataset
+from ..engine.evaluate import evaluate_dataset, open_checkpoint
 from .data import TASK, KeypointInfo, annotation_file, CocoPersons, describe_drops, pose_collate
 from .task import PoseTask, build_pose_data
 
@@ -37,14 +36,10 @@ def evaluate_checkpoint(
     with the checkpoint's crop size and normalisation. ``boxes``: a COCO detection results
     json (person boxes scoring above ``score_thr``, then OKS NMS); None: ground-truth boxes.
     Returns the result on the main process (None on the others under ``torchrun``)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
     if not 0.0 <= score_thr < 1.0:
         raise ValueError(f"--person-score-thr: got {score_thr}; allowed: a number in [0, 1)")
-    model, meta = model_from_checkpoint(checkpoint, "--checkpoint")
-    data = data or meta.get("data")
-    if data is None:
-        raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
+    opened = open_checkpoint(checkpoint, data, batch_size)
+    model, meta, data = opened.model, opened.meta, opened.data
     dataset_spec(data, TASK)
     if data_dir is None:
         raise ValueError(f"--data-dir: evaluating on {data} needs its folder")

@@ -7,8 +7,7 @@ from typing import Any
 
 from ..data import collate_skip, subset_indices
 from ..data.registry import dataset_spec
-from ..engine.checkpoint import model_from_checkpoint
-from ..engine.evaluate import evaluate_dataset
+from ..engine.evaluate import evaluate_dataset, open_checkpoint
 from .data import TASK, VideoClips, open_split
 from .task import VideoTask
 from .transforms import clip_transform
@@ -47,15 +46,11 @@ def evaluate_checkpoint(
     """Clip and video top-1 / top-5 of a video checkpoint on a split (``clips`` uniformly spaced
     clips per video, default the checkpoint's), preprocessed with the checkpoint's meta.
     ``subset`` counts videos. Returns the result on the main process (None on the others)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
     if clips is not None and clips < 1:
         raise ValueError(f"--clips: got {clips}; allowed: >= 1")
-    model, meta = model_from_checkpoint(checkpoint, "--checkpoint")
+    opened = open_checkpoint(checkpoint, data, batch_size)
+    model, meta, data = opened.model, opened.meta, opened.data
     check_meta(meta, checkpoint)
-    data = data or meta.get("data")
-    if data is None:
-        raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
     spec = dataset_spec(data, TASK)
     raw = open_split(data, split, data_dir)
     if raw.classes != list(meta["class_names"]):
