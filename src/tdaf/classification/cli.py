@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
 
 from ..cli._common import resolve_device
 from ..cli._load import load_model
-from ..cli._table import format_table
+from ..cli._table import topk_table
 from ..io.files import json_safe
 from ..io.images import collect_images
 from .data import eval_transform
@@ -52,11 +51,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(results: list[dict[str, Any]], k: int) -> str:
-    head = ["file"] + [f"top-{j + 1}" for j in range(k)]
-    return format_table(head, [[r["file"]] + [f"{t['label']}:{t['score']:.3f}" for t in r["topk"]] for r in results])
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """``tdaf predict`` with a classifier: the top-k labels of each image."""
     args.topk = 5 if args.topk is None else args.topk
@@ -97,7 +91,7 @@ def run_predict(args: argparse.Namespace) -> int:
         }))
         return 0
     if results:
-        print(_table(results, k))
+        print(topk_table(results, k))
     counts = [f"{len(results)} image(s)"]
     if skipped:
         counts.append(f"{len(skipped)} undecodable skipped")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["format_table"]
+__all__ = ["format_table", "topk_table"]
 
 
 def format_table(head: Sequence[str], rows: Sequence[Sequence[str]], note: str | None = None,
@@ -18,3 +19,9 @@ def format_table(head: Sequence[str], rows: Sequence[Sequence[str]], note: str |
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)] + ([note] if note else []))
+
+
+def topk_table(results: Sequence[Mapping[str, Any]], k: int, first: str = "file") -> str:
+    """``tdaf predict``'s table of labels: one row per input (``file``), ``label:score`` per rank."""
+    head = [first] + [f"top-{j + 1}" for j in range(k)]
+    return format_table(head, [[r["file"]] + [f"{t['label']}:{t['score']:.3f}" for t in r["topk"]] for r in results])

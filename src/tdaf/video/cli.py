@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from ..cli._common import resolve_device
 from ..cli._load import load_model
-from ..cli._table import format_table
+from ..cli._table import topk_table
 from ..io.files import json_safe
 from .evaluate import check_meta, evaluate_checkpoint
 from .predict import collect_videos, predict_videos
@@ -55,11 +54,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(results: list[dict[str, Any]], k: int) -> str:
-    head = ["video"] + [f"top-{j + 1}" for j in range(k)]
-    return format_table(head, [[r["file"]] + [f"{t['label']}:{t['score']:.3f}" for t in r["topk"]] for r in results])
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """``tdaf predict`` with a video checkpoint: the top-5 actions of each video."""
     if args.batch_size < 1:
@@ -83,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
                           "skipped": skipped, "ignored": videos.ignored}))
         return 0
     if results:
-        print(_table(results, k))
+        print(topk_table(results, k, "video"))
     counts = [f"{len(results)} video(s)"]
     if skipped:
         counts.append(f"{len(skipped)} unreadable skipped")
