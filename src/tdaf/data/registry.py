@@ -56,6 +56,4 @@ def dataset_spec(name: str, task: str, what: str = "--data") -> DatasetSpec:
         close = difflib.get_close_matches(str(name), names, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"{what}: got {name!r}{hint}; allowed for task {task}: {', '.join(names) or 'none'}")
-    if spec.needs_dir is False and spec.open is None:  # pragma: no cover - a registration error
-        raise ValueError(f"data set {name!r} cannot be opened")
     return spec

@@ -18,7 +18,8 @@ from .distributed import all_reduce_sum, setup, teardown
 from .task import Task
 
 __all__ = [
-    "evaluate", "evaluate_dataset", "open_checkpoint", "CheckpointToEvaluate", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
+    "evaluate", "evaluate_dataset", "open_checkpoint", "CheckpointToEvaluate", "autocast", "AMP_DTYPES",
+    "check_skipped", "UnreadableInputError", "UnreadableImageError",
 ]
 
 
