@@ -386,3 +386,18 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
         assert len(err.splitlines()) == 1
     finally:
         digits._all_digits.cache_clear()
+
+
+def test_the_task_extras_name_themselves_when_missing(monkeypatch):
+    import sys
+
+    from tdaf.io.optional import MissingDependency
+    from tdaf.pose.data import load_coco
+    from tdaf.video.io import count_frames
+
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(MissingDependency, match=r"pip install 'tdaf\[coco\]'"):
+        load_coco("annotations.json")
+    with pytest.raises(MissingDependency, match=r"pip install 'tdaf\[video\]'"):
+        count_frames("clip.mp4")

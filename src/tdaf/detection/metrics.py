@@ -12,6 +12,7 @@ import torch
 
 from ..engine.distributed import all_gather_objects
 from ..engine.task import Evaluator
+from ..io.optional import require
 
 __all__ = ["CocoEvaluator", "to_coco_detections", "coco_eval", "COCO_METRICS"]
 
@@ -33,8 +34,8 @@ def coco_eval(gt: dict[str, Any], detections: list[dict[str, Any]], image_ids: l
     """COCOeval (bbox) of ``detections`` against the ground truth ``gt`` (a COCO json dict),
     over ``image_ids`` (default: every image of ``gt``). Metrics are fractions in [0, 1];
     NaN where the ground truth has no box of that size (COCOeval's -1)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    COCO = require("pycocotools.coco", "coco", "COCO evaluation").COCO
+    COCOeval = require("pycocotools.cocoeval", "coco", "COCO evaluation").COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()

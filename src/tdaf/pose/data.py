@@ -34,6 +34,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..data import Batch, register_dataset
 from ..data.registry import DatasetSpec
 from ..io.images import open_image
+from ..io.optional import require
 from .codec import affine_matrix, apply_affine, box_to_center_scale, crop_to_image, encode_heatmaps, pil_affine_data
 
 __all__ = [
@@ -116,7 +117,7 @@ def annotation_file(data_dir: str | os.PathLike[str], split: str) -> tuple[Path,
 
 def load_coco(ann_file: str | os.PathLike[str]) -> Any:
     """pycocotools' COCO of ``ann_file`` (its progress lines kept off stdout)."""
-    from pycocotools.coco import COCO
+    COCO = require("pycocotools.coco", "coco", "COCO keypoint annotations").COCO
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -14,6 +14,7 @@ import torch
 
 from ..engine.distributed import all_gather_objects
 from ..engine.task import Evaluator
+from ..io.optional import require
 from .codec import affine_matrix, apply_affine, decode_heatmaps, invert_affine
 
 __all__ = ["KeypointEvaluator", "oks_iou", "oks_nms", "heatmaps_to_keypoints", "coco_keypoint_stats",
@@ -78,7 +79,7 @@ def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]], img_ids: Seque
     """AP, AP50, AP75, AP_M, AP_L, AR of keypoint ``results`` (COCO results format) against
     ``coco`` with pycocotools' COCOeval; all 0 when there is no result, NaN for a range
     without ground truth."""
-    from pycocotools.cocoeval import COCOeval
+    COCOeval = require("pycocotools.cocoeval", "coco", "COCO keypoint evaluation").COCOeval
 
     if not results:
         return {k: 0.0 for k in STAT_NAMES}

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import digits_pixels
+from ..io.optional import require
 
 __all__ = ["MOTIONS", "moving_digits_root", "write_moving_digits", "render_motion", "write_video"]
 
@@ -93,14 +94,14 @@ def _paste(frame: np.ndarray, patch: np.ndarray, y: int, x: int) -> None:
 
 
 def _encoder() -> str:
-    import av  # optional dependency (extra "video")
+    av = require("av", "video", "writing videos (PyAV)")
 
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = FPS, codec: str | None = None) -> None:
     """Write ``frames`` (``(T, H, W)`` grey or ``(T, H, W, 3)`` RGB uint8, even H and W) as a video file."""
-    import av
+    av = require("av", "video", "writing videos (PyAV)")
 
     frames = np.asarray(frames)
     if frames.ndim == 3:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io.optional import require
+
 __all__ = [
     "VIDEO_EXTENSIONS", "FRAME_GLOB", "is_video_file", "is_frame_folder", "count_frames", "read_frames",
     "train_clip_indices", "eval_clip_indices", "VideoReadError",
@@ -41,7 +43,7 @@ def _frame_files(path: Path) -> list[Path]:
 
 
 def _open(path: Path):  # type: ignore[no-untyped-def]
-    import av  # optional dependency (extra "video")
+    av = require("av", "video", "reading videos (PyAV)")
 
     try:
         container = av.open(str(path))
@@ -75,7 +77,7 @@ def count_frames(path: str | os.PathLike[str]) -> int:
 
 
 def _decode(container, path: Path):  # type: ignore[no-untyped-def]
-    import av
+    av = require("av", "video", "reading videos (PyAV)")
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -119,7 +121,8 @@ def read_frames(path: str | os.PathLike[str], indices: list[int]) -> tuple[np.nd
 def _decode_wanted(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     """The ``wanted`` frames that decode, and how many frames were decoded (it stops after
     the last wanted one)."""
-    from av.video.reformatter import VideoReformatter
+    reformatter = require("av.video.reformatter", "video", "reading videos (PyAV)")
+    VideoReformatter = reformatter.VideoReformatter
 
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
