@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from fractions import Fraction
 from typing import Any
 
@@ -197,6 +197,54 @@ def flow_inputs(x: torch.Tensor, down: nn.Module, flows: int) -> list[torch.Tens
     return inputs
 
 
+class _Gated:
+    """A gated map ``y * s`` kept for the backward pass as its two factors."""
+
+    __slots__ = ("y", "s")
+
+    def __init__(self, y: torch.Tensor, s: torch.Tensor) -> None:
+        self.y, self.s = y, s
+
+
+def _unpack_gated(saved: Any) -> torch.Tensor:
+    return saved.y * saved.s if isinstance(saved, _Gated) else saved
+
+
+class _RecomputeGated:
+    """Saved-tensor hooks under which a gated map ``z = y * (a + eta)`` (Eq. 5) that a later
+    layer saves for its backward pass is stored as ``(y, a + eta)`` and recomputed there.
+
+    ``y`` (the stage output) is kept anyway by the stage's own last layer (a ReLU keeps its
+    output) and ``a + eta`` has one channel, so a gated map then costs no memory of its own:
+    without this every gated map would be held twice, as ``y`` and as ``z`` (+0.07x of
+    ResNet-50's training activations). The recomputation is the same multiplication, so
+    the gradients are bit-identical."""
+
+    def __init__(self) -> None:
+        self.maps: dict[int, tuple[torch.Size, tuple[int, ...], torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def applicable() -> bool:
+        # Not under someone else's saved-tensor hooks (checkpointing, CPU offload, a memory
+        # probe): hooks do not nest, ours would replace theirs.
+        if not (torch.is_grad_enabled() and _validating()):
+            return False
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+        return top is not None and top(False) is None
+
+    def add(self, z: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> None:
+        self.maps[z.data_ptr()] = (z.shape, z.stride(), y, s)
+
+    def pack(self, t: torch.Tensor) -> Any:
+        entry = self.maps.get(t.data_ptr())
+        if entry is not None and t.shape == entry[0] and t.stride() == entry[1]:
+            return _Gated(entry[2], entry[3])
+        return t
+
+    def hooks(self) -> Any:
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, _unpack_gated)
+
+
 class R2DNS(nn.Module):
     """R2DNS over a staged backbone (paper Fig. 2b, Eqs. 1, 2, 5).
 
@@ -275,7 +323,12 @@ class R2DNS(nn.Module):
         return [self.channels[self.stages_in_flow(n) - 1] for n in range(1, self.flows + 1)]
 
     def min_input_size(self) -> tuple[int, ...]:
-        return min_input_size(self.strides, self.flows, self.dims)
+        key = (tuple(self.strides), self.flows, self.dims)
+        cached = self.__dict__.get("_min_size")
+        if cached is None or cached[0] != key:  # computed once per setting (every forward checks it)
+            cached = (key, min_input_size(self.strides, self.flows, self.dims))
+            self.__dict__["_min_size"] = cached
+        return cached[1]
 
     @contextmanager
     def record_attention(self) -> Iterator[AttentionMaps]:
@@ -302,18 +355,24 @@ class R2DNS(nn.Module):
         norms = mfbn_modules(self)
         result: list[list[torch.Tensor]] = []
         previous: list[torch.Tensor] = []
-        for n in range(1, self.flows + 1):
-            set_flow(norms, n - 1)
-            y = inputs[n - 1]
-            outputs: list[torch.Tensor] = []
-            for l in range(self.stages_in_flow(n)):
-                y = self.stages[l](y)
-                _check_stage_output(y, self.channels[l], l + 1)
-                if l < len(previous) and l < len(self.attention):  # flow n-1 ran stage l: Eq. 5
-                    y = y * (self._attend(l, previous[l], y, n) + self.eta)
-                outputs.append(y)
-            result.append(outputs)
-            previous = outputs
+        recompute = _RecomputeGated() if self.has_attention and _RecomputeGated.applicable() else None
+        with recompute.hooks() if recompute is not None else nullcontext():
+            for n in range(1, self.flows + 1):
+                set_flow(norms, n - 1)
+                y = inputs[n - 1]
+                outputs: list[torch.Tensor] = []
+                for l in range(self.stages_in_flow(n)):
+                    y = self.stages[l](y)
+                    _check_stage_output(y, self.channels[l], l + 1)
+                    if l < len(previous) and l < len(self.attention):  # flow n-1 ran stage l: Eq. 5
+                        s = self._attend(l, previous[l], y, n) + self.eta
+                        z = y * s
+                        if recompute is not None:
+                            recompute.add(z, y, s)
+                        y = z
+                    outputs.append(y)
+                result.append(outputs)
+                previous = outputs
         set_flow(norms, self.flows - 1)
         return result
 
@@ -323,9 +382,11 @@ class R2DNS(nn.Module):
     def _attend(self, l: int, source: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
         anar: ANAR = self.attention[l]  # type: ignore[assignment]
         a = anar(source)
-        # ANAR upsamples x2; odd sizes round differently, so always resize to the target
-        # (an identity when sizes already match, and it keeps traced graphs shape-generic).
-        a = F.interpolate(a, size=target.shape[2:], mode=self._mode, align_corners=False)
+        # ANAR upsamples x2; odd sizes round differently, so resize to the target. Where the
+        # sizes match that is an identity and is skipped, except when tracing or exporting
+        # (the traced graph must stay shape-generic).
+        if a.shape[2:] != target.shape[2:] or not _validating():
+            a = F.interpolate(a, size=target.shape[2:], mode=self._mode, align_corners=False)
         if self._attention_maps is not None:
             self._attention_maps[(l + 1, n)] = a.detach()
         return a
