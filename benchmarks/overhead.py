@@ -1,144 +1,466 @@
-"""TDAF overhead against its plain baseline, measured side by side in one run.
+"""What TDAF costs over its plain network, measured side by side in one run.
 
-Eval forward and one SGD training step, the two models interleaved round by round so
-that machine noise hits both alike; then memory: the bytes autograd saves for the
-backward pass (activations: what a training step's memory grows with; on CPU there is
-no allocator peak to read, and process RSS is dominated by the allocator's caching).
-Prints the ratios and the targets of the core issue.
+Every case times the plain network, the *floor* and the TDAF model in turn within each
+round, many short rounds, the order rotating from round to round, so that the load of a
+shared machine hits all of them alike. Each round gives a ratio to the plain network;
+the table shows the median ratio and its interquartile range (IQR) over the rounds.
 
-    python benchmarks/overhead.py                     # ResNet-50 vs TDAF (ANAR-3, 3 flows), 224, batch 8
-    python benchmarks/overhead.py --model resnet18 --rounds 3 --batch-size 4
+Rows of each case:
+
+* ``plain``: the baseline (torchvision's ResNet as tdaf builds it).
+* ``floor``: the plain network plus the extra flows' stages run alone, with the plain
+  network's own layers (for 3 flows on ResNet-50: stages 1-3 at half size, stages 1-2 at
+  quarter size), no attention, no per-flow BatchNorm: what the extra flows cost.
+* ``tdaf``: the TDAF model (ANAR-3, 3 flows), with the plain network's weights so that
+  all rows compute on the same activations.
+* ``attention share``: per round, ``(tdaf - floor) / plain``: what the attention path
+  (ANAR, gating, resizing, per-flow BatchNorm) costs on top of the flows.
+
+Cases (``--cases``): ``eval-b8`` / ``eval-b1`` (ResNet-50, 224x224, eval forward),
+``eval-cifar`` (CIFAR ResNet-18, batch 1, 32x32, the demo's models), ``train`` (ResNet-50,
+batch 8: one SGD step, forward + backward + update), ``memory`` (ResNet-50, batch 8: the
+memory a training forward leaves allocated for the backward pass: deterministic),
+``attention`` (ResNet-50 with timm's SE, ECA, CBAM, global-context and non-local blocks in
+every bottleneck, against timm's plain ResNet-50, in the same rounds as TDAF: the cost
+columns of the paper's Tab. 3b). Modes (``--modes``): ``eager``, ``channels-last``,
+``compile`` (``torch.compile``, inductor, compiled once per model before timing).
+
+On a GPU (``--device cuda``): cases ``gpu-b64`` and ``gpu-b256`` (ResNet-50, 224x224) in
+fp32 and under bf16 / fp16 autocast, eval forward timed by CUDA events, and one training
+step with its peak allocated memory from the caching allocator.
+
+    python benchmarks/overhead.py                          # every CPU case, eager + channels-last
+    python benchmarks/overhead.py --cases eval-b8 train --rounds 20
+    python benchmarks/overhead.py --modes compile --cases eval-b1 eval-cifar
+    python benchmarks/overhead.py --device cuda            # the GPU cases
+    python benchmarks/overhead.py --json results.json      # also write every number
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch._inductor.config
+import torch.nn.functional as F
 from torch import nn
 
 import tdaf
+from tdaf.layers.downsample import Downsample
 from tdaf.profile import count_gmacs, count_params
 
-TARGETS = {"forward": 1.30, "train_step": 1.35}
+# Targets on the 2-core CPU machine (medians): ratio to the plain network, or for
+# "attention share" the gap to the floor.
+TARGETS: dict[tuple[str, str], float] = {
+    ("eval-b8", "attention share"): 0.02,
+    ("eval-b1", "tdaf"): 1.30,
+    ("eval-cifar", "tdaf"): 1.40,
+    ("train", "tdaf"): 1.30,
+    ("memory", "tdaf"): 1.30,
+    ("gpu-b256", "tdaf"): 1.20,
+}
 
 
-def _build(name: str, args: argparse.Namespace) -> nn.Module:
-    kwargs: dict[str, Any] = {"num_classes": 1000}
-    if name.startswith("tdaf_"):
-        kwargs.update(flows=args.flows, anar=args.anar)
-    model = tdaf.create_model(name, **kwargs)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str  # the plain network; TDAF is "tdaf_" + model
+    batch: int
+    size: int
+    kind: str  # "eval" | "train" | "memory" | "attention" | "gpu"
+    rounds: int  # default timed rounds
+    num_classes: int = 1000
 
 
-def _inputs(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+CASES: dict[str, Case] = {c.name: c for c in (
+    Case("eval-b8", "resnet50", 8, 224, "eval", 15),
+    Case("eval-b1", "resnet50", 1, 224, "eval", 40),
+    Case("eval-cifar", "resnet18_cifar", 1, 32, "eval", 200, num_classes=10),
+    Case("train", "resnet50", 8, 224, "train", 10),
+    Case("memory", "resnet50", 8, 224, "memory", 1),
+    Case("attention", "resnet50", 8, 224, "attention", 6),
+    Case("gpu-b64", "resnet50", 64, 224, "gpu", 30),
+    Case("gpu-b256", "resnet50", 256, 224, "gpu", 15),
+)}
+CPU_CASES = ["eval-b8", "eval-b1", "eval-cifar", "train", "memory", "attention"]
+GPU_CASES = ["gpu-b64", "gpu-b256"]
+MODES = ("eager", "channels-last", "compile")
+# timm's attention blocks, one in every bottleneck (attn_layer of timm's ResNet blocks).
+ATTENTION_BLOCKS = {"se": "SE", "eca": "ECA", "cbam": "CBAM", "gc": "global context", "nl": "non-local"}
+
+
+class ExtraFlowsFloor(nn.Module):
+    """The plain network plus the extra flows' stages run alone: flow n (of N) runs the
+    plain stages 1..S(n) on the input pooled N-n times, with no attention and the plain
+    network's single BatchNorm statistics; only the last flow reaches the head."""
+
+    def __init__(self, plain: nn.Module, flows: int) -> None:
+        super().__init__()
+        self.plain = plain
+        self.flows = flows
+        self.down = Downsample("avg")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stages = self.plain.backbone.stages
+        inputs = [x]
+        for _ in range(self.flows - 1):
+            inputs.append(self.down(inputs[-1]))
+        inputs.reverse()
+        tie = None
+        for n, y in enumerate(inputs, start=1):
+            for stage in stages[: len(stages) - (self.flows - n)]:
+                y = stage(y)
+            if n < self.flows:
+                # Tie the extra flows to the output (with weight 0): a compiler cannot drop
+                # them as dead code, and in training their backward pass runs and their
+                # activations are kept, as in TDAF.
+                tie = y.mean() if tie is None else tie + y.mean()
+        out = self.plain.forward_head(y)
+        return out if tie is None else out + 0.0 * tie
+
+
+def build_trio(case: Case) -> dict[str, nn.Module]:
+    """plain, floor and TDAF, with the same backbone weights (TDAF's per-flow statistics all
+    start from the plain ones): every row computes on the same activations."""
+    torch.manual_seed(0)
+    plain = tdaf.create_model(case.model, num_classes=case.num_classes)
+    model = tdaf.create_model("tdaf_" + case.model, num_classes=case.num_classes)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(".attention." in k for k in missing), (missing, unexpected)
+    return {"plain": plain, "floor": ExtraFlowsFloor(plain, model.backbone.flows), "tdaf": model}
+
+
+def attention_models(case: Case) -> dict[str, nn.Module]:
+    import timm
+
+    torch.manual_seed(0)
+    models = build_trio(case)
+    del models["floor"]
+    models["timm plain"] = timm.create_model(case.model, num_classes=case.num_classes)
+    for key in ATTENTION_BLOCKS:
+        models[key] = timm.create_model(case.model, num_classes=case.num_classes, block_args=dict(attn_layer=key))
+    return models
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call: wall time on CPU, CUDA events on a GPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def interleave(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device, warmup: int = 2,
+               progress: str = "") -> dict[str, list[float]]:
+    """Per-round seconds of each function; within a round each runs once, and the order
+    rotates from round to round (no function always follows the same one)."""
+    keys = list(fns)
+    for _ in range(warmup):
+        for k in keys:
+            fns[k]()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        order = keys[r % len(keys):] + keys[: r % len(keys)]
+        for k in order:
+            times[k].append(timed(fns[k], device))
+        if progress:
+            print(f"\r  {progress}: round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr, flush=True)
+    return times
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median and quartiles (inclusive method: a quartile of few values stays within them)."""
+    if len(values) == 1:
+        return {"median": values[0], "q1": values[0], "q3": values[0]}
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": median, "q1": q1, "q3": q3}
+
+
+def ratios(times: dict[str, list[float]], base: str = "plain") -> dict[str, dict[str, float]]:
+    out = {k: summary([t / b for t, b in zip(v, times[base])]) for k, v in times.items()}
+    for k in out:
+        out[k]["ms"] = statistics.median(times[k]) * 1e3
+    if "floor" in times and "tdaf" in times:
+        share = [(t - f) / b for t, f, b in zip(times["tdaf"], times["floor"], times[base])]
+        out["attention share"] = summary(share)
+    return out
+
+
+# ----------------------------------------------------------------------------- the work
+
+
+def _prepare(models: dict[str, nn.Module], mode: str, device: torch.device, train: bool) -> dict[str, nn.Module]:
+    out = {}
+    for k, m in models.items():
+        m = m.to(device).train(train)
+        if mode == "channels-last":
+            m = m.to(memory_format=torch.channels_last)
+        if mode == "compile":
+            # Inference: inductor's freezing folds BatchNorm into the convs and prepacks the
+            # weights (PyTorch's recipe for CPU inference); it does not apply to training.
+            torch._inductor.config.freezing = not train
+            m = torch.compile(m)
+        out[k] = m
+    return out
+
+
+def _inputs(case: Case, mode: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.size, args.size, generator=g)
-    if args.channels_last:
+    x = torch.randn(case.batch, 3, case.size, case.size, generator=g)
+    if mode == "channels-last":
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.randint(0, 1000, (args.batch_size,), generator=g)
+    return x.to(device), torch.randint(0, case.num_classes, (case.batch,), generator=g).to(device)
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> float:
-    model.eval()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model(x)
-    return time.perf_counter() - start
+def eval_fn(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            return model(x)
+    return run
 
 
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+def train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None
+             ) -> Callable[[], Any]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def run() -> Any:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return run
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def held_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Memory a training forward leaves allocated for the backward pass (saved activations,
+    the graph, the loss): the process's resident memory after the forward minus before it.
+
+    On Linux with glibc, every allocation above 64 KiB is made its own mapping and returned
+    to the system when freed (``mallopt``), so resident memory follows the live tensors.
+    (Counting the tensors autograd saves through saved-tensor hooks would count weights and
+    activations freed before the backward pass, and would switch off the recomputation of
+    gated maps, which must not run under someone else's hooks.)"""
+    if not os.path.exists("/proc/self/statm"):
+        raise RuntimeError("the memory case reads /proc/self/statm (Linux)")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if not (libc.mallopt(-3, 1 << 16) and libc.mallopt(-1, 1 << 16)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        raise RuntimeError("the memory case needs glibc's mallopt")
     model.train()
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
-    return time.perf_counter() - start
-
-
-def _saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = nn.functional.cross_entropy(model(x), y)
+    for _ in range(2):  # gradients and optimizer-free state allocated before measuring
+        F.cross_entropy(model(x), y).backward()
+    gc.collect()
+    before = _resident_bytes()
+    loss = F.cross_entropy(model(x), y)
+    held = _resident_bytes() - before
     loss.backward()
-    return total
+    return held
+
+
+def run_case(case: Case, mode: str, device: torch.device, rounds: int, progress: bool = True) -> dict[str, Any]:
+    """One case in one mode: ``{"rows": {name: {...}}, ...}``."""
+    label = f"{case.name} [{mode}]" if progress and sys.stderr.isatty() else ""
+    if case.kind == "memory":
+        models = _prepare(build_trio(case), mode, device, train=True)
+        x, y = _inputs(case, mode, device)
+        sizes = {k: held_bytes(m, x, y) for k, m in models.items()}
+        return {"unit": "MiB", "rows": {k: {"value": v / 2**20, "median": v / sizes["plain"], "q1": v / sizes["plain"],
+                                             "q3": v / sizes["plain"]} for k, v in sizes.items()}}
+    if case.kind == "attention":
+        base = attention_models(case)
+        models = _prepare(base, mode, device, train=False)
+        x, y = _inputs(case, mode, device)
+        evals = interleave({k: eval_fn(m, x) for k, m in models.items()}, rounds, device, progress=label + " eval")
+        for m in models.values():
+            m.train()
+        trains = interleave({k: train_fn(m, x, y) for k, m in models.items()}, max(rounds // 2, 2), device,
+                            progress=label + " train")
+        rows: dict[str, dict[str, Any]] = {}
+        for k, m in base.items():
+            ref = "timm plain" if k in ATTENTION_BLOCKS or k == "timm plain" else "plain"
+            ev = summary([t / b for t, b in zip(evals[k], evals[ref])])
+            tr = summary([t / b for t, b in zip(trains[k], trains[ref])])
+            rows[k] = {"params": count_params(m), "gmacs": count_gmacs(m.cpu().float(), x[:1].cpu().float()),
+                       "eval": ev, "train": tr, "eval_ms": statistics.median(evals[k]) * 1e3,
+                       "train_ms": statistics.median(trains[k]) * 1e3, "baseline": ref}
+        return {"rows": rows}
+    if case.kind == "gpu":
+        out: dict[str, Any] = {"rows": {}}
+        for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            models = _prepare(build_trio(case), mode, device, train=False)
+            x, y = _inputs(case, mode, device)
+            times = interleave({k: eval_fn(m, x, dtype) for k, m in models.items()}, rounds, device,
+                               progress=f"{label} {dtype_name} eval" if label else "")
+            out["rows"][f"eval {dtype_name}"] = ratios(times)
+            for m in models.values():
+                m.train()
+            steps = {k: train_fn(m, x, y, dtype) for k, m in models.items()}
+            times = interleave(steps, max(rounds // 3, 3), device,
+                               progress=f"{label} {dtype_name} train" if label else "")
+            out["rows"][f"train {dtype_name}"] = ratios(times)
+            peak = {}
+            for k, step in steps.items():
+                torch.cuda.synchronize(device)
+                before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                step()
+                torch.cuda.synchronize(device)
+                peak[k] = torch.cuda.max_memory_allocated(device) - before
+            out["rows"][f"peak memory {dtype_name}"] = {
+                k: {"value": v / 2**20, "median": v / peak["plain"], "q1": v / peak["plain"], "q3": v / peak["plain"]}
+                for k, v in peak.items()}
+            del models, steps
+            torch.cuda.empty_cache()
+        return out
+    train = case.kind == "train"
+    models = _prepare(build_trio(case), mode, device, train=train)
+    x, y = _inputs(case, mode, device)
+    fns = {k: (train_fn(m, x, y) if train else eval_fn(m, x)) for k, m in models.items()}
+    return {"rows": ratios(interleave(fns, rounds, device, progress=label))}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _ratio_cell(s: dict[str, float]) -> str:
+    return f"{s['median']:.3f} [{s['q1']:.3f}-{s['q3']:.3f}]"
+
+
+def _target_cell(case: str, row: str, s: dict[str, float]) -> str:
+    target = TARGETS.get((case.split("/")[0], row))
+    if target is None:
+        return ""
+    return f"<= {target:.2f} {'met' if s['median'] <= target else 'MISSED'}"
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def render(case: Case, mode: str, result: dict[str, Any], rounds: int) -> str:
+    title = f"### {case.name} [{mode}]: {case.model}, batch {case.batch}, {case.size}x{case.size}"
+    if case.kind == "memory":
+        rows = [(k, f"{r['value']:.0f} MiB", f"{r['median']:.3f}", _target_cell(case.name, k, r))
+                for k, r in result["rows"].items()]
+        return title + ", memory held for the backward pass\n\n" + table(("row", "held", "ratio", "target"), rows)
+    if case.kind == "attention":
+        rows = []
+        for k, r in result["rows"].items():
+            name = {"plain": "ResNet-50 (torchvision)", "tdaf": "TDAF (ANAR-3, 3 flows)",
+                    "timm plain": "ResNet-50 (timm)"}.get(k, ATTENTION_BLOCKS.get(k, k))
+            rows.append((name, f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.3f}", f"{r['eval_ms']:.0f}",
+                         _ratio_cell(r["eval"]), f"{r['train_ms']:.0f}", _ratio_cell(r["train"])))
+        note = (f"\n\nratios against the row's own plain network (TDAF: torchvision's; the others: timm's); "
+                f"{rounds} eval rounds, {max(rounds // 2, 2)} training rounds; GMACs per image")
+        return title + "\n\n" + table(("model", "params", "GMACs", "eval ms", "eval ratio [IQR]", "train ms",
+                                       "train ratio [IQR]"), rows) + note
+    if case.kind == "gpu":
+        parts = [title]
+        for what, res in result["rows"].items():
+            if what.startswith("peak"):
+                rows = [(k, f"{r['value']:.0f} MiB", f"{r['median']:.3f}", "") for k, r in res.items()]
+            else:
+                rows = [(k, f"{r['ms']:.2f}" if "ms" in r else "", _ratio_cell(r),
+                         _target_cell(case.name, k, r) if what == "eval fp32" or what == "eval bf16" else "")
+                        for k, r in res.items()]
+            parts.append(f"{what}\n\n" + table(("row", "ms" if not what.startswith("peak") else "peak",
+                                               "ratio [IQR]", "target"), rows))
+        return "\n\n".join(parts)
+    rows = [(k, f"{r['ms']:.2f}" if "ms" in r else "", _ratio_cell(r), _target_cell(case.name, k, r))
+            for k, r in result["rows"].items()]
+    what = "training step" if case.kind == "train" else "eval forward"
+    return (f"{title}, {what}, {rounds} rounds\n\n"
+            + table(("row", "median ms", "ratio to plain [IQR]", "target"), rows))
+
+
+def environment(device: torch.device) -> str:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    return f"torch {torch.__version__}, {where}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet50", help="plain baseline name (default resnet50)")
-    p.add_argument("--flows", type=int, default=3)
-    p.add_argument("--anar", default="anar3")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (median reported)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--cases", nargs="+", choices=sorted(CASES), metavar="CASE",
+                   help=f"cases to run (default: {' '.join(CPU_CASES)} on cpu, {' '.join(GPU_CASES)} on cuda); "
+                        f"choices: {', '.join(CASES)}")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "channels-last"], metavar="MODE",
+                   help=f"execution modes (default: eager channels-last); choices: {', '.join(MODES)}")
+    p.add_argument("--rounds", type=int, help="timed rounds of every case (default: each case's own, 6 to 200)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, the number of cores)")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no per-round progress on stderr")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    names = {"baseline": args.model, "tdaf": f"tdaf_{args.model}"}
-    models = {k: _build(n, args) for k, n in names.items()}
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
-    x, y = _inputs(args)
-    print(f"{names['tdaf']} (ANAR {args.anar}, {args.flows} flows) vs {names['baseline']}: input "
-          f"{args.size}x{args.size}, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, "
-          f"device cpu{', channels-last' if args.channels_last else ''}", flush=True)
-
-    times: dict[str, dict[str, list[float]]] = {k: {"forward": [], "train_step": []} for k in models}
-    for key in models:  # warm-up: first calls allocate and pick kernels
-        _forward(models[key], x)
-        _train_step(models[key], opts[key], x, y)
-    for r in range(args.rounds):
-        for key in models:
-            times[key]["forward"].append(_forward(models[key], x))
-        for key in models:
-            times[key]["train_step"].append(_train_step(models[key], opts[key], x, y))
-        print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-
-    rows = []
-    ok = True
-    for what in ("forward", "train_step"):
-        base = statistics.median(times["baseline"][what])
-        ours = statistics.median(times["tdaf"][what])
-        ratio = ours / base
-        passed = ratio <= TARGETS[what]
-        ok &= passed
-        rows.append((what, f"{base * 1e3:.0f} ms", f"{ours * 1e3:.0f} ms", f"{ratio:.3f}",
-                     f"<= {TARGETS[what]:.2f} {'ok' if passed else 'MISSED'}"))
-    x1 = x[:1]
-    macs = {k: count_gmacs(m, x1) for k, m in models.items()}
-    rows.append(("GMACs / image", f"{macs['baseline']:.3f}", f"{macs['tdaf']:.3f}",
-                 f"{macs['tdaf'] / macs['baseline']:.3f}", "(floor)"))
-    params = {k: count_params(m) for k, m in models.items()}
-    rows.append(("params", f"{params['baseline'] / 1e6:.2f}M", f"{params['tdaf'] / 1e6:.2f}M",
-                 f"{params['tdaf'] / params['baseline']:.3f}", ""))
-    if not args.no_memory:
-        act = {k: _saved_activation_bytes(m, x, y) for k, m in models.items()}
-        rows.append(("saved activations", f"{act['baseline'] / 2**20:.0f} MiB", f"{act['tdaf'] / 2**20:.0f} MiB",
-                     f"{act['tdaf'] / act['baseline']:.3f}", ""))
-    head = ("measure", "baseline", "TDAF", "ratio", "target")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
-    print("all targets met" if ok else "some targets missed")
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f"--rounds: got {args.rounds}; allowed: an integer >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads: got {args.threads}; allowed: an integer >= 1")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    cases = args.cases or (GPU_CASES if device.type == "cuda" else CPU_CASES)
+    wrong = [c for c in cases if (CASES[c].kind == "gpu") != (device.type == "cuda")]
+    if wrong:
+        p.error(f"--cases {' '.join(wrong)}: not for --device {args.device} (gpu-* cases need --device cuda)")
+    if "compile" in args.modes:
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile workers left busy while timing
+    print(f"TDAF overhead, {environment(device)}; ratio = median over rounds [interquartile range]\n", flush=True)
+    results: dict[str, Any] = {"environment": environment(device), "cases": {}}
+    missed = []
+    for name in cases:
+        case = CASES[name]
+        for mode in (["eager"] if case.kind == "memory" and "eager" in args.modes else args.modes):
+            rounds = args.rounds or case.rounds
+            result = run_case(case, mode, device, rounds, progress=not args.no_progress)
+            results["cases"][f"{name}/{mode}"] = result
+            print(render(case, mode, result, rounds) + "\n", flush=True)
+            rows = result["rows"].get("eval fp32", {}) if case.kind == "gpu" else result["rows"]
+            for row, r in rows.items():
+                target = TARGETS.get((name, row))
+                if target is not None and mode == "eager" and "median" in r and r["median"] > target:
+                    missed.append(f"{name} {row} {r['median']:.3f} > {target:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    if "eager" in args.modes:
+        print("eager targets: " + ("all met" if not missed else "missed: " + "; ".join(missed)))
     return 0
 
 
