@@ -27,7 +27,9 @@ columns of the paper's Tab. 3b). Modes (``--modes``): ``eager``, ``channels-last
 
 On a GPU (``--device cuda``): cases ``gpu-b64`` and ``gpu-b256`` (ResNet-50, 224x224) in
 fp32 and under bf16 / fp16 autocast, eval forward timed by CUDA events, and one training
-step with its peak allocated memory from the caching allocator.
+step with its peak allocated memory from the caching allocator; with one more row,
+``tdaf overlap``: the same model with ``backbone.overlap = True`` (flows 1..N-1 and the
+ANARs gating flow N on a second CUDA stream, concurrently with flow N).
 
     python benchmarks/overhead.py                          # every CPU case, eager + channels-last
     python benchmarks/overhead.py --cases eval-b8 train --rounds 20
@@ -39,12 +41,14 @@ step with its peak allocated memory from the caching allocator.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import ctypes.util
 import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -265,20 +269,33 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    """glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD; False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, mmap_threshold) and libc.mallopt(-1, trim_threshold))
+    except (OSError, AttributeError):
+        return False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed tensors' memory for reuse (tensors up to 32 MiB from the heap, no
+    trimming): without it each large activation is a fresh mapping whose pages the kernel
+    zeroes on first touch in every forward, which made ResNet-50 at batch 8 13% slower and
+    the ratios' spread twice as wide here. jemalloc or tcmalloc do the same."""
+    return _mallopt(32 << 20, 1 << 30)
+
+
 def held_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """Memory a training forward leaves allocated for the backward pass (saved activations,
     the graph, the loss): the process's resident memory after the forward minus before it.
 
-    On Linux with glibc, every allocation above 64 KiB is made its own mapping and returned
-    to the system when freed (``mallopt``), so resident memory follows the live tensors.
-    (Counting the tensors autograd saves through saved-tensor hooks would count weights and
-    activations freed before the backward pass, and would switch off the recomputation of
-    gated maps, which must not run under someone else's hooks.)"""
-    if not os.path.exists("/proc/self/statm"):
-        raise RuntimeError("the memory case reads /proc/self/statm (Linux)")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    if not (libc.mallopt(-3, 1 << 16) and libc.mallopt(-1, 1 << 16)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        raise RuntimeError("the memory case needs glibc's mallopt")
+    Runs in a fresh process (:func:`held_memory_in_subprocess`) in which glibc makes every
+    allocation above 64 KiB its own mapping and returns it to the system when freed, so
+    resident memory follows the live tensors. (Counting the tensors autograd saves through
+    saved-tensor hooks would count weights and activations freed before the backward pass,
+    and would switch off the recomputation of gated maps, which must not run under
+    someone else's hooks.)"""
     model.train()
     for _ in range(2):  # gradients and optimizer-free state allocated before measuring
         F.cross_entropy(model(x), y).backward()
@@ -294,20 +311,18 @@ def run_case(case: Case, mode: str, device: torch.device, rounds: int, progress:
     """One case in one mode: ``{"rows": {name: {...}}, ...}``."""
     label = f"{case.name} [{mode}]" if progress and sys.stderr.isatty() else ""
     if case.kind == "memory":
-        models = _prepare(build_trio(case), mode, device, train=True)
-        x, y = _inputs(case, mode, device)
-        sizes = {k: held_bytes(m, x, y) for k, m in models.items()}
+        sizes = held_memory_in_subprocess(case, mode)
         return {"unit": "MiB", "rows": {k: {"value": v / 2**20, "median": v / sizes["plain"], "q1": v / sizes["plain"],
                                              "q3": v / sizes["plain"]} for k, v in sizes.items()}}
     if case.kind == "attention":
         base = attention_models(case)
         models = _prepare(base, mode, device, train=False)
         x, y = _inputs(case, mode, device)
-        evals = interleave({k: eval_fn(m, x) for k, m in models.items()}, rounds, device, progress=label + " eval")
+        evals = interleave({k: eval_fn(m, x) for k, m in models.items()}, rounds, device, progress=label and label + " eval")
         for m in models.values():
             m.train()
         trains = interleave({k: train_fn(m, x, y) for k, m in models.items()}, max(rounds // 2, 2), device,
-                            progress=label + " train")
+                            progress=label and label + " train")
         rows: dict[str, dict[str, Any]] = {}
         for k, m in base.items():
             ref = "timm plain" if k in ATTENTION_BLOCKS or k == "timm plain" else "plain"
@@ -320,8 +335,14 @@ def run_case(case: Case, mode: str, device: torch.device, rounds: int, progress:
     if case.kind == "gpu":
         out: dict[str, Any] = {"rows": {}}
         for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-            models = _prepare(build_trio(case), mode, device, train=False)
+            trio = build_trio(case)
+            trio["tdaf overlap"] = copy.deepcopy(trio["tdaf"])
+            trio["tdaf overlap"].backbone.overlap = True  # extra flows on a second CUDA stream
+            models = _prepare(trio, mode, device, train=False)
             x, y = _inputs(case, mode, device)
+            with torch.inference_mode():
+                diff = (models["tdaf overlap"](x) - models["tdaf"](x)).abs().max().item()
+            out.setdefault("overlap max abs difference", {})[dtype_name] = diff
             times = interleave({k: eval_fn(m, x, dtype) for k, m in models.items()}, rounds, device,
                                progress=f"{label} {dtype_name} eval" if label else "")
             out["rows"][f"eval {dtype_name}"] = ratios(times)
@@ -350,6 +371,28 @@ def run_case(case: Case, mode: str, device: torch.device, rounds: int, progress:
     x, y = _inputs(case, mode, device)
     fns = {k: (train_fn(m, x, y) if train else eval_fn(m, x)) for k, m in models.items()}
     return {"rows": ratios(interleave(fns, rounds, device, progress=label))}
+
+
+def held_memory_in_subprocess(case: Case, mode: str) -> dict[str, int]:
+    """:func:`held_bytes` of plain, floor and TDAF, measured in a fresh Python process (an
+    allocator that has already served other work keeps pages resident that it reuses)."""
+    if not os.path.exists("/proc/self/statm"):
+        raise RuntimeError("the memory case reads /proc/self/statm (Linux only)")
+    cmd = [sys.executable, os.path.abspath(__file__), "--held-memory", case.name, "--modes", mode,
+           "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory probe failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _held_memory_main(case: Case, mode: str) -> int:
+    if not _mallopt(1 << 16, 1 << 16):
+        raise RuntimeError("the memory case needs glibc (mallopt)")
+    models = _prepare(build_trio(case), mode, torch.device("cpu"), train=True)
+    x, y = _inputs(case, mode, torch.device("cpu"))
+    print(json.dumps({k: held_bytes(m, x, y) for k, m in models.items()}))
+    return 0
 
 
 # ----------------------------------------------------------------------------- output
@@ -390,7 +433,10 @@ def render(case: Case, mode: str, result: dict[str, Any], rounds: int) -> str:
         return title + "\n\n" + table(("model", "params", "GMACs", "eval ms", "eval ratio [IQR]", "train ms",
                                        "train ratio [IQR]"), rows) + note
     if case.kind == "gpu":
-        parts = [title]
+        parts = [title, "overlap vs sequential, largest logit difference: "
+                 + ", ".join(f"{k} {v:.1e}" for k, v in result.get("overlap max abs difference", {}).items())
+                 + " (TF32 convolutions may pick other cuDNN algorithms; with TF32 off and deterministic "
+                   "cuDNN the outputs are bit-identical)"]
         for what, res in result["rows"].items():
             if what.startswith("peak"):
                 rows = [(k, f"{r['value']:.0f} MiB", f"{r['median']:.3f}", "") for k, r in res.items()]
@@ -425,7 +471,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, the number of cores)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no per-round progress on stderr")
+    p.add_argument("--allocator", choices=["keep", "system"], default="keep",
+                   help="keep (default): glibc keeps freed memory for reuse, as jemalloc/tcmalloc would "
+                        "(steadier timings); system: glibc's defaults")
+    p.add_argument("--held-memory", choices=sorted(CASES), help=argparse.SUPPRESS)  # the memory case's child
     args = p.parse_args(argv)
+    if args.held_memory:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return _held_memory_main(CASES[args.held_memory], args.modes[0])
+    if args.allocator == "keep" and args.device == "cpu" and not keep_freed_memory():
+        print("note: no glibc here, --allocator keep has no effect", file=sys.stderr)
     if args.rounds is not None and args.rounds < 1:
         p.error(f"--rounds: got {args.rounds}; allowed: an integer >= 1")
     if args.threads is not None:
@@ -441,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--cases {' '.join(wrong)}: not for --device {args.device} (gpu-* cases need --device cuda)")
     if "compile" in args.modes:
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile workers left busy while timing
-    print(f"TDAF overhead, {environment(device)}; ratio = median over rounds [interquartile range]\n", flush=True)
-    results: dict[str, Any] = {"environment": environment(device), "cases": {}}
+    env = environment(device) + (f", allocator {args.allocator}" if device.type == "cpu" else "")
+    print(f"TDAF overhead, {env}; ratio = median over rounds [interquartile range]\n", flush=True)
+    results: dict[str, Any] = {"environment": env, "cases": {}}
     missed = []
     for name in cases:
         case = CASES[name]

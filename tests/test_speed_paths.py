@@ -209,3 +209,40 @@ def _anar_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, tor
     for h in hooks:
         h.remove()
     return seen
+
+
+# --------------------------------------------------------------------------- overlapped flows
+
+
+def test_overlap_is_a_no_op_off_cuda() -> None:
+    model = _small_r2dns().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model.overlap = True
+        out = model(x)
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("flows", [2, 3])
+def test_overlapped_flows_match_the_sequential_ones_on_cuda(flows: int) -> None:
+    model = _small_r2dns(flows=flows).cuda().train()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    state = copy.deepcopy(model.state_dict())
+    ref = [t.detach() for t in model.forward_flows(x)[-1]]
+    sum(t.square().mean() for t in model.forward_flows(x)[-1]).backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    ref_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    model.overlap = True
+    out = [t.detach() for t in model.forward_flows(x)[-1]]
+    sum(t.square().mean() for t in model.forward_flows(x)[-1]).backward()
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip((p.grad for p in model.parameters()), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for (k, a), b in zip(model.state_dict().items(), ref_state.values()):  # per-flow statistics alike
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)

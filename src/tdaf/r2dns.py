@@ -198,16 +198,24 @@ def flow_inputs(x: torch.Tensor, down: nn.Module, flows: int) -> list[torch.Tens
 
 
 class _Gated:
-    """A gated map ``y * s`` kept for the backward pass as its two factors."""
+    """A gated map ``y * s`` kept for the backward pass as its two factors; computed again
+    on first use there and shared by every layer that saved it (the first block's conv and
+    its shortcut both do)."""
 
-    __slots__ = ("y", "s")
+    __slots__ = ("y", "s", "z")
 
     def __init__(self, y: torch.Tensor, s: torch.Tensor) -> None:
         self.y, self.s = y, s
+        self.z: torch.Tensor | None = None
+
+    def value(self) -> torch.Tensor:
+        if self.z is None:
+            self.z = self.y * self.s
+        return self.z
 
 
 def _unpack_gated(saved: Any) -> torch.Tensor:
-    return saved.y * saved.s if isinstance(saved, _Gated) else saved
+    return saved.value() if isinstance(saved, _Gated) else saved
 
 
 class _RecomputeGated:
@@ -221,7 +229,7 @@ class _RecomputeGated:
     the gradients are bit-identical."""
 
     def __init__(self) -> None:
-        self.maps: dict[int, tuple[torch.Size, tuple[int, ...], torch.Tensor, torch.Tensor]] = {}
+        self.maps: dict[int, tuple[torch.Size, tuple[int, ...], _Gated]] = {}
 
     @staticmethod
     def applicable() -> bool:
@@ -233,12 +241,12 @@ class _RecomputeGated:
         return top is not None and top(False) is None
 
     def add(self, z: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> None:
-        self.maps[z.data_ptr()] = (z.shape, z.stride(), y, s)
+        self.maps[z.data_ptr()] = (z.shape, z.stride(), _Gated(y, s))
 
     def pack(self, t: torch.Tensor) -> Any:
         entry = self.maps.get(t.data_ptr())
         if entry is not None and t.shape == entry[0] and t.stride() == entry[1]:
-            return _Gated(entry[2], entry[3])
+            return entry[2]
         return t
 
     def hooks(self) -> Any:
@@ -304,6 +312,9 @@ class R2DNS(nn.Module):
         convert_to_mfbn(self, flows)
         self._mode = "bilinear" if dims == 2 else "trilinear"
         self._attention_maps: AttentionMaps | None = None
+        # On a CUDA device, run flows 1..N-1 (and the ANARs that gate flow N) on a second
+        # stream, concurrently with flow N (see forward_flows). Off by default.
+        self.overlap = False
 
     def extra_repr(self) -> str:
         attention = repr(self.anar_name) if self.anar_name is not None else "None"
@@ -350,6 +361,9 @@ class R2DNS(nn.Module):
         """Every flow's stage outputs, flow 1 first: ``result[n - 1][l - 1]`` is
         x_{l+1}^(n), and flow n has S(n) of them (Eq. 1)."""
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
+        if (self.overlap and x.is_cuda and self.flows > 1 and self.has_attention
+                and self._attention_maps is None and _validating()):
+            return self._forward_flows_overlapped(x)
         inputs = flow_inputs(x, self.down, self.flows)  # inputs[n - 1] is flow n's input
         # Looked up per call: freeze_mfbn / convert_to_mfbn may have replaced norm layers since.
         norms = mfbn_modules(self)
@@ -374,6 +388,77 @@ class R2DNS(nn.Module):
                 result.append(outputs)
                 previous = outputs
         set_flow(norms, self.flows - 1)
+        return result
+
+    def _forward_flows_overlapped(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """:meth:`forward_flows` with the work that flow N waits for on a side stream.
+
+        §4.5 of the paper: only the ANARs are sequential. Flow N's stage l needs nothing from
+        the other flows until its gate, so the side stream runs flows 1..N-1 and, as soon as
+        flow N-1 has finished stage l, the ANAR g_l that gates flow N (its map and an event);
+        the current stream runs flow N's stages and waits for each event only at its gate.
+        Kernels are issued in the same order with the same inputs as in the sequential path,
+        so the results are the same; streams only let the GPU run them at once."""
+        main = torch.cuda.current_stream(x.device)
+        side = self.__dict__.setdefault("_side_streams", {}).get(x.device)
+        if side is None:
+            side = self._side_streams[x.device] = torch.cuda.Stream(device=x.device)
+        norms = mfbn_modules(self)
+        inputs = flow_inputs(x, self.down, self.flows)
+        last = self.flows
+        side.wait_stream(main)
+        maps: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+        result: list[list[torch.Tensor]] = []
+        recompute = _RecomputeGated() if _RecomputeGated.applicable() else None
+        with recompute.hooks() if recompute is not None else nullcontext():
+            with torch.cuda.stream(side):
+                previous: list[torch.Tensor] = []
+                for n in range(1, last):
+                    set_flow(norms, n - 1)
+                    y = inputs[n - 1]
+                    outputs: list[torch.Tensor] = []
+                    for l in range(self.stages_in_flow(n)):
+                        y = self.stages[l](y)
+                        _check_stage_output(y, self.channels[l], l + 1)
+                        if l < len(previous) and l < len(self.attention):
+                            s = self._attend(l, previous[l], y, n) + self.eta
+                            z = y * s
+                            if recompute is not None:
+                                recompute.add(z, y, s)
+                            y = z
+                        outputs.append(y)
+                        if n == last - 1 and l < len(self.attention):  # g_l for flow N, now
+                            set_flow(norms, last - 1)
+                            a = self.attention[l](y)
+                            set_flow(norms, n - 1)
+                            event = torch.cuda.Event()
+                            event.record(side)
+                            maps.append((a, event))
+                    result.append(outputs)
+                    previous = outputs
+            set_flow(norms, last - 1)
+            y = inputs[-1]
+            outputs = []
+            for l in range(self.stages_in_flow(last)):
+                y = self.stages[l](y)
+                _check_stage_output(y, self.channels[l], l + 1)
+                if l < len(maps):
+                    a, event = maps[l]
+                    main.wait_event(event)
+                    a.record_stream(main)
+                    if a.shape[2:] != y.shape[2:]:
+                        a = F.interpolate(a, size=y.shape[2:], mode=self._mode, align_corners=False)
+                    s = a + self.eta
+                    z = y * s
+                    if recompute is not None:
+                        recompute.add(z, y, s)
+                    y = z
+                outputs.append(y)
+            result.append(outputs)
+        main.wait_stream(side)
+        for outputs in result[:-1]:
+            for t in outputs:
+                t.record_stream(main)
         return result
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
