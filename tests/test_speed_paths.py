@@ -27,7 +27,8 @@ def _small_r2dns(flows: int = 3, anar: str | None = "anar3") -> R2DNS:
     torch.manual_seed(0)
 
     def block(cin: int, cout: int, stride: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
     stages = [block(3, 8, 1), block(8, 16, 2), block(16, 32, 2), block(32, 32, 2)]
     return R2DNS(stages, [8, 16, 32, 32], [1, 2, 2, 2], flows=flows, anar=anar)
@@ -214,7 +215,7 @@ def _anar_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, tor
 # --------------------------------------------------------------------------- overlapped flows
 
 
-def test_overlap_is_a_no_op_off_cuda() -> None:
+def test_overlap_is_a_no_op_off_cuda_and_copies_without_streams() -> None:
     model = _small_r2dns().eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -223,6 +224,9 @@ def test_overlap_is_a_no_op_off_cuda() -> None:
         out = model(x)
     for a, b in zip(out, ref):
         assert torch.equal(a, b)
+    model.__dict__["_side_streams"] = {"cuda:0": object()}  # what an overlapped forward leaves
+    clone = copy.deepcopy(model)
+    assert "_side_streams" not in clone.__dict__ and clone.overlap
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -246,3 +250,15 @@ def test_overlapped_flows_match_the_sequential_ones_on_cuda(flows: int) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for (k, a), b in zip(model.state_dict().items(), ref_state.values()):  # per-flow statistics alike
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_overlap_flows_sets_every_r2dns_and_is_a_train_option() -> None:
+    from tdaf.engine.config import TrainConfig
+
+    detector_like = nn.ModuleList([_small_r2dns(), nn.Sequential(_small_r2dns(flows=2))])
+    assert tdaf.overlap_flows(detector_like) == 2
+    assert all(m.overlap for m in detector_like.modules() if isinstance(m, R2DNS))
+    assert tdaf.overlap_flows(detector_like, enabled=False) == 2
+    assert not any(m.overlap for m in detector_like.modules() if isinstance(m, R2DNS))
+    assert tdaf.overlap_flows(nn.Linear(2, 2)) == 0
+    assert TrainConfig().overlap_flows is False

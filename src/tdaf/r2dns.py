@@ -21,7 +21,7 @@ half the size of flow n's, so ANAR's x2 lines up as for down-sampling stages. Wi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from fractions import Fraction
 from typing import Any
@@ -35,8 +35,8 @@ from .layers.downsample import Downsample
 from .layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
 
 __all__ = [
-    "R2DNS", "StageNet", "TDAF_DEFAULTS", "AttentionMaps", "min_input_size", "check_input", "validate_stages",
-    "validate_flows", "validate_strides", "flow_inputs", "stride_fraction", "total_reduction",
+    "R2DNS", "StageNet", "overlap_flows", "TDAF_DEFAULTS", "AttentionMaps", "min_input_size", "check_input",
+    "validate_stages", "validate_flows", "validate_strides", "flow_inputs", "stride_fraction", "total_reduction",
 ]
 
 # The paper's setting (§4): 3 flows, ANAR-3, eta = 0.5 (Eq. 5), 2x2 average pooling between
@@ -108,8 +108,15 @@ def min_input_size(strides: Sequence[Stride], flows: int, dims: int = 2) -> tupl
     return tuple(sizes)
 
 
+def _fx_tracing() -> bool:
+    is_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing", None)
+    return bool(is_fx_tracing and is_fx_tracing())
+
+
 def _validating() -> bool:
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+    """False while tracing, scripting, compiling or exporting: shapes are symbolic then."""
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or _fx_tracing())
 
 
 def check_input(x: torch.Tensor, in_chans: int | None, min_size: tuple[int, ...], dims: int) -> None:
@@ -316,6 +323,11 @@ class R2DNS(nn.Module):
         # stream, concurrently with flow N (see forward_flows). Off by default.
         self.overlap = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_side_streams", None)  # CUDA streams of overlap: made again on first use
+        return state
+
     def extra_repr(self) -> str:
         attention = repr(self.anar_name) if self.anar_name is not None else "None"
         return f"flows={self.flows}, anar={attention}, eta={self.eta}"
@@ -361,34 +373,44 @@ class R2DNS(nn.Module):
         """Every flow's stage outputs, flow 1 first: ``result[n - 1][l - 1]`` is
         x_{l+1}^(n), and flow n has S(n) of them (Eq. 1)."""
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
-        if (self.overlap and x.is_cuda and self.flows > 1 and self.has_attention
-                and self._attention_maps is None and _validating()):
+        if (self.overlap and _validating() and x.is_cuda and self.flows > 1 and self.has_attention
+                and self._attention_maps is None):
             return self._forward_flows_overlapped(x)
         inputs = flow_inputs(x, self.down, self.flows)  # inputs[n - 1] is flow n's input
         # Looked up per call: freeze_mfbn / convert_to_mfbn may have replaced norm layers since.
         norms = mfbn_modules(self)
         result: list[list[torch.Tensor]] = []
-        previous: list[torch.Tensor] = []
         recompute = _RecomputeGated() if self.has_attention and _RecomputeGated.applicable() else None
         with recompute.hooks() if recompute is not None else nullcontext():
             for n in range(1, self.flows + 1):
                 set_flow(norms, n - 1)
-                y = inputs[n - 1]
-                outputs: list[torch.Tensor] = []
-                for l in range(self.stages_in_flow(n)):
-                    y = self.stages[l](y)
-                    _check_stage_output(y, self.channels[l], l + 1)
-                    if l < len(previous) and l < len(self.attention):  # flow n-1 ran stage l: Eq. 5
-                        s = self._attend(l, previous[l], y, n) + self.eta
-                        z = y * s
-                        if recompute is not None:
-                            recompute.add(z, y, s)
-                        y = z
-                    outputs.append(y)
-                result.append(outputs)
-                previous = outputs
+                result.append(self._run_flow(n, inputs[n - 1], result[-1] if result else [], recompute))
         set_flow(norms, self.flows - 1)
         return result
+
+    def _run_flow(self, n: int, y: torch.Tensor, previous: Sequence[torch.Tensor],
+                  recompute: _RecomputeGated | None,
+                  maps: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                  after_stage: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+        """Flow n's stages from its input ``y``, each output gated (Eq. 5) where flow n-1 ran
+        the stage: by g_l of ``previous[l]``, or by ``maps[l](output)`` where the maps are
+        computed elsewhere (the overlapped path)."""
+        outputs: list[torch.Tensor] = []
+        gated = min(len(maps) if maps is not None else len(previous), len(self.attention))
+        for l in range(self.stages_in_flow(n)):
+            y = self.stages[l](y)
+            _check_stage_output(y, self.channels[l], l + 1)
+            if l < gated:  # flow n-1 ran stage l
+                a = maps[l](y) if maps is not None else self._attend(l, previous[l], y, n)
+                s = a + self.eta
+                z = y * s
+                if recompute is not None:
+                    recompute.add(z, y, s)
+                y = z
+            outputs.append(y)
+            if after_stage is not None:
+                after_stage(l, y)
+        return outputs
 
     def _forward_flows_overlapped(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         """:meth:`forward_flows` with the work that flow N waits for on a side stream.
@@ -397,8 +419,8 @@ class R2DNS(nn.Module):
         the other flows until its gate, so the side stream runs flows 1..N-1 and, as soon as
         flow N-1 has finished stage l, the ANAR g_l that gates flow N (its map and an event);
         the current stream runs flow N's stages and waits for each event only at its gate.
-        Kernels are issued in the same order with the same inputs as in the sequential path,
-        so the results are the same; streams only let the GPU run them at once."""
+        Kernels are issued with the same inputs and flows' statistics as in the sequential
+        path, so the results are the same; streams only let the GPU run them at once."""
         main = torch.cuda.current_stream(x.device)
         side = self.__dict__.setdefault("_side_streams", {}).get(x.device)
         if side is None:
@@ -406,55 +428,35 @@ class R2DNS(nn.Module):
         norms = mfbn_modules(self)
         inputs = flow_inputs(x, self.down, self.flows)
         last = self.flows
-        side.wait_stream(main)
-        maps: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+        maps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+
+        def map_for_last_flow(l: int, y: torch.Tensor) -> None:  # on the side stream, after flow N-1's stage l
+            if l >= len(self.attention):
+                return
+            set_flow(norms, last - 1)
+            a = self.attention[l](y)
+            set_flow(norms, last - 2)
+            event = torch.cuda.Event()
+            event.record(side)
+
+            def ready(target: torch.Tensor, a: torch.Tensor = a, event: torch.cuda.Event = event) -> torch.Tensor:
+                main.wait_event(event)
+                a.record_stream(main)
+                return self._resize(a, target)
+
+            maps.append(ready)
+
         result: list[list[torch.Tensor]] = []
         recompute = _RecomputeGated() if _RecomputeGated.applicable() else None
+        side.wait_stream(main)
         with recompute.hooks() if recompute is not None else nullcontext():
             with torch.cuda.stream(side):
-                previous: list[torch.Tensor] = []
                 for n in range(1, last):
                     set_flow(norms, n - 1)
-                    y = inputs[n - 1]
-                    outputs: list[torch.Tensor] = []
-                    for l in range(self.stages_in_flow(n)):
-                        y = self.stages[l](y)
-                        _check_stage_output(y, self.channels[l], l + 1)
-                        if l < len(previous) and l < len(self.attention):
-                            s = self._attend(l, previous[l], y, n) + self.eta
-                            z = y * s
-                            if recompute is not None:
-                                recompute.add(z, y, s)
-                            y = z
-                        outputs.append(y)
-                        if n == last - 1 and l < len(self.attention):  # g_l for flow N, now
-                            set_flow(norms, last - 1)
-                            a = self.attention[l](y)
-                            set_flow(norms, n - 1)
-                            event = torch.cuda.Event()
-                            event.record(side)
-                            maps.append((a, event))
-                    result.append(outputs)
-                    previous = outputs
+                    result.append(self._run_flow(n, inputs[n - 1], result[-1] if result else [], recompute,
+                                                 after_stage=map_for_last_flow if n == last - 1 else None))
             set_flow(norms, last - 1)
-            y = inputs[-1]
-            outputs = []
-            for l in range(self.stages_in_flow(last)):
-                y = self.stages[l](y)
-                _check_stage_output(y, self.channels[l], l + 1)
-                if l < len(maps):
-                    a, event = maps[l]
-                    main.wait_event(event)
-                    a.record_stream(main)
-                    if a.shape[2:] != y.shape[2:]:
-                        a = F.interpolate(a, size=y.shape[2:], mode=self._mode, align_corners=False)
-                    s = a + self.eta
-                    z = y * s
-                    if recompute is not None:
-                        recompute.add(z, y, s)
-                    y = z
-                outputs.append(y)
-            result.append(outputs)
+            result.append(self._run_flow(last, inputs[-1], [], recompute, maps=maps))
         main.wait_stream(side)
         for outputs in result[:-1]:
             for t in outputs:
@@ -466,12 +468,26 @@ class R2DNS(nn.Module):
 
     def _attend(self, l: int, source: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
         anar: ANAR = self.attention[l]  # type: ignore[assignment]
-        a = anar(source)
-        # ANAR upsamples x2; odd sizes round differently, so resize to the target. Where the
-        # sizes match that is an identity and is skipped, except when tracing or exporting
-        # (the traced graph must stay shape-generic).
-        if a.shape[2:] != target.shape[2:] or not _validating():
-            a = F.interpolate(a, size=target.shape[2:], mode=self._mode, align_corners=False)
+        a = self._resize(anar(source), target)
         if self._attention_maps is not None:
             self._attention_maps[(l + 1, n)] = a.detach()
         return a
+
+    def _resize(self, a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # ANAR upsamples x2; odd sizes round differently, so resize to the target. Where the
+        # sizes match that is an identity and is skipped, except when tracing or exporting
+        # (the traced graph must stay shape-generic).
+        if not _validating() or a.shape[2:] != target.shape[2:]:
+            a = F.interpolate(a, size=target.shape[2:], mode=self._mode, align_corners=False)
+        return a
+
+
+def overlap_flows(model: nn.Module, enabled: bool = True) -> int:
+    """Set :attr:`R2DNS.overlap` on every R2DNS inside ``model`` (a classifier, a detector, a
+    pose or video model) and return how many there are. On a CUDA device the extra flows
+    and the ANARs then run on a second stream, concurrently with the last flow; elsewhere
+    (CPU, tracing, compiling, recording attention) it changes nothing."""
+    found = [m for m in model.modules() if isinstance(m, R2DNS)]
+    for m in found:
+        m.overlap = bool(enabled)
+    return len(found)

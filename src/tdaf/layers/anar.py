@@ -88,9 +88,9 @@ class _Deconv:
     ``nn.ConvTranspose2d/3d`` in its parameters, state dict and results."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and self.groups == 1 and x.numel() <= _NATIVE_DECONV_MAX_NUMEL
-                and x.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
-                and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
+        if (not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and not torch.compiler.is_compiling() and x.device.type == "cpu" and self.groups == 1
+                and x.numel() <= _NATIVE_DECONV_MAX_NUMEL and x.dtype in (torch.float32, torch.float64)):
             dims = x.dim() - 2
             return _NATIVE_DECONV[dims](x, self.weight, list(self.kernel_size), self.bias, list(self.stride),
                                         list(self.padding), list(self.output_padding), list(self.dilation))
