@@ -111,6 +111,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    help="with --amp: bf16 (default) or fp16 (for GPUs without bf16; the loss is scaled)")
     add_channels_last_arg(g, suppress=True)
     g.add_argument("--compile", action=_BOOL, help="torch.compile the model")
+    g.add_argument("--overlap-flows", action=_BOOL,
+                   help="on a CUDA device, run the extra flows and the ANARs on a second stream, concurrently "
+                   "with the last flow (same results; default off)")
     g.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")
     g.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
     g.add_argument("--overwrite", action=_BOOL, help="start over in an --out folder that holds a checkpoint")

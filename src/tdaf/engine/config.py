@@ -78,6 +78,7 @@ class TrainConfig:
     amp_dtype: str = "bf16"
     channels_last: bool = False
     compile: bool = False
+    overlap_flows: bool = False
     out: str = "runs/train"
     resume: str | None = None
     overwrite: bool = False

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from ..data import GlobalBatchSampler, ShardSampler
 from ..io.files import atomic_save, atomic_write_text, clean_stale_temporaries, deferred_interrupts, ensure_writable_dir
+from ..r2dns import overlap_flows
 from .checkpoint import architecture, build_from_spec, checkpoint_payload, load_checkpoint, state_dict_mismatch
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
@@ -229,6 +230,8 @@ class Trainer:
         model.to(env.device)
         if cfg.channels_last:
             model.to(memory_format=self._memory_format())
+        if cfg.overlap_flows:
+            overlap_flows(model)
         optimizer = self._optimizer(model)
         # fp16 needs loss scaling (bf16 does not); a disabled scaler is a pass-through.
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp and cfg.amp_dtype == "fp16")
