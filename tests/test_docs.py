@@ -21,7 +21,10 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _blocks(page: Path, lang: str) -> list[str]:
-    return re.findall(rf"^```{lang}\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    """The bodies of the fenced blocks whose language tag matches ``lang`` (every block is
+    paired first, so a block of another language never swallows the next one)."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    return [body for tag, body in blocks if re.fullmatch(lang, tag)]
 
 
 def _command_lines(page: Path) -> list[str]:
