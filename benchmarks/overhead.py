@@ -88,10 +88,10 @@ class Case:
 
 
 CASES: dict[str, Case] = {c.name: c for c in (
-    Case("eval-b8", "resnet50", 8, 224, "eval", 15),
+    Case("eval-b8", "resnet50", 8, 224, "eval", 25),
     Case("eval-b1", "resnet50", 1, 224, "eval", 40),
     Case("eval-cifar", "resnet18_cifar", 1, 32, "eval", 200, num_classes=10),
-    Case("train", "resnet50", 8, 224, "train", 10),
+    Case("train", "resnet50", 8, 224, "train", 16),
     Case("memory", "resnet50", 8, 224, "memory", 1),
     Case("attention", "resnet50", 8, 224, "attention", 6),
     Case("gpu-b64", "resnet50", 64, 224, "gpu", 30),
@@ -318,7 +318,8 @@ def run_case(case: Case, mode: str, device: torch.device, rounds: int, progress:
         base = attention_models(case)
         models = _prepare(base, mode, device, train=False)
         x, y = _inputs(case, mode, device)
-        evals = interleave({k: eval_fn(m, x) for k, m in models.items()}, rounds, device, progress=label and label + " eval")
+        evals = interleave({k: eval_fn(m, x) for k, m in models.items()}, rounds, device,
+                           progress=label and label + " eval")
         for m in models.values():
             m.train()
         trains = interleave({k: train_fn(m, x, y) for k, m in models.items()}, max(rounds // 2, 2), device,
