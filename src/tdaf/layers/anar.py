@@ -57,10 +57,13 @@ def _conv(dims: int, cin: int, cout: int, k: int, stride: int = 1, padding: int 
     return cls(cin, cout, k, stride=stride, padding=padding, groups=groups, bias=bias)
 
 
-# Below this many input elements, a CPU transposed conv runs on PyTorch's native kernel
-# (``slow_conv_transpose2d/3d``): oneDNN's costs ~90 us a call however small the input,
-# against ~15 us native on the maps ANAR sees at batch 1 (8x8 and smaller); from about
-# (1, 32, 28, 28) on oneDNN is as fast or faster. Same operation, same parameters.
+# In inference, below this many input elements, a CPU transposed conv runs on PyTorch's
+# native kernel (``slow_conv_transpose2d/3d``): oneDNN's costs ~90 us a call however small
+# the input, against ~15 us native on the maps ANAR sees at batch 1 (8x8 and smaller); from
+# about (1, 32, 28, 28) on oneDNN is as fast or faster. Same operation, same parameters,
+# results equal to float rounding. Training keeps oneDNN's kernel: its backward is the
+# measured one, and a run's numbers do not move with this (a 2-epoch digits run is
+# sensitive to rounding: 95.83 vs 94.44 top-1 for TDAF in the demo).
 _NATIVE_DECONV_MAX_NUMEL = 16384
 _NATIVE_DECONV = {2: torch.ops.aten.slow_conv_transpose2d, 3: torch.ops.aten.slow_conv_transpose3d}
 
@@ -88,7 +91,8 @@ class _Deconv:
     ``nn.ConvTranspose2d/3d`` in its parameters, state dict and results."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+        if (not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
+                and not torch.jit.is_scripting()
                 and not torch.compiler.is_compiling() and x.device.type == "cpu" and self.groups == 1
                 and x.numel() <= _NATIVE_DECONV_MAX_NUMEL and x.dtype in (torch.float32, torch.float64)):
             dims = x.dim() - 2
