@@ -109,8 +109,11 @@ def min_input_size(strides: Sequence[Stride], flows: int, dims: int = 2) -> tupl
 
 
 def _fx_tracing() -> bool:
-    is_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing", None)
-    return bool(is_fx_tracing and is_fx_tracing())
+    # torch.fx.symbolic_trace (compiling and exporting are asked separately); newer torch
+    # logs a warning on every call of is_fx_tracing, so the specific function comes first.
+    module = torch.fx._symbolic_trace
+    check = getattr(module, "is_fx_symbolic_tracing", None) or getattr(module, "is_fx_tracing", None)
+    return bool(check is not None and check())
 
 
 def _validating() -> bool:
