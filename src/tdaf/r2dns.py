@@ -33,6 +33,7 @@ from torch import nn
 from .layers.anar import ANAR, create_anar
 from .layers.downsample import Downsample
 from .layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
+from .layers.tracing import is_eager
 
 __all__ = [
     "R2DNS", "StageNet", "overlap_flows", "TDAF_DEFAULTS", "AttentionMaps", "min_input_size", "check_input",
@@ -108,23 +109,9 @@ def min_input_size(strides: Sequence[Stride], flows: int, dims: int = 2) -> tupl
     return tuple(sizes)
 
 
-def _fx_tracing() -> bool:
-    # torch.fx.symbolic_trace (compiling and exporting are asked separately); newer torch
-    # logs a warning on every call of is_fx_tracing, so the specific function comes first.
-    module = torch.fx._symbolic_trace
-    check = getattr(module, "is_fx_symbolic_tracing", None) or getattr(module, "is_fx_tracing", None)
-    return bool(check is not None and check())
-
-
-def _validating() -> bool:
-    """False while tracing, scripting, compiling or exporting: shapes are symbolic then."""
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or _fx_tracing())
-
-
 def check_input(x: torch.Tensor, in_chans: int | None, min_size: tuple[int, ...], dims: int) -> None:
     """Raise ValueError for an input a staged backbone cannot take."""
-    if not _validating():
+    if not is_eager():
         return
     if x.dim() != dims + 2:
         layout = "(B, C, H, W)" if dims == 2 else "(B, C, T, H, W)"
@@ -144,7 +131,7 @@ torch.fx.wrap("check_input")
 
 
 def _check_stage_output(y: torch.Tensor, expected: int, stage: int) -> None:
-    if _validating() and y.shape[1] != expected:
+    if is_eager() and y.shape[1] != expected:
         raise ValueError(
             f"stage {stage}: declared {expected} output channels, but the stage produced {y.shape[1]}"
         )
@@ -245,7 +232,7 @@ class _RecomputeGated:
     def applicable() -> bool:
         # Not under someone else's saved-tensor hooks (checkpointing, CPU offload, a memory
         # probe): hooks do not nest, ours would replace theirs.
-        if not (torch.is_grad_enabled() and _validating()):
+        if not (torch.is_grad_enabled() and is_eager()):
             return False
         top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
         return top is not None and top(False) is None
@@ -376,7 +363,7 @@ class R2DNS(nn.Module):
         """Every flow's stage outputs, flow 1 first: ``result[n - 1][l - 1]`` is
         x_{l+1}^(n), and flow n has S(n) of them (Eq. 1)."""
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
-        if (self.overlap and _validating() and x.is_cuda and self.flows > 1 and self.has_attention
+        if (self.overlap and is_eager() and x.is_cuda and self.flows > 1 and self.has_attention
                 and self._attention_maps is None):
             return self._forward_flows_overlapped(x)
         inputs = flow_inputs(x, self.down, self.flows)  # inputs[n - 1] is flow n's input
@@ -480,7 +467,7 @@ class R2DNS(nn.Module):
         # ANAR upsamples x2; odd sizes round differently, so resize to the target. Where the
         # sizes match that is an identity and is skipped, except when tracing or exporting
         # (the traced graph must stay shape-generic).
-        if not _validating() or a.shape[2:] != target.shape[2:]:
+        if not is_eager() or a.shape[2:] != target.shape[2:]:
             a = F.interpolate(a, size=target.shape[2:], mode=self._mode, align_corners=False)
         return a
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tracing import is_eager
+
 __all__ = ["ANAR", "ANARSpec", "ANAR_SPECS", "create_anar", "anar_names"]
 
 
@@ -91,9 +93,7 @@ class _Deconv:
     ``nn.ConvTranspose2d/3d`` in its parameters, state dict and results."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
-                and not torch.jit.is_scripting()
-                and not torch.compiler.is_compiling() and x.device.type == "cpu" and self.groups == 1
+        if (not torch.is_grad_enabled() and is_eager() and x.device.type == "cpu" and self.groups == 1
                 and x.numel() <= _NATIVE_DECONV_MAX_NUMEL and x.dtype in (torch.float32, torch.float64)):
             dims = x.dim() - 2
             return _NATIVE_DECONV[dims](x, self.weight, list(self.kernel_size), self.bias, list(self.stride),

@@ -30,6 +30,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .tracing import is_eager
+
 __all__ = [
     "MultiFlowBatchNorm", "SyncMultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "convert_to_mfbn", "freeze_mfbn",
     "convert_sync_batchnorm", "set_flow", "mfbn_modules",
@@ -152,7 +154,8 @@ class MultiFlowBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_dims(x, self.dims)
         flow = self.flow
-        if not self.training and self.track_running_stats and not torch.compiler.is_compiling():
+        if not self.training and self.track_running_stats and is_eager():
+            # (Not when tracing: a traced graph must read the buffers, not views taken before.)
             # Inference: normalise with flow ``flow``'s running statistics, nothing updates.
             mean, var = self._flow_statistics(flow)
             return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
