@@ -50,7 +50,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +61,8 @@ from torch import nn
 
 import tdaf
 from tdaf.layers.downsample import Downsample
-from tdaf.profile import count_gmacs, count_params
+from tdaf.r2dns import flow_inputs
+from tdaf.profile import count_gmacs, count_params, interleaved_times
 
 # Targets on the 2-core CPU machine (medians): ratio to the plain network, or for
 # "attention share" the gap to the floor.
@@ -117,12 +117,8 @@ class ExtraFlowsFloor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = self.plain.backbone.stages
-        inputs = [x]
-        for _ in range(self.flows - 1):
-            inputs.append(self.down(inputs[-1]))
-        inputs.reverse()
         tie = None
-        for n, y in enumerate(inputs, start=1):
+        for n, y in enumerate(flow_inputs(x, self.down, self.flows), start=1):
             for stage in stages[: len(stages) - (self.flows - n)]:
                 y = stage(y)
             if n < self.flows:
@@ -160,44 +156,14 @@ def attention_models(case: Case) -> dict[str, nn.Module]:
 # ----------------------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds of one call: wall time on CPU, CUDA events on a GPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
-
-
-def interleave(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device, warmup: int = 2,
+def interleave(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device,
                progress: str = "") -> dict[str, list[float]]:
-    """Per-round seconds of each function; within a round each runs once, and the order
-    rotates from round to round (no function always follows the same one)."""
-    keys = list(fns)
-    for _ in range(warmup):
-        for k in keys:
-            fns[k]()
-    _sync(device)
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        order = keys[r % len(keys):] + keys[: r % len(keys)]
-        for k in order:
-            times[k].append(timed(fns[k], device))
-        if progress:
-            print(f"\r  {progress}: round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr, flush=True)
-    return times
+    """Per-round seconds of each function (:func:`tdaf.profile.interleaved_times`), with a
+    progress line on stderr when ``progress`` names the work."""
+    def report(r: int) -> None:
+        print(f"\r  {progress}: round {r}/{rounds}", end="\n" if r == rounds else "", file=sys.stderr, flush=True)
+
+    return interleaved_times(fns, rounds, device=device, on_round=report if progress else None)
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

@@ -264,3 +264,14 @@ def test_overlap_flows_sets_every_r2dns_and_is_a_train_option() -> None:
     assert not any(m.overlap for m in detector_like.modules() if isinstance(m, R2DNS))
     assert tdaf.overlap_flows(nn.Linear(2, 2)) == 0
     assert TrainConfig().overlap_flows is False
+
+
+def test_interleaved_times_rotate_the_order_every_round() -> None:
+    from tdaf.profile import interleaved_times
+
+    calls: list[str] = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    rounds: list[int] = []
+    times = interleaved_times(fns, rounds=3, warmup=1, on_round=rounds.append)
+    assert calls == list("abc" "abc" "bca" "cab")  # the warm-up round, then the rotated ones
+    assert rounds == [1, 2, 3] and all(len(t) == 3 and min(t) >= 0 for t in times.values())
