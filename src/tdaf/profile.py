@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_gmacs", "measure_latency", "interleaved_latency", "interleaved_times", "profile_model"]
+__all__ = [
+    "count_params", "count_gmacs", "measure_latency", "interleaved_latency", "interleaved_times", "profile_model",
+]
 
 
 def count_params(model: nn.Module) -> int:
