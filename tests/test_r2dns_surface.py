@@ -15,7 +15,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import tdaf
 from tdaf.export import export_model, second_size
 from tdaf.layers import ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, convert_to_mfbn, freeze_mfbn
-from tdaf.r2dns import TDAF_DEFAULTS, R2DNS, min_input_size
+from tdaf.r2dns import TDAF_ARCH_KEYS, TDAF_DEFAULTS, R2DNS, min_input_size
 
 
 def _stages(channels: list[int], strides: list[int], dims: int = 2, cin: int = 3) -> list[nn.Module]:
@@ -39,11 +39,12 @@ def _train_stats(module: nn.Module, x: torch.Tensor) -> None:
 
 
 def test_defaults_live_in_one_place() -> None:
-    assert TDAF_DEFAULTS == dict(flows=3, anar="anar3", eta=0.5, downsample="avg")
+    assert TDAF_DEFAULTS == dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto")
+    assert tuple(TDAF_DEFAULTS)[:4] == TDAF_ARCH_KEYS
     r = R2DNS(_stages([4, 4, 4], [2, 2, 2]), [4] * 3, [2] * 3)
-    assert (r.flows, r.anar_name, r.eta, r.down.mode) == tuple(TDAF_DEFAULTS.values())
+    assert (r.flows, r.anar_name, r.eta, r.down.mode) == tuple(TDAF_DEFAULTS[k] for k in TDAF_ARCH_KEYS)
     model = tdaf.create_model("tdaf_resnet18_cifar")
-    assert {k: model.pretrained_cfg[k] for k in TDAF_DEFAULTS} == TDAF_DEFAULTS
+    assert {k: model.pretrained_cfg[k] for k in TDAF_ARCH_KEYS} == {k: TDAF_DEFAULTS[k] for k in TDAF_ARCH_KEYS}
 
 
 def test_anar_none_runs_independent_flows() -> None:

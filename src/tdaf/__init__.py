@@ -16,7 +16,7 @@ from .layers import (
 from .models import (
     BackboneWithFPN, FeatureMaps, TDAFClassifier, create_model, is_model, list_models, model_cfg, register_model,
 )
-from .r2dns import TDAF_DEFAULTS, R2DNS, StageNet, overlap_flows
+from .r2dns import TDAF_DEFAULTS, R2DNS, StageNet, init_attention, overlap_flows
 
 __version__ = "0.1.0"
 
@@ -24,5 +24,6 @@ __all__ = [
     "R2DNS", "StageNet", "TDAF_DEFAULTS", "ANAR", "MultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "TDAFClassifier",
     "SyncMultiFlowBatchNorm", "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "convert_sync_batchnorm",
     "freeze_mfbn", "create_anar", "create_model",
-    "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "__version__",
+    "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "init_attention",
+    "__version__",
 ]

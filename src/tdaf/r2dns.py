@@ -36,13 +36,37 @@ from .layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
 from .layers.tracing import is_eager
 
 __all__ = [
-    "R2DNS", "StageNet", "overlap_flows", "TDAF_DEFAULTS", "AttentionMaps", "min_input_size", "check_input",
+    "R2DNS", "StageNet", "overlap_flows", "init_attention", "TDAF_DEFAULTS", "TDAF_ARCH_KEYS", "ATTENTION_INITS",
+    "resolve_attention_init", "AttentionMaps", "min_input_size", "check_input",
     "validate_stages", "validate_flows", "validate_strides", "flow_inputs", "stride_fraction", "total_reduction",
 ]
 
 # The paper's setting (§4): 3 flows, ANAR-3, eta = 0.5 (Eq. 5), 2x2 average pooling between
 # flows (Eq. 2). Every builder reads these, so changing a default means changing it here.
-TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg")
+TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto")
+# The settings that decide a TDAF network's layout and forward (recorded in its config and
+# checkpoints, compared when weights are loaded); ``attention_init`` only decides the start.
+TDAF_ARCH_KEYS: tuple[str, ...] = ("flows", "anar", "eta", "downsample")
+
+# How the ANARs start (:meth:`R2DNS.init_attention`). "identity": the last conv of every ANAR
+# at zero, so each gate is 1 - eta and Eq. 5 multiplies by exactly 1: the network equals its
+# plain counterpart at step 0, and attention still learns (its gradient is not zero).
+# "random": every ANAR layer Kaiming-initialised (gates near 0.5 with a random spread).
+# "auto": identity when the model starts from trained weights (a plain network's, which
+# attention must not disturb), SCRATCH_ATTENTION_INIT from scratch (chosen by measurement:
+# README, "Attention initialisation").
+ATTENTION_INITS: tuple[str, ...] = ("auto", "identity", "random")
+SCRATCH_ATTENTION_INIT = "random"
+
+
+def resolve_attention_init(value: str | None, from_trained: bool = False) -> str:
+    """``"identity"`` or ``"random"`` for an ``attention_init`` setting (None means "auto")."""
+    value = "auto" if value is None else value
+    if value not in ATTENTION_INITS:
+        raise ValueError(f"attention_init: got {value!r}; allowed: {', '.join(ATTENTION_INITS)}")
+    if value == "auto":
+        return "identity" if from_trained else SCRATCH_ATTENTION_INIT
+    return value
 
 # A stage's stride: an int >= 1 reduces the size; ``1 / k`` (``0.5``, ``0.25``) up-samples it
 # k times (a transposed-conv stage, e.g. SimpleBaseline's pose head); a tuple gives one per dim.
@@ -266,6 +290,10 @@ class R2DNS(nn.Module):
         dims: 2 for images, 3 for video (3D ANAR, DSF over T, H and W).
         depthwise: depthwise-separable ANAR (MobileNet).
         in_chans: expected input channels (checked), or None.
+        attention_init: how the ANARs start: ``"identity"`` (the network equals its plain
+            counterpart at step 0), ``"random"``, or ``"auto"`` (from scratch:
+            :data:`SCRATCH_ATTENTION_INIT`; builders that load trained weights pass
+            ``"identity"``). See :meth:`init_attention`.
 
     Defaults are :data:`TDAF_DEFAULTS`. ``forward`` returns the last flow's stage outputs
     ``[x_2^(N), ..., x_{L+1}^(N)]``; :meth:`forward_flows` returns every flow's.
@@ -283,8 +311,10 @@ class R2DNS(nn.Module):
         dims: int = 2,
         depthwise: bool = False,
         in_chans: int | None = 3,
+        attention_init: str = TDAF_DEFAULTS["attention_init"],
     ) -> None:
         super().__init__()
+        attention_init = resolve_attention_init(attention_init)
         validate_stages(stages, channels, strides, dims)
         num_stages = len(stages)
         validate_flows(flows, num_stages)
@@ -306,6 +336,7 @@ class R2DNS(nn.Module):
         )
         if flows == 1 and anar is not None:
             create_anar(anar, 8)  # still validate the name
+        self.init_attention(attention_init)
         convert_to_mfbn(self, flows)
         self._mode = "bilinear" if dims == 2 else "trilinear"
         self._attention_maps: AttentionMaps | None = None
@@ -321,6 +352,19 @@ class R2DNS(nn.Module):
     def extra_repr(self) -> str:
         attention = repr(self.anar_name) if self.anar_name is not None else "None"
         return f"flows={self.flows}, anar={attention}, eta={self.eta}"
+
+    def init_attention(self, mode: str = "identity") -> None:
+        """(Re-)initialise every ANAR: ``"identity"`` sets each ANAR's last conv to weight 0
+        and bias ``logit(1 - eta)``, so every gate is ``1 - eta`` and Eq. 5 multiplies each
+        stage output by exactly 1 (the network computes its plain counterpart, the other
+        flows' statistics aside); ``"random"`` re-draws every ANAR layer. Other weights and
+        all BatchNorm layers are left as they are."""
+        mode = resolve_attention_init(mode)
+        if mode == "identity" and self.attention and not 0.0 < self.eta < 1.0:
+            raise ValueError(f"attention_init: 'identity' needs 0 < eta < 1 (a gate g + eta = 1 with g in (0, 1)); "
+                             f"got eta={self.eta}")
+        for g in self.attention:
+            g.reset_parameters(gate=1.0 - self.eta if mode == "identity" else None)
 
     @property
     def has_attention(self) -> bool:
@@ -480,4 +524,14 @@ def overlap_flows(model: nn.Module, enabled: bool = True) -> int:
     found = [m for m in model.modules() if isinstance(m, R2DNS)]
     for m in found:
         m.overlap = bool(enabled)
+    return len(found)
+
+
+def init_attention(model: nn.Module, mode: str = "identity") -> int:
+    """Run :meth:`R2DNS.init_attention` on every R2DNS inside ``model`` (any task's model)
+    and return how many there are: ``init_attention(model, "identity")`` after loading a
+    plain network's weights makes the TDAF model compute that network at step 0."""
+    found = [m for m in model.modules() if isinstance(m, R2DNS)]
+    for m in found:
+        m.init_attention(mode)
     return len(found)

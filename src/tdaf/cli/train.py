@@ -13,6 +13,7 @@ from ..engine.checkpoint import load_checkpoint
 from ..engine.config import AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
 from ..engine.task import task_for_config, task_names, with_task_defaults
 from ..engine.trainer import TrainingDiverged, Trainer
+from ..r2dns import ATTENTION_INITS, SCRATCH_ATTENTION_INIT
 from ._common import (
     add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg,
     apply_threads, input_size_hw,
@@ -63,6 +64,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--anar", help="TDAF attention module: anar2 | anar3 | anar5 | anar7 (default anar3)")
     g.add_argument("--eta", type=float, help="half-scale residual of Eq. 5 (default 0.5)")
     g.add_argument("--downsample", help="TDAF downsampling between flows: avg | bilinear (default avg)")
+    g.add_argument("--attention-init", choices=list(ATTENTION_INITS),
+                   help="how the ANARs start: identity (the model computes its plain counterpart at step 0), random, "
+                   f"or auto (identity over trained weights, {SCRATCH_ATTENTION_INIT} from scratch; the default)")
     g.add_argument("--pretrained", metavar="FILE", help="initialise the plain backbone from a local state dict")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="NAME",

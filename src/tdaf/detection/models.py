@@ -29,7 +29,8 @@ from ..engine.checkpoint import CHECKPOINT_FORMAT
 from ..io.files import load_state_dict_file, safe_load
 from ..layers.mfbn import freeze_mfbn
 from ..models import BackboneWithFPN, FeatureMaps, create_model, register_model
-from ..r2dns import R2DNS, StageNet
+from ..models._builder import with_attention_init
+from ..r2dns import TDAF_ARCH_KEYS, TDAF_DEFAULTS, R2DNS, StageNet
 
 __all__ = ["TDAFFCOS", "build_fcos", "torchvision_fcos_state_dict", "backbone_of", "TASK", "COCO_NUM_CLASSES"]
 
@@ -175,7 +176,7 @@ def build_fcos(
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}; allowed: an integer >= 1")
-    tdaf_kwargs = {k: kwargs.pop(k) for k in ("flows", "anar", "eta", "downsample") if k in kwargs}
+    tdaf_kwargs = {k: kwargs.pop(k) for k in TDAF_DEFAULTS if k in kwargs}
     if tdaf_kwargs and not cfg["tdaf"]:
         raise ValueError(f"{', '.join(tdaf_kwargs)}: only TDAF models take these; {model_name!r} is a plain "
                          f"model (use {cfg['tdaf_variant']!r})")
@@ -188,6 +189,8 @@ def build_fcos(
         ckpt = obj if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT else None
         if ckpt is None:
             load_state_dict_file(backbone_weights, "backbone_weights")  # a clear error for anything else
+    if cfg["tdaf"] and trained:  # a trained backbone: "auto" starts attention as the identity
+        tdaf_kwargs = with_attention_init(tdaf_kwargs, True)
     classifier = create_model(cfg["backbone"], num_classes=0,
                               pretrained=None if ckpt is not None or not trained else backbone_weights,
                               **tdaf_kwargs)
@@ -207,7 +210,7 @@ def build_fcos(
         raise ValueError(f"min_size, max_size: got {min_size!r}, {max_size!r}; allowed: sizes >= 1 with "
                          f"max_size >= every min_size")
     model = TDAFFCOS(backbone, num_classes, min_size=sizes, max_size=max_size, **kwargs)
-    tdaf_settings = {k: v for k, v in classifier.pretrained_cfg.items() if k in ("flows", "anar", "eta", "downsample")}
+    tdaf_settings = {k: v for k, v in classifier.pretrained_cfg.items() if k in TDAF_ARCH_KEYS}
     model.pretrained_cfg = dict(cfg, num_classes=num_classes, frozen_bn=frozen_bn, trainable_layers=trainable_layers,
                                 min_size=list(sizes), max_size=max_size, architecture=model_name, **tdaf_settings)
     return model

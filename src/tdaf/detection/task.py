@@ -57,9 +57,7 @@ def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
     weights file is not among them: the checkpoint's weights replace it, but whether they
     froze the BatchNorms is)."""
     kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
-    for key in ("flows", "anar", "eta", "downsample"):
-        if getattr(cfg, key) is not None:
-            kwargs[key] = getattr(cfg, key)
+    kwargs.update(cfg.tdaf_kwargs())
     kwargs.update(recipe_sizes(cfg.data, cfg.recipe, cfg.input_size))
     kwargs["frozen_bn"] = cfg.pretrained is not None
     return kwargs

@@ -14,6 +14,7 @@ import torch
 
 from ..io.files import atomic_save, first_line, load_state_dict_file, safe_load
 from ..models import create_model
+from ..r2dns import TDAF_ARCH_KEYS
 
 __all__ = [
     "safe_load", "atomic_save", "load_state_dict_file", "checkpoint_payload", "load_checkpoint",
@@ -77,7 +78,7 @@ def architecture(model: torch.nn.Module) -> dict[str, Any]:
     """The settings that define a model's architecture beyond its name, as the model reports
     them (its ``pretrained_cfg``): the TDAF settings, resolved to their defaults."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return {k: cfg[k] for k in ("flows", "anar", "eta", "downsample") if k in cfg}
+    return {k: cfg[k] for k in TDAF_ARCH_KEYS if k in cfg}
 
 
 def build_from_spec(spec: dict[str, Any], device: str | torch.device | None = None) -> torch.nn.Module:

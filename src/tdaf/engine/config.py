@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from ..r2dns import ATTENTION_INITS, TDAF_DEFAULTS
+
 __all__ = ["TrainConfig", "load_config_file", "SCHEDULES", "OPTIMIZERS", "MODEL_KEYS"]
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -44,6 +46,7 @@ class TrainConfig:
     anar: str | None = None
     eta: float | None = None
     downsample: str | None = None
+    attention_init: str | None = None  # None: "auto" (identity over trained weights)
     pretrained: str | None = None
     # data
     data: str | None = None  # None: the task's default
@@ -111,6 +114,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def tdaf_kwargs(self) -> dict[str, Any]:
+        """The TDAF settings given (``flows``, ``anar``, ``eta``, ``downsample``,
+        ``attention_init``), as model-builder keyword arguments."""
+        return {k: getattr(self, k) for k in TDAF_DEFAULTS if getattr(self, k) is not None}
+
     def merged(self, overrides: dict[str, Any], source: str = "command line") -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **overrides}, source)
 
@@ -145,6 +153,8 @@ class TrainConfig:
             raise bad("amp_dtype", ", ".join(AMP_DTYPE_NAMES))
         if self.schedule not in SCHEDULES:
             raise bad("schedule", ", ".join(SCHEDULES))
+        if self.attention_init is not None and self.attention_init not in ATTENTION_INITS:
+            raise bad("attention_init", ", ".join(ATTENTION_INITS))
         for key in ("epochs", "batch_size", "accum_steps", "lr_batch", "eval_every", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, "an integer >= 1")

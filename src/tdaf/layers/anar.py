@@ -10,6 +10,7 @@ stage output, which is twice as large.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -178,11 +179,25 @@ class ANAR(nn.Module):
         self.head = _conv(dims, cur, 1, 1, bias=True)
         self.interpolate = spec.interpolate
         self._mode = "bilinear" if dims == 2 else "trilinear"
+        self.reset_parameters()
+
+    def reset_parameters(self, gate: float | None = None) -> None:
+        """Kaiming-normal convolutions with zero biases (``gate=None``: every layer random,
+        the output near 0.5 with a random spread); with ``gate`` in (0, 1), the last 1x1
+        conv starts at weight 0 and bias ``logit(gate)``, so the module outputs exactly
+        ``gate`` everywhere while its gradient is not zero (as a zero-initialised residual
+        branch). R2DNS uses ``gate = 1 - eta`` to make attention start as the identity."""
+        if gate is not None and not (isinstance(gate, (int, float)) and 0.0 < gate < 1.0):
+            raise ValueError(f"gate: got {gate!r}; allowed: a number in (0, 1) or None")
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if gate is not None:
+            with torch.no_grad():
+                self.head.weight.zero_()
+                self.head.bias.fill_(math.log(gate / (1.0 - gate)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.trans(x)

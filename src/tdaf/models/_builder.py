@@ -10,10 +10,11 @@ from typing import Any
 
 from torch import nn
 
-from ..r2dns import TDAF_DEFAULTS, R2DNS, StageNet, Stride
+from ..r2dns import TDAF_DEFAULTS, R2DNS, StageNet, Stride, resolve_attention_init
 from .classifier import TDAFClassifier
 
-__all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings", "check_torchvision_args"]
+__all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings", "check_torchvision_args",
+           "with_attention_init"]
 
 
 def paired_cfgs(name: str, cfg: dict[str, Any], tdaf_name: str | None = None) -> dict[str, dict[str, Any]]:
@@ -31,6 +32,12 @@ def split_tdaf_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     tdaf = {k: v for k, v in kwargs.items() if k in TDAF_DEFAULTS}
     rest = {k: v for k, v in kwargs.items() if k not in TDAF_DEFAULTS}
     return tdaf, rest
+
+
+def with_attention_init(tdaf_kwargs: dict[str, Any], from_trained: bool) -> dict[str, Any]:
+    """``tdaf_kwargs`` with ``attention_init`` resolved ("auto": identity over trained
+    weights, the from-scratch default otherwise)."""
+    return dict(tdaf_kwargs, attention_init=resolve_attention_init(tdaf_kwargs.get("attention_init"), from_trained))
 
 
 def check_torchvision_args(
@@ -80,6 +87,7 @@ def build_model(
     in_chans: int | None = 3,
     model_cls: type[TDAFClassifier] = TDAFClassifier,
     stem_info: Sequence[dict[str, Any]] = (),
+    from_trained: bool = False,
     **tdaf_kwargs: Any,
 ) -> TDAFClassifier:
     """Wrap ``stages`` in R2DNS (``tdaf=True``, with ``tdaf_kwargs``: ``flows``, ``anar``,
@@ -89,8 +97,11 @@ def build_model(
     ``cfg`` becomes the model's ``pretrained_cfg``, with ``architecture=name`` and the
     TDAF settings used. Plain and ``flows=1`` TDAF models share one weight layout.
     ``stem_info`` lists the feature levels (timm's numbering starts with them) computed
-    inside the first stage, such as a ResNet's stem."""
+    inside the first stage, such as a ResNet's stem. ``from_trained``: the stages hold
+    trained weights (``pretrained=``), so ``attention_init="auto"`` starts attention as
+    the identity."""
     if tdaf:
+        tdaf_kwargs = with_attention_init(tdaf_kwargs, from_trained)
         backbone: R2DNS | StageNet = R2DNS(stages, channels, strides, depthwise=depthwise, in_chans=in_chans,
                                            **tdaf_kwargs)
     else:

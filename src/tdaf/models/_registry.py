@@ -129,6 +129,7 @@ def create_model(
     anar: str | None = None,
     eta: float | None = None,
     downsample: str | None = None,
+    attention_init: str | None = None,
     pretrained: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
@@ -136,7 +137,9 @@ def create_model(
 
     ``flows``, ``anar``, ``eta`` and ``downsample`` (defaults: ``TDAF_DEFAULTS``, the
     paper's 3 flows, ANAR-3, 0.5, average pooling) configure TDAF models (``tdaf_*``); giving them to a plain model is an
-    error. ``pretrained`` is a local file holding the plain backbone's state dict in
+    error. ``attention_init`` (``"auto"``, ``"identity"``, ``"random"``) decides how the
+    ANARs start: "identity" makes the model compute its plain counterpart at step 0;
+    "auto" is "identity" with ``pretrained`` weights and the from-scratch default otherwise. ``pretrained`` is a local file holding the plain backbone's state dict in
     torchvision or timm layout; nothing is ever downloaded.
 
     ``features_only=True`` (with optional ``out_indices``) returns the backbone alone,
@@ -147,7 +150,8 @@ def create_model(
     and ``timm/<timm name>`` wrap any sequential timm CNN.
     """
     builder, cfg = _resolve(name)
-    tdaf_args = {k: v for k, v in zip(TDAF_ARGS, (flows, anar, eta, downsample)) if v is not None}
+    given = (flows, anar, eta, downsample, attention_init)
+    tdaf_args = {k: v for k, v in zip(TDAF_ARGS, given, strict=True) if v is not None}
     if tdaf_args and not cfg.get("tdaf", False):
         # A model may take a subset (the multi-scale ablation: flows and downsample, no ANAR).
         allowed = cfg.get("tdaf_args", ())

@@ -117,7 +117,8 @@ def _create_resnet(
     # timm numbers a ResNet's feature levels from its stem (level 0, act1), which is inside stage 1 here.
     stem = [dict(num_chs=64, reduction=1 if cifar else 2, module="backbone.stages.0.relu")]
     model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
-                        drop_rate=drop_rate, in_chans=in_chans, stem_info=stem, **tdaf_kwargs)
+                        drop_rate=drop_rate, in_chans=in_chans, stem_info=stem, from_trained=pretrained is not None,
+                        **tdaf_kwargs)
     if num_classes > 0:
         model.head.fc = net.fc  # keeps pretrained classifier weights when the class count matches
     return model

@@ -348,7 +348,8 @@ def create_timm_model(
                  for f in timm_levels[:split.levels[0]]]
     model = build_model(name, stages, split.channels, split.strides, cfg, tdaf=tdaf, num_classes=num_classes,
                         head=split.head, num_features=split.num_features, in_chans=int(timm_kwargs.get("in_chans", 3)),
-                        stem_info=stem_info, **(dict(depthwise=depthwise) if tdaf else {}), **tdaf_kwargs)
+                        stem_info=stem_info, from_trained=pretrained is not None,
+                        **(dict(depthwise=depthwise) if tdaf else {}), **tdaf_kwargs)
     # Where the classifier and first conv ended up (timm's pretrained-config fields).
     names = {id(m): n for n, m in model.named_modules()}
     if id(model.get_classifier()) in names:

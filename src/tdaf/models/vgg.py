@@ -157,7 +157,7 @@ def _create_vgg(
     stages, channels, strides = vgg_stages(net.features)
     head = VGGHead(net.avgpool, net.classifier, num_classes)
     model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
-                        head=head, in_chans=in_chans, **tdaf_kwargs)
+                        head=head, in_chans=in_chans, from_trained=pretrained is not None, **tdaf_kwargs)
     model.head_hidden_size = head.hidden_size
     return model
 

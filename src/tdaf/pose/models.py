@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..models import create_model, register_model
-from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings
+from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings, with_attention_init
 from ..r2dns import R2DNS, StageNet
 
 __all__ = ["SimpleBaselinePose", "deconv_stages", "HEATMAP_STRIDE"]
@@ -119,7 +119,7 @@ def _create_simplebaseline(
     channels, strides = [HEAD_CHANNELS] * 3, [0.5] * 3
     head: StageNet | R2DNS
     if cfg["tdaf"]:
-        head = R2DNS(stages, channels, strides, in_chans=c5, **tdaf_kwargs)
+        head = R2DNS(stages, channels, strides, in_chans=c5, **with_attention_init(tdaf_kwargs, weights is not None))
     else:
         head = StageNet(stages, channels, strides, in_chans=c5)
     pcfg = dict(cfg, architecture=variant, num_joints=num_joints, tdaf_backbone=bool(tdaf_backbone))

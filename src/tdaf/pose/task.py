@@ -25,9 +25,7 @@ __all__ = ["PoseTask", "pose_model_kwargs", "PoseData", "build_pose_data"]
 def pose_model_kwargs(cfg: Any, num_joints: int) -> dict[str, Any]:
     """Arguments of :func:`tdaf.create_model` that rebuild the trained model."""
     kwargs: dict[str, Any] = {"num_joints": int(num_joints)}
-    for key in ("flows", "anar", "eta", "downsample"):
-        if getattr(cfg, key) is not None:
-            kwargs[key] = getattr(cfg, key)
+    kwargs.update(cfg.tdaf_kwargs())
     return kwargs
 
 

@@ -33,7 +33,7 @@ from torchvision.models.video.resnet import BasicBlock, Bottleneck, Conv3DSimple
 
 from ..io.files import load_state_dict_file
 from ..models import TDAFClassifier, register_model
-from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings
+from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings, with_attention_init
 from ..r2dns import R2DNS, StageNet
 
 __all__ = [
@@ -249,7 +249,7 @@ def _create_r3d(
         _load_pretrained(net, pretrained, variant)
     stages, channels, strides = net.stages()
     if cfg["tdaf"]:
-        settings = {**VIDEO_TDAF_DEFAULTS, **tdaf_kwargs}
+        settings = with_attention_init({**VIDEO_TDAF_DEFAULTS, **tdaf_kwargs}, pretrained is not None)
         backbone: R2DNS | StageNet = R2DNS(stages, channels, strides, dims=3, **settings)
     else:
         if tdaf_kwargs:

@@ -32,9 +32,7 @@ log = logging.getLogger("tdaf.train")
 def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
     """Arguments of :func:`tdaf.create_model` that rebuild the trained model."""
     kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
-    for key in ("flows", "anar", "eta", "downsample"):
-        if getattr(cfg, key) is not None:
-            kwargs[key] = getattr(cfg, key)
+    kwargs.update(cfg.tdaf_kwargs())
     return kwargs
 
 
