@@ -50,7 +50,8 @@ def evaluate_checkpoint(
                          f"checkpoint; the data's class folders must match the training data")
     transform = ten_crop_transform(meta) if ten_crop else eval_transform(meta)
     dataset = TransformedDataset(raw, transform, indices=subset_indices(len(raw), subset), seeded=False)
-    workers = workers if workers is not None else (4 if spec.needs_dir else 0)
+    if workers is None and not spec.needs_dir:
+        workers = 0  # held in memory: starting workers costs more than they save
     result = evaluate_dataset(model, dataset, collate_skip, ClassificationTask(ten_crop=ten_crop),
                               batch_size=batch_size, workers=workers, device=device, amp=amp,
                               channels_last=channels_last, strict=strict, progress=progress)

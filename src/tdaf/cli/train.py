@@ -129,7 +129,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 # Settings of the machine, not of the run: a resumed run takes them from the command line only.
-_NOT_RESUMED = ("resume", "out", "overwrite", "device", "workers", "progress")
+_NOT_RESUMED = ("resume", "out", "overwrite", "device", "workers", "threads", "progress")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -174,7 +174,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    apply_threads(getattr(args, "threads", None))
     try:
         Trainer(cfg).fit()
     except TrainingDiverged as e:

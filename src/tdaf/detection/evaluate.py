@@ -53,7 +53,7 @@ def evaluate_checkpoint(
     the checkpoint, ``detections_<data>_<split>.json``). None on processes other than the main one."""
     opened = open_checkpoint(checkpoint, data, batch_size)
     model, meta, data = opened.model, opened.meta, opened.data
-    spec = dataset_spec(data, TASK, "--data")
+    dataset_spec(data, TASK, "--data")  # a clear error for a data set of another task
     data_dir = str(data_dir) if data_dir is not None else default_data_dir(opened.payload, data)
     raw = open_split(data, split, data_dir)
     if raw.num_classes > model.head.classification_head.num_classes:
@@ -65,7 +65,7 @@ def evaluate_checkpoint(
     task = DetectionTask()
     task.evaluator = lambda: evaluator  # type: ignore[method-assign]  (keep it: its detections are written)
     result = evaluate_dataset(model, dataset, collate_detection, task, batch_size=batch_size,
-                              workers=workers if workers is not None else (2 if spec.needs_dir else 0), device=device,
+                              workers=workers, device=device,
                               amp=amp, strict=strict, progress=progress)
     if result is None:
         return None

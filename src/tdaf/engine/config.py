@@ -77,6 +77,7 @@ class TrainConfig:
     seed: int = 0
     # execution
     device: str = "auto"
+    threads: int | None = None  # None: the cores left to torch after the loader workers
     amp: bool = False
     amp_dtype: str = "bf16"
     channels_last: bool = False
@@ -161,6 +162,8 @@ class TrainConfig:
         for key in ("input_size", "train_subset", "val_subset"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise bad(key, "an integer >= 1, or null")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", "an integer >= 1, or null (automatic)")
         if self.workers is not None and self.workers < 0:
             raise bad("workers", "an integer >= 0, or null (automatic)")
         if not self.lr > 0:

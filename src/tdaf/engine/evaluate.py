@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data import ShardSampler
 from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
+from .resources import loader_workers
 from .task import Task
 
 __all__ = [
@@ -98,7 +99,7 @@ def evaluate_dataset(
     task: Task,
     *,
     batch_size: int,
-    workers: int,
+    workers: int | None = None,
     device: str = "auto",
     amp: bool = False,
     channels_last: bool = False,
@@ -107,9 +108,11 @@ def evaluate_dataset(
 ) -> dict[str, Any] | None:
     """:func:`evaluate` of ``model`` on a whole data set, by one process or sharded over the
     processes ``torchrun`` started: the metrics on the main process, None on the others.
+    ``workers=None`` chooses the loader workers as training does (:func:`loader_workers`).
     What ``tdaf eval`` runs for every task."""
     env = setup(device)
     try:
+        workers = loader_workers(workers, env.device.type, world_size=env.world_size)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                             sampler=ShardSampler(len(dataset), env.world_size, env.rank),
                             pin_memory=env.device.type == "cuda")

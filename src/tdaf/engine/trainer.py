@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -56,6 +55,7 @@ from .checkpoint import architecture, build_from_spec, checkpoint_payload, load_
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
 from .evaluate import UnreadableInputError, autocast, check_skipped, evaluate
+from .resources import cpu_plan, loader_workers
 from .runlog import RunLog
 from .task import Task, TaskData, task_for_config, with_task_defaults
 
@@ -167,11 +167,7 @@ class Trainer:
                 teardown()
 
     def _workers(self, env: DistEnv, data: TaskData) -> int:
-        if self.cfg.workers is not None:
-            return self.cfg.workers
-        if data.in_memory:
-            return 0  # worker start-up would cost more than the augmentation
-        return max(1, min(8, (os.cpu_count() or 2) // env.world_size - 1))
+        return loader_workers(self.cfg.workers, env.device.type, world_size=env.world_size, in_memory=data.in_memory)
 
     def _loader(self, dataset: Dataset, env: DistEnv, **kwargs: Any) -> DataLoader:
         workers = self._workers(env, self.data)
@@ -252,7 +248,12 @@ class Trainer:
                                   sampler=ShardSampler(len(data.val), env.world_size, env.rank))
         runlog = RunLog(out, history, start_epoch * sampler.steps, cfg.tensorboard) if env.is_main else None
         self.runlog = runlog
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        plan = cpu_plan(self._workers(env, data), env.device.type, world_size=env.world_size,
+                        threads_given=cfg.threads is not None)
         if env.is_main:
+            log.info("%s: %s", env.device, plan)
             log.info("training %s (%s params) on %s: %d train / %d val %s, %s, "
                      "%d processes x %d micro-batches of %d = global batch %d, lr %.4g, %d epochs -> %s",
                      cfg.model, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", cfg.data,

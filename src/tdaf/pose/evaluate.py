@@ -55,7 +55,7 @@ def evaluate_checkpoint(
     task = PoseTask(flip_test=flip_test)
     task.set_eval_data(raw, img_ids, nms=boxes is not None)
     result = evaluate_dataset(model, dataset, pose_collate, task, batch_size=batch_size,
-                              workers=workers if workers is not None else 2, device=device, amp=amp,
+                              workers=workers, device=device, amp=amp,
                               channels_last=channels_last, strict=strict, progress=progress)
     if result is None:
         return None

@@ -61,7 +61,7 @@ def evaluate_checkpoint(
     dataset = VideoClips(raw, clip_transform("none", size, meta["mean"], meta["std"]), frames, clips,
                          indices=subset_indices(len(raw), subset))
     result = evaluate_dataset(model, dataset, collate_skip, VideoTask(), batch_size=batch_size,
-                              workers=workers if workers is not None else 1, device=device, amp=amp,
+                              workers=workers, device=device, amp=amp,
                               channels_last=channels_last, strict=strict, progress=progress)
     if result is None:
         return None
