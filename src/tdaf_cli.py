@@ -23,7 +23,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("profile", "parameters, GMACs and latency of a model (and its plain baseline)"),
     ("train", "train a TDAF model or its baseline (one CPU, one GPU, or many processes)"),
     ("eval", "evaluate a checkpoint on a data set split (the metrics of its task)"),
-    ("demo", "main job: train ResNet-18 and TDAF-ResNet-18 on digits, compare them"),
+    ("demo", "main job: ResNet-18 vs TDAF-ResNet-18 on cluttered digits over seeds, with an interval"),
     ("predict", "predictions of a trained model for images (top-k labels of a classifier)"),
     ("attention", "draw a TDAF model's attention maps over images (paper Fig. 3b/c)"),
     ("export", "export a model to ONNX or TorchScript and check it against PyTorch"),

@@ -178,6 +178,11 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
     return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write a binary file (a picture, ...) atomically."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def clean_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = 0.0) -> list[Path]:
     """Remove the temporaries of :func:`atomic_save` (``.NAME.*.tmp``) that a killed process
     left in ``folder``; returns the removed paths. Call it before a run starts writing

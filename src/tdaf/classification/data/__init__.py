@@ -1,6 +1,7 @@
 """Classification data sets in their real on-disk formats, and the paper's transforms.
 
-``digits`` (scikit-learn's bundled handwritten digits, 32x32; no download), ``cifar10``
+``digits`` (scikit-learn's bundled handwritten digits, 32x32; no download),
+``cluttered_digits`` (those digits on 64x64 canvases among clutter; the main job), ``cifar10``
 (the ``cifar-10-batches-py`` pickle folder) and ``imagefolder`` (ImageNet layout
 ``train/CLASS/*.jpg``, ``val/CLASS/*.jpg``), registered in :mod:`tdaf.data.registry`
 for the ``classification`` task. :func:`build_datasets` returns the two splits,
@@ -16,11 +17,12 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...data import DIGITS_MEAN, DIGITS_STD, TransformedDataset, subset_indices
+from ...data.cluttered import CLUTTERED_MEAN, CLUTTERED_STD
 from ...data.registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
 from ...models.resnet import CIFAR_MEAN, CIFAR_STD
 from ._base import RawDataset
 from .cifar10 import Cifar10Dataset
-from .digits import DigitsDataset
+from .digits import ClutteredDigitsDataset, DigitsDataset
 from .imagefolder import ImageFolderDataset
 from .transforms import RECIPES, default_resize, eval_transform, ten_crop_transform, train_transform
 
@@ -42,6 +44,10 @@ register_dataset(DatasetSpec(
     "digits", TASK, lambda split, data_dir: DigitsDataset(split), needs_dir=False,
     help="scikit-learn's handwritten digits, 32x32, built in (no download)",
     defaults=_defaults(32, DIGITS_MEAN, DIGITS_STD, "digits", False)))
+register_dataset(DatasetSpec(
+    "cluttered_digits", TASK, lambda split, data_dir: ClutteredDigitsDataset(split), needs_dir=False,
+    help="the same digits at random places on 64x64 canvases among fragments of other digits (the main job), "
+    "built in", defaults=_defaults(64, CLUTTERED_MEAN, CLUTTERED_STD, "digits", False)))
 register_dataset(DatasetSpec(
     "cifar10", TASK, lambda split, data_dir: Cifar10Dataset(data_dir, split), needs_dir=True,
     help="the cifar-10-batches-py folder", defaults=_defaults(32, CIFAR10_MEAN, CIFAR10_STD, "cifar", False)))

@@ -1,14 +1,17 @@
 """``--data digits``: scikit-learn's handwritten digits as a 10-class image data set
-(the quick-start data; the pixels and the fixed split come from :mod:`tdaf.data.digits`)."""
+(the quick-start data; the pixels and the fixed split come from :mod:`tdaf.data.digits`);
+``--data cluttered_digits``: the same digits on 64x64 canvases among fragments of other
+digits (the main job's data; :mod:`tdaf.data.cluttered`)."""
 
 from __future__ import annotations
 
 from PIL import Image
 
+from ...data.cluttered import cluttered_digits
 from ...data.digits import digits_pixels
 from ._base import RawDataset
 
-__all__ = ["DigitsDataset"]
+__all__ = ["DigitsDataset", "ClutteredDigitsDataset"]
 
 
 class DigitsDataset(RawDataset):
@@ -27,3 +30,17 @@ class DigitsDataset(RawDataset):
 
     def targets(self) -> list[int]:
         return self.labels.tolist()
+
+
+class ClutteredDigitsDataset(DigitsDataset):
+    """One split of the cluttered digits (``train``: 3,000 canvases from the 1,437 training
+    digits, ``val``: 1,000 from the 360 test digits), as 64x64 greyscale PIL images."""
+
+    def __init__(self, split: str = "train") -> None:
+        self.images, self.labels, _, _ = cluttered_digits(split)
+        self.split = split
+        self.classes = [str(i) for i in range(10)]
+
+    def load(self, index: int) -> tuple[Image.Image | None, int, str]:
+        image = Image.fromarray(self.images[index], "L")
+        return image, int(self.labels[index]), f"cluttered_digits/{self.split}/{index}"

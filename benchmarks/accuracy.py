@@ -1,0 +1,151 @@
+"""Accuracy of TDAF against its plain baseline, per task, over seeds: what a quick run can
+show and how sure it is.
+
+For each task it trains the plain and the TDAF quick run (the pair of configs below; they
+differ only in the model) for seeds 0..N-1 and prints each seed's final metric, mean ± std
+per model, the paired difference TDAF - plain with its 95% Student's t interval over
+seeds, a verdict that says only what the interval allows, and the wall time. For
+classification (the main job's data and recipe, as ``tdaf demo``) it also trains ANAR-5
+and ANAR-7 (the paper orders them ANAR-3 < 5 < 7) and TDAF with each attention
+initialisation, so the default of ``attention_init`` is chosen by data.
+
+    python benchmarks/accuracy.py --task classification --seeds 3
+    python benchmarks/accuracy.py --task all --seeds 3 --json runs/accuracy.json
+
+Runs that did not learn are reported and counted, and left out of the means with their
+pair. Nothing here is timed against anything else: wall times are for planning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, learned
+from tdaf.engine.config import TrainConfig, load_config_file
+from tdaf.engine.task import task_for_config
+from tdaf.engine.trainer import Trainer
+from tdaf.evidence import format_pm, mean_std, paired_difference, verdict
+from tdaf.io.files import atomic_write_text, json_safe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Rows per task: (label, config values); the first row is the baseline every other row is
+# compared with, seed by seed.
+CLASSIFICATION_ROWS: list[tuple[str, dict[str, Any]]] = [
+    (BASELINE, {**DEMO_RECIPE, "model": BASELINE}),
+    (f"{TDAF_MODEL} anar3", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3", "attention_init": "auto"}),
+    (f"{TDAF_MODEL} anar3 identity", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3",
+                                      "attention_init": "identity"}),
+    (f"{TDAF_MODEL} anar3 random", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3", "attention_init": "random"}),
+    (f"{TDAF_MODEL} anar5", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar5", "attention_init": "auto"}),
+    (f"{TDAF_MODEL} anar7", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar7", "attention_init": "auto"}),
+]
+QUICK_RUNS: dict[str, tuple[str, str]] = {
+    "detection": ("configs/detection/digit_scenes_fcos_resnet18_fpn.yaml",
+                  "configs/detection/digit_scenes_tdaf_fcos_resnet18_fpn.yaml"),
+    "pose": ("configs/pose/stick_figures_simplebaseline_resnet18.yaml",
+             "configs/pose/stick_figures_tdaf_simplebaseline_resnet18.yaml"),
+    "video": ("configs/video/moving_digits_r3d_resnet10_w16.yaml",
+              "configs/video/moving_digits_tdaf_r3d_resnet10_w16.yaml"),
+}
+TASKS = ("classification", *QUICK_RUNS)
+
+
+def rows_for(task: str) -> list[tuple[str, dict[str, Any]]]:
+    if task == "classification":
+        return CLASSIFICATION_ROWS
+    return [(Path(p).stem, {k: v for k, v in load_config_file(ROOT / p).items() if k != "out"})
+            for p in QUICK_RUNS[task]]
+
+
+def train(values: dict[str, Any], seed: int, out: Path, threads: int | None) -> dict[str, Any]:
+    cfg = TrainConfig.from_dict({**values, "seed": seed, "out": str(out), "overwrite": True, "progress": False,
+                                 "tensorboard": False, "threads": threads}, "benchmarks/accuracy.py")
+    key = task_for_config(cfg).main_metric
+    t0 = time.perf_counter()
+    result = Trainer(cfg).fit()
+    final = result["history"][-1]
+    loss = float(final["train_loss"])
+    # "did not learn": a classifier's loss near ln K; other tasks: a metric at its floor
+    ok = learned(loss, 10) if cfg.task == "classification" else float(final[f"val_{key}"]) > 0.01
+    return {"metric": key, "value": float(final[f"val_{key}"]), "train_loss": loss, "learned": bool(ok) and
+            math.isfinite(loss), "wall_s": time.perf_counter() - t0}
+
+
+def run_task(task: str, seeds: int, out: Path, threads: int | None, only: list[str] | None) -> dict[str, Any]:
+    rows = [r for r in rows_for(task) if only is None or r[0] in only or r is rows_for(task)[0]]
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in rows}
+    for seed in range(seeds):  # seed-major: a cut-short run still has complete pairs
+        for label, values in rows:
+            r = train(values, seed, out / task / f"{label.replace(' ', '_')}_seed{seed}", threads)
+            results[label].append(r)
+            print(f"[{task}] {label} seed {seed}: {r['metric']} {100 * r['value']:.2f}"
+                  f"{'' if r['learned'] else ' (did not learn)'} in {r['wall_s']:.0f} s", flush=True)
+    return {"task": task, "seeds": seeds, "rows": results}
+
+
+def report(res: dict[str, Any]) -> str:
+    rows = res["rows"]
+    labels = list(rows)
+    base = rows[labels[0]]
+    metric = base[0]["metric"]
+    lines = [f"### {res['task']} ({res['seeds']} seeds, final-epoch {metric}, %)", "",
+             "| model | per seed | mean ± std | TDAF - plain, 95% interval | verdict | wall s / run |",
+             "|---|---|---|---|---|---|"]
+    for label in labels:
+        runs = rows[label]
+        per_seed = ", ".join(f"{100 * r['value']:.2f}" + ("" if r["learned"] else "*") for r in runs)
+        ms = mean_std([100 * r["value"] for r in runs if r["learned"]])
+        wall = mean_std([r["wall_s"] for r in runs])
+        if label == labels[0]:
+            diff_cell, verdict_cell = "-", "-"
+        else:
+            pairs = [(b, r) for b, r in zip(base, runs) if b["learned"] and r["learned"]]
+            d = paired_difference([100 * b["value"] for b, _ in pairs], [100 * r["value"] for _, r in pairs])
+            diff_cell = (f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if d.n >= 2 else
+                         f"{d.mean:+.2f} (n={d.n})")
+            verdict_cell = verdict(d, what=label).split(":")[0]
+        lines.append(f"| {label} | {per_seed} | {format_pm(ms)} | {diff_cell} | {verdict_cell} | {wall.mean:.0f} |")
+    failed = sum(not r["learned"] for runs in rows.values() for r in runs)
+    lines += ["", f"\\* did not learn ({failed} runs): left out of the means with its pair."] if failed else [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=(*TASKS, "all"), default="classification")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="classification: only these rows (labels as printed) besides the baseline")
+    p.add_argument("--out", default="runs/accuracy", help="run folders (default runs/accuracy)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the trainer's choice)")
+    p.add_argument("--json", default=None, help="also write every number to this file")
+    args = p.parse_args(argv)
+    if args.seeds < 2:
+        p.error("--seeds: an interval needs >= 2")
+    logging.basicConfig(level=logging.WARNING)
+    tasks = TASKS if args.task == "all" else (args.task,)
+    start = time.perf_counter()
+    results = []
+    for task in tasks:
+        res = run_task(task, args.seeds, Path(args.out), args.threads, args.rows)
+        results.append(res)
+        print(report(res), flush=True)
+    print(f"\ntotal {(time.perf_counter() - start) / 60:.1f} min, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    if args.json:
+        atomic_write_text(json.dumps(json_safe(results), indent=2), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

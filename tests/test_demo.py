@@ -1,0 +1,81 @@
+"""The main job's statistics and the demo end to end: per-seed results, means, the paired
+interval, a verdict the interval supports, and runs that did not learn counted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tdaf.cli.demo import compare, format_seed_table, learned, save_curves
+from tdaf.cli.main import main
+from tdaf.evidence import bootstrap_paired, mean_std, paired_difference, t_quantile, verdict
+
+
+def test_paired_interval_by_formula():
+    a, b = [80.0, 82.0, 84.0], [81.0, 84.0, 84.0]  # diffs 1, 2, 0: mean 1, std 1
+    d = paired_difference(a, b)
+    assert d.diffs == (1.0, 2.0, 0.0) and d.mean == 1.0 and d.std == pytest.approx(1.0)
+    half = 4.303 / math.sqrt(3)
+    assert (d.low, d.high) == pytest.approx((1 - half, 1 + half))
+    assert verdict(d).startswith("within noise") and "contains 0" in verdict(d)
+    better = paired_difference([80, 81, 82, 80], [83, 84, 84, 83.5])
+    assert better.low > 0 and verdict(better).startswith("TDAF is better")
+    worse = paired_difference([83, 84, 84, 83.5], [80, 81, 82, 80])
+    assert worse.high < 0 and verdict(worse).startswith("TDAF is worse")
+    assert "no interval" in verdict(paired_difference([1.0], [2.0]))
+    assert t_quantile(2) == 4.303 and abs(t_quantile(40) - 2.021) < 0.002
+    with pytest.raises(ValueError, match="pairs need equal counts"):
+        paired_difference([1.0], [1.0, 2.0])
+    assert mean_std([]).n == 0
+
+
+def test_bootstrap_over_test_images():
+    rng = np.random.default_rng(0)
+    a = (rng.random((3, 2000)) < 0.8).astype(np.uint8)
+    same = bootstrap_paired(a, a)
+    assert same == (0.0, 0.0, 0.0)
+    b = a.copy()
+    b[:, :200] = 1  # b fixes some of a's errors: a positive difference, interval above 0
+    mean, low, high = bootstrap_paired(a, b)
+    assert mean == pytest.approx((b.mean(0) - a.mean(0)).mean()) and 0 < low < mean < high
+
+
+def _run(model, seed, top1, loss=0.5, n=100):
+    correct = np.zeros(n, np.uint8)
+    correct[: round(top1 * n)] = 1
+    hist = [{"epoch": e + 1, "train_loss": loss * (2 - e), "val_top1": top1 - 0.05 * (1 - e)} for e in range(2)]
+    return {"model": model, "seed": seed, "flows": "-" if model == "resnet18" else 3,
+            "anar": "-" if model == "resnet18" else "anar3", "top1": top1, "train_loss": loss, "learned": learned(loss, 10),
+            "train_s": 10.0, "epochs": 2, "history": hist, "correct": correct}
+
+
+def test_compare_leaves_out_runs_that_did_not_learn(tmp_path):
+    plain = [_run("resnet18", s, t) for s, t in enumerate((0.80, 0.82, 0.84))]
+    tdaf = [_run("tdaf_resnet18", 0, 0.10, loss=2.30), _run("tdaf_resnet18", 1, 0.85), _run("tdaf_resnet18", 2, 0.86)]
+    report = compare(plain, tdaf)
+    assert report["seeds_used"] == [1, 2] and report["did_not_learn"] == ["tdaf_resnet18 seed 0"]
+    assert report["diff_mean"] == pytest.approx(2.5) and report["plain_mean"] == pytest.approx(83.0)
+    assert "1 of 6 runs did not learn" in report["verdict_line"]
+    table = format_seed_table(plain, tdaf)
+    assert "10.00 (did not learn)" in table and "+3.00" in table
+    png = save_curves(plain, tdaf, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "1", "--train-subset", "24",
+                 "--val-subset", "20", "--batch-size", "8", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "verdict:" in text and "attention on the digit" in text and "Top-1 mean ± std" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["model"], r["seed"]) for r in summary["runs"]] == [
+        ("resnet18", 0), ("tdaf_resnet18", 0), ("resnet18", 1), ("tdaf_resnet18", 1)]
+    assert summary["recipe"]["data"] == "cluttered_digits" and len(summary["attention_focus"]) == 5
+    for r in summary["runs"]:
+        assert 0 <= r["top1"] <= 1 and (out / f"{r['model']}_seed{r['seed']}" / "last.pt").exists()
+    assert (out / "summary.csv").read_text().count("\n") == 5
+    assert len(list((out / "attention").glob("*.png"))) == 4 and (out / "curves.png").exists()
