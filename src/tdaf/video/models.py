@@ -236,7 +236,7 @@ def inflate_state_dict(state: dict[str, torch.Tensor],
     for key, value in state.items():
         new = key if key in own else _rename_2d(key)
         if new in own and value.dim() == 4 and own[new].dim() == 5:
-            owner = modules.get(new.rsplit(".", 1)[0])
+            owner = modules.get(new.rpartition(".")[0])
             transposed = isinstance(owner, nn.ConvTranspose3d)
             value = inflate_kernel(value, own[new].shape[2], owner.stride[0] if transposed else 1, transposed)
         out[new] = value
