@@ -13,9 +13,12 @@ setting for video), 3 flows, down-sampling between flows over T, H and W.
 
 **Inflation** (I3D, Carreira and Zisserman 2017): ``pretrained`` is a *2D* ImageNet ResNet
 state dict (torchvision or timm layout); each k x k kernel becomes k x k x k, repeated
-along time and divided by k, and BatchNorm statistics and affine parameters are copied, so
-a clip of one repeated frame gives the 2D network's features away from the temporal
-borders. A state dict that is already 3D loads as it is.
+along time and divided by k (a transposed one by k / stride), and BatchNorm statistics and
+affine parameters are copied, so a clip of one repeated frame gives the 2D network's
+features on the frames whose temporal receptive field never meets the zero padding (with
+Hara's temporal strides, no frame of C2-C5 for a 16-frame clip: docs/video.md). A state
+dict that is already 3D loads as it is; a 2D tdaf checkpoint, TDAF included (ANARs,
+per-flow statistics), inflates through ``tdaf train --init-from``.
 """
 
 from __future__ import annotations
