@@ -229,3 +229,34 @@ def test_refusals_name_the_file_and_the_reason(tmp_path, plain_digits):
     # with --pretrained: one or the other
     with pytest.raises(ValueError, match="init_from, pretrained: give one of them"):
         TrainConfig(init_from=str(plain_digits), pretrained="x.pth").validate()
+
+
+def test_torchvision_fcos_and_2d_resnet_layouts_in_other_tasks(tmp_path):
+    from torchvision.models import resnet18
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.resnet import BasicBlock, ResNet
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    torch.manual_seed(0)
+    # a whole torchvision FCOS (backbone.body.layer1..., FPN, head) into tdaf's, with ANARs
+    body = _resnet_fpn_extractor(resnet18(), 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    tv = FCOS(body, num_classes=5, min_size=64, max_size=64, score_thresh=0.0).eval()
+    torch.save(tv.state_dict(), tmp_path / "fcos.pth")
+    model = tdaf.create_model("tdaf_fcos_resnet18_fpn", num_classes=5, min_size=64, max_size=64, flows=2,
+                              score_thresh=0.0)
+    report = init_from(model, tmp_path / "fcos.pth", get_task("detection")())
+    assert len(report.copied) == len(tv.state_dict()) and not report.unused
+    assert all(".attention." in k for k in report.new)
+    x = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        _assert_same(model.eval()(x), tv(x))
+    # a 2D torchvision ResNet inflated into a 3D TDAF video model
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4)
+    torch.save(net.state_dict(), tmp_path / "r10.pth")
+    video = tdaf.create_model("tdaf_r3d_resnet10", num_classes=4)
+    report = init_from(video, tmp_path / "r10.pth", get_task("video")())
+    assert len(report.copied) == len(net.state_dict()) and not report.unused and not report.shape_differs
+    stem = video.state_dict()["backbone.stages.0.conv1.weight"]
+    torch.testing.assert_close(stem.sum(2), net.conv1.weight.detach())  # 7 frames of w / 7
+    assert report.attention["backbone"].startswith("identity")
