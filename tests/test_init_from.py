@@ -260,3 +260,9 @@ def test_torchvision_fcos_and_2d_resnet_layouts_in_other_tasks(tmp_path):
     stem = video.state_dict()["backbone.stages.0.conv1.weight"]
     torch.testing.assert_close(stem.sum(2), net.conv1.weight.detach())  # 7 frames of w / 7
     assert report.attention["backbone"].startswith("identity")
+
+
+def test_a_run_never_writes_over_its_init_from_file(tmp_path):
+    with pytest.raises(ValueError, match="init_from: .*best.pt would be overwritten by this run's checkpoints"):
+        TrainConfig(init_from=str(tmp_path / "run" / "best.pt"), out=str(tmp_path / "run")).validate()
+    TrainConfig(init_from=str(tmp_path / "run" / "best.pt"), out=str(tmp_path / "run2")).validate()
