@@ -68,6 +68,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    help="how the ANARs start: identity (the model computes its plain counterpart at step 0), random, "
                    f"or auto (identity over trained weights, {SCRATCH_ATTENTION_INIT} from scratch; the default)")
     g.add_argument("--pretrained", metavar="FILE", help="initialise the plain backbone from a local state dict")
+    g.add_argument("--init-from", metavar="CKPT",
+                   help="start from a trained model of the same task: its best.pt/last.pt (e.g. the plain model's, "
+                   "for a TDAF model), or a state dict; copies every weight whose name and shape fit, fills each "
+                   "flow's BatchNorm statistics, starts new ANARs as the identity (attention-init auto)")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="NAME",
                    help=f"data set of the task; classification: {', '.join(dataset_list())} (default digits: built "

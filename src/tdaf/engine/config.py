@@ -48,6 +48,7 @@ class TrainConfig:
     downsample: str | None = None
     attention_init: str | None = None  # None: "auto" (identity over trained weights)
     pretrained: str | None = None
+    init_from: str | None = None  # a trained model's weights to start from (engine/init_from.py)
     # data
     data: str | None = None  # None: the task's default
     data_dir: str | None = None
@@ -156,6 +157,15 @@ class TrainConfig:
             raise bad("schedule", ", ".join(SCHEDULES))
         if self.attention_init is not None and self.attention_init not in ATTENTION_INITS:
             raise bad("attention_init", ", ".join(ATTENTION_INITS))
+        if self.init_from is not None and self.resume is None:
+            out = Path(self.out).expanduser()
+            if Path(self.init_from).expanduser().resolve() in ((out / "best.pt").resolve(), (out / "last.pt").resolve()):
+                raise ValueError(f"{source}: init_from: {self.init_from} would be overwritten by this run's checkpoints "
+                                 f"(out {self.out}); copy it elsewhere or choose another --out")
+        if self.init_from is not None and self.pretrained is not None:
+            raise ValueError(f"{source}: init_from, pretrained: give one of them (init_from copies a whole trained "
+                             f"model, pretrained the plain backbone only); got {self.init_from!r} and "
+                             f"{self.pretrained!r}")
         for key in ("epochs", "batch_size", "accum_steps", "lr_batch", "eval_every", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, "an integer >= 1")

@@ -149,6 +149,14 @@ class Task(ABC):
     def evaluator(self) -> Evaluator:
         """A fresh evaluator for one validation pass."""
 
+    def adapt_init_state(self, state: dict[str, torch.Tensor], model: nn.Module,
+                         source_task: str | None) -> dict[str, torch.Tensor] | None:
+        """``--init-from``: the weights of a checkpoint of task ``source_task`` (None: a bare
+        state dict) in the names and shapes of this task's ``model``, or None when this task
+        cannot start from that task's weights. Default: its own task's weights, as they are
+        (:func:`tdaf.engine.init_from.init_from` copies whatever fits)."""
+        return state if source_task in (None, self.name) else None
+
     def better(self, value: float, best: float | None) -> bool:
         if value != value:  # NaN never improves
             return False

@@ -55,6 +55,7 @@ from .checkpoint import architecture, build_from_spec, checkpoint_payload, load_
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
 from .evaluate import UnreadableInputError, autocast, check_skipped, evaluate
+from .init_from import init_from
 from .resources import cpu_plan, loader_workers
 from .runlog import RunLog
 from .task import Task, TaskData, task_for_config, with_task_defaults
@@ -223,6 +224,8 @@ class Trainer:
                                      seed=cfg.seed)
         built = task.build_model(cfg, data.meta)
         model = built.model
+        if cfg.init_from and not cfg.resume:  # (a resumed run's weights replace them)
+            init_from(model, cfg.init_from, task, cfg.attention_init)
         model.to(env.device)
         if cfg.channels_last:
             model.to(memory_format=self._memory_format())

@@ -13,9 +13,12 @@ setting for video), 3 flows, down-sampling between flows over T, H and W.
 
 **Inflation** (I3D, Carreira and Zisserman 2017): ``pretrained`` is a *2D* ImageNet ResNet
 state dict (torchvision or timm layout); each k x k kernel becomes k x k x k, repeated
-along time and divided by k, and BatchNorm statistics and affine parameters are copied, so
-a clip of one repeated frame gives the 2D network's features away from the temporal
-borders. A state dict that is already 3D loads as it is.
+along time and divided by k (a transposed one by k / stride), and BatchNorm statistics and
+affine parameters are copied, so a clip of one repeated frame gives the 2D network's
+features on the frames whose temporal receptive field never meets the zero padding (with
+Hara's temporal strides, no frame of C2-C5 for a 16-frame clip: docs/video.md). A state
+dict that is already 3D loads as it is; a 2D tdaf checkpoint, TDAF included (ANARs,
+per-flow statistics), inflates through ``tdaf train --init-from``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings, wit
 from ..r2dns import R2DNS, StageNet
 
 __all__ = [
-    "VideoHead", "VideoClassifier", "Hara3DResNet", "inflate_state_dict", "VIDEO_TDAF_DEFAULTS", "KINETICS_MEAN",
-    "KINETICS_STD",
+    "VideoHead", "VideoClassifier", "Hara3DResNet", "inflate_state_dict", "inflate_kernel", "VIDEO_TDAF_DEFAULTS",
+    "KINETICS_MEAN", "KINETICS_STD",
 ]
 
 TASK = "video"
@@ -177,13 +180,16 @@ class Hara3DResNet(nn.Module):
         return [stem, self.layer2, self.layer3, self.layer4], [w, w * 2, w * 4, w * 8], [(2, 4, 4), 2, 2, 2]
 
 
-# 2D torchvision/timm ResNet key -> key of :class:`Hara3DResNet`. torchvision's video blocks
-# keep each conv with its BN in a Sequential (conv1.0 / conv1.1), the 2D ones side by side.
+# 2D ResNet key -> 3D key. torchvision's video blocks keep each conv with its BN in a
+# Sequential (conv1.0 / conv1.1), the 2D ones side by side: torchvision/timm names
+# (layer1.0.conv1 -> :class:`Hara3DResNet`'s layer1.0.conv1.0) and tdaf's own
+# (backbone.stages.1.0.bn2 -> backbone.stages.1.0.conv2.1) alike. Applied only to keys the
+# 3D model does not have as they are (its stem keeps conv1 / bn1).
 _RENAMES = (
     (re.compile(r"^conv1\.weight$"), "stem.conv1.weight"),
     (re.compile(r"^bn1\.(.*)$"), r"stem.bn1.\1"),
-    (re.compile(r"^(layer\d\.\d+)\.conv(\d)\.weight$"), r"\1.conv\2.0.weight"),
-    (re.compile(r"^(layer\d\.\d+)\.bn(\d)\.(.*)$"), r"\1.conv\2.1.\3"),
+    (re.compile(r"^((?:.*\.)?\d+)\.conv(\d)\.weight$"), r"\1.conv\2.0.weight"),
+    (re.compile(r"^((?:.*\.)?\d+)\.bn(\d)\.(.*)$"), r"\1.conv\2.1.\3"),
 )
 
 
@@ -194,17 +200,48 @@ def _rename_2d(key: str) -> str:
     return key
 
 
-def inflate_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A 2D ResNet state dict as a :class:`Hara3DResNet` state dict (I3D inflation): every
-    ``k x k`` kernel repeated ``k`` times along time and divided by ``k`` (so a constant-in-time
-    clip gives the 2D responses), BN and ``fc`` copied. Keys already in the 3D layout
-    (5-D kernels) pass through unchanged. ``target`` supplies the 3D shapes."""
+def inflate_kernel(weight: torch.Tensor, time: int, stride: int = 1, transposed: bool = False) -> torch.Tensor:
+    """A 2D kernel ``(A, B, k, k)`` as a 3D one ``(A, B, time, k, k)`` such that a clip
+    constant in time gives the 2D response on every frame the temporal padding does not
+    reach (I3D): repeated ``time`` times and divided by the number of taps that meet each
+    output frame. A convolution sums all ``time`` taps: divide by ``time``. A transposed
+    convolution with temporal stride ``s`` puts input frame ``i`` at output frames
+    ``s * i - padding + j`` (``j`` = 0..time-1), so output frame ``o`` receives the taps ``j``
+    with ``j = o + padding (mod s)``: ``time / s`` of them when ``s`` divides ``time`` (2 for
+    ANAR's 4x4 stride-2 deconvolution, not 4): divide by ``time / s``."""
+    if weight.dim() != 4:
+        raise ValueError(f"weight: got a {weight.dim()}-D tensor; allowed: a 2D kernel (4-D)")
+    taps = time
+    if transposed:
+        if time % stride:
+            raise ValueError(f"a transposed kernel of {time} frames with temporal stride {stride}: frames would "
+                             f"receive {time // stride} or {time // stride + 1} taps, no inflation keeps a "
+                             f"constant clip constant")
+        taps = time // stride
+    return weight.unsqueeze(2).repeat(1, 1, time, 1, 1) / taps
+
+
+def inflate_state_dict(state: dict[str, torch.Tensor],
+                       target: dict[str, torch.Tensor] | nn.Module) -> dict[str, torch.Tensor]:
+    """A 2D state dict as the state dict of the 3D model ``target`` (I3D inflation): every
+    ``k x k`` kernel becomes ``k x k x k`` by :func:`inflate_kernel` (repeated along time and
+    divided so that a constant-in-time clip gives the 2D responses away from the temporal
+    borders), BatchNorm parameters and statistics (per-flow MFBN statistics ``(flows, C)``
+    included) and ``fc`` are copied. Works on a plain 2D ResNet in torchvision/timm names
+    into :class:`Hara3DResNet`, and on a tdaf checkpoint's state dict (plain or TDAF, ANARs
+    included) into a tdaf video model. Keys already 3D pass through unchanged.
+
+    ``target`` is the 3D model, or its state dict (then a transposed convolution cannot be
+    told from a convolution, and is divided as one: give the model when it has any)."""
+    modules = dict(target.named_modules()) if isinstance(target, nn.Module) else {}
+    own = target.state_dict() if isinstance(target, nn.Module) else target
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        new = key if key in target else _rename_2d(key)
-        if new in target and value.dim() == 4 and target[new].dim() == 5:
-            kt = target[new].shape[2]
-            value = value.unsqueeze(2).repeat(1, 1, kt, 1, 1) / kt
+        new = key if key in own else _rename_2d(key)
+        if new in own and value.dim() == 4 and own[new].dim() == 5:
+            owner = modules.get(new.rpartition(".")[0])
+            transposed = isinstance(owner, nn.ConvTranspose3d)
+            value = inflate_kernel(value, own[new].shape[2], owner.stride[0] if transposed else 1, transposed)
         out[new] = value
     return out
 

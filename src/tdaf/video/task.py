@@ -22,6 +22,7 @@ from ..models import create_model, is_model, model_cfg
 from ..models._registry import unknown_model_error
 from .data import TASK, build_datasets
 from .metrics import VideoEvaluator
+from .models import inflate_state_dict
 from .transforms import RECIPES
 
 __all__ = ["VideoTask", "model_kwargs", "clip_frames"]
@@ -100,6 +101,15 @@ class VideoTask(Task):
     def build_model(self, cfg: Any, meta: dict[str, Any]) -> BuiltModel:
         kwargs = model_kwargs(cfg, len(meta["class_names"]))
         return BuiltModel(create_model(cfg.model, pretrained=cfg.pretrained, **kwargs), cfg.model, kwargs)
+
+    def adapt_init_state(self, state: dict[str, torch.Tensor], model: nn.Module,
+                         source_task: str | None) -> dict[str, torch.Tensor] | None:
+        """``--init-from``: a video checkpoint or a 3D state dict as it is; a 2D one (a
+        classification checkpoint, plain or TDAF with its ANARs and per-flow statistics,
+        or a 2D state dict) inflated to 3D (:func:`tdaf.video.models.inflate_state_dict`)."""
+        if source_task not in (None, self.name, "classification"):
+            return None
+        return inflate_state_dict(state, model)
 
     def training_step(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         labels = targets[:, 0]
