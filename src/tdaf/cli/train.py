@@ -12,6 +12,7 @@ from ..classification.data import RECIPES, dataset_list
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
 from ..engine.task import task_for_config, task_names, with_task_defaults
+from ..engine.preflight import check_run_inputs
 from ..engine.trainer import TrainingDiverged, Trainer
 from ._common import (
     add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_overwrite_arg, add_progress_arg,
@@ -170,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    check_run_inputs(Path(cfg.out).expanduser(), cfg, getattr(args, "config", None))
     apply_threads(getattr(args, "threads", None))
     try:
         Trainer(cfg).fit()

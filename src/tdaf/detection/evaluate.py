@@ -67,7 +67,7 @@ def evaluate_checkpoint(
     out = Path(detections) if detections is not None else \
         Path(checkpoint).parent / f"detections_{data}_{split}.json"
     outputs = Outputs(overwrite=overwrite)
-    outputs.protect([checkpoint], "--checkpoint")
+    outputs.protect([checkpoint], "checkpoint")
     outputs.protect([raw.ann_file], "annotations")
     outputs.protect((raw.image_dir / im["file_name"] for im in raw.images.values()), "image")
     outputs.claim(out, "--detections")

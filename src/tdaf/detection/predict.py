@@ -73,8 +73,8 @@ def predict(
     model.score_thresh = score_thresh  # the caller's threshold, not the one the model was built with
     out = Path(out_dir) if out_dir is not None else None
     outputs = Outputs(overwrite=overwrite)
-    outputs.protect(images.files, "IMAGE")
-    outputs.protect(inputs, "input")
+    outputs.protect(images.files, "image")
+    outputs.protect(inputs, "checkpoint")
     stems = unique_stems(images.files)
     if out is not None:  # every name checked before the first image
         outputs.claim_dir(out, "--out-dir")

@@ -12,8 +12,8 @@ a partial file nor a folder the run created, and what ``kill -9`` leaves is a
 Typical use::
 
     outputs = Outputs(overwrite=args.overwrite)
-    outputs.protect(images.files, "IMAGE")
-    outputs.protect([args.checkpoint], "--checkpoint")
+    outputs.protect(images.files, "image")
+    outputs.protect([args.checkpoint], "checkpoint")
     target = outputs.claim(Path(args.out_dir) / f"{stem}_pred.png", "--out-dir")   # checks only
     with outputs:                                                                  # commit on success
         ... work ...
@@ -65,7 +65,7 @@ class Outputs:
     # ------------------------------------------------------------------ inputs
     def protect(self, paths: Iterable[str | os.PathLike[str] | None], role: str) -> None:
         """Mark ``paths`` (files of the run's input; None is ignored) as never to be written,
-        ``role`` naming them in errors (``"--checkpoint"``, ``"IMAGE"``, ...)."""
+        ``role`` naming them in errors (``"checkpoint"``, ``"image"``, ``"annotations"``, ...)."""
         for p in paths:
             if p is None:
                 continue
@@ -100,8 +100,9 @@ class Outputs:
         hit = self._input_of(p)
         if hit is not None:
             role, given = hit
-            raise ValueError(f"{what}: {p} is an input of this run ({role} {given}); tdaf never writes over "
-                             f"its inputs, even with --overwrite: choose another file or folder")
+            alias = "" if _key(given) == key and str(given) == str(p) else f" ({given})"
+            raise ValueError(f"{what}: {p} is the input {role}{alias} of this run; tdaf never writes over its "
+                             f"inputs, even with --overwrite: choose another file or folder")
         if key in self._claimed:
             raise ValueError(f"{what}: {p} would be written twice in this run (also as {self._claimed[key][0]})")
         if p.is_dir():

@@ -80,8 +80,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint: {args.checkpoint} holds no keypoint names; is it a pose checkpoint?")
     boxes = read_box_file(args.person_boxes) if args.person_boxes else None
     outputs = Outputs(overwrite=args.overwrite)
-    outputs.protect(images.files, "IMAGE")
-    outputs.protect([args.checkpoint, args.person_boxes], "input")
+    outputs.protect(images.files, "image")
+    outputs.protect([args.checkpoint], "checkpoint")
+    outputs.protect([args.person_boxes], "person boxes")
     targets: dict[str, Path] = {}
     if args.skeleton_out:  # every name checked before the first image
         outputs.claim_dir(args.skeleton_out, "--skeleton-out")
