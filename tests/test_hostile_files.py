@@ -69,12 +69,12 @@ def test_eval_detections_never_replace_the_checkpoint_or_the_annotations(detecti
     scenes, ckpt = detection_run
     before = hashes(ckpt, scenes)
     base = ["eval", "--checkpoint", ckpt, "--data-dir", scenes, "--no-progress", "--workers", "0"]
-    for target, role in ((ckpt, "checkpoint"), (scenes / "annotations" / "instances_val.json", "annotations"),
-                         (scenes / "val" / "000000.png", "image")):
-        for extra in ([], ["--overwrite"]):
-            code, _, err = run([*base, "--detections", target, *extra], capsys)
-            assert code == 2
-            one_line_error(err, "--detections:", str(target), f"is the input {role}")
+    for target, role, extra in ((ckpt, "checkpoint", ["--overwrite"]),
+                                (scenes / "annotations" / "instances_val.json", "annotations", ["--overwrite"]),
+                                (scenes / "val" / "000000.png", "image", [])):
+        code, _, err = run([*base, "--detections", target, *extra], capsys)
+        assert code == 2
+        one_line_error(err, "--detections:", str(target), f"is the input {role}")
     folder = tmp_path / "some_folder"
     folder.mkdir()
     code, _, err = run([*base, "--detections", folder], capsys)

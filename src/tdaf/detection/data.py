@@ -191,8 +191,8 @@ class CocoDetection:
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             if image_id not in self._size_warned:
                 self._size_warned.add(image_id)
-                log.warning("%s: image id %d is %dx%d but %s says %s: read at its real size (%d box(es) clipped, "
-                            "%d outside it dropped; --strict refuses such images)", path, image_id, w, h,
+                log.warning("%s: image id %d is %dx%d but %s says %s: read at its real size (%d box(es) kept within "
+                            "it, %d outside it dropped; --strict refuses such images)", path, image_id, w, h,
                             self.ann_file.name, said, int(keep.sum()), int((~keep).sum()))
             boxes, labels = boxes[keep], labels[keep]
         target = {
