@@ -10,9 +10,12 @@ once per split:
   (``w <= 0`` or ``h <= 0`` after clipping) are dropped from the training targets;
 * training skips images with no box left (torchvision's
   ``_coco_remove_images_without_annotations``); evaluation keeps every image;
-* a missing field, a category id not in ``categories``, or a bbox that is not 4 numbers
-  is an error naming the file and the annotation or image id; an unreadable image is
-  skipped and counted by the trainer (``--strict`` stops instead).
+* a missing field, a category id not in ``categories``, a bbox that is not 4 finite
+  numbers, an ``iscrowd`` other than 0/1 or an image size that is not a positive whole
+  number is an error naming the file, the annotation or image id and the field; an
+  unreadable image is skipped and counted by the trainer (``--strict`` stops instead);
+* an image whose real size differs from its entry is read at its real size with a
+  warning, its boxes clipped to it (``--strict``: refused like an unreadable image).
 
 Labels are the category ids themselves (torchvision's COCO convention: ``num_classes`` is
 the largest id + 1, 91 for COCO).
