@@ -10,8 +10,8 @@ from .files import (
     atomic_save, atomic_write_text, clean_stale_temporaries, ensure_writable_dir, first_line, load_state_dict_file,
     safe_load,
 )
-from .outputs import Outputs, output_name
 from .images import IMAGE_EXTENSIONS, ImageList, collect_images, open_image, to_rgb, unique_stems
+from .outputs import Outputs, output_name
 
 __all__ = [
     "safe_load", "load_state_dict_file", "atomic_save", "atomic_write_text", "ensure_writable_dir",

@@ -13,9 +13,9 @@ from ..cli._load import load_model
 from ..cli._table import format_table
 from ..io.files import json_safe
 from ..io.images import collect_images, unique_stems
+from ..io.outputs import Outputs, output_name
 from .evaluate import evaluate_checkpoint
 from .metrics import STAT_NAMES
-from ..io.outputs import Outputs, output_name
 from .predict import pose_picture, predict_poses, read_box_file
 
 __all__ = ["EVAL_OPTIONS", "PREDICT_OPTIONS", "add_eval_args", "add_predict_args", "run_eval", "run_predict"]

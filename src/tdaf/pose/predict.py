@@ -16,16 +16,16 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
+from ..data.checks import check_box, check_number
 from ..io.images import ImageList, open_image
 from ..io.outputs import Outputs
-from ..data.checks import check_box, check_number
 from .codec import crop_to_image, flip_heatmaps
 from .data import KeypointInfo, TopDownTransform
 from .metrics import heatmaps_to_keypoints
 
-log = logging.getLogger("tdaf.predict")
-
 __all__ = ["predict_poses", "read_box_file", "draw_poses", "pose_picture"]
+
+log = logging.getLogger("tdaf.predict")
 
 
 def read_box_file(path: str | os.PathLike[str]) -> dict[str, list[list[float]]]:
