@@ -53,6 +53,16 @@ def test_existing_files_need_overwrite_and_a_failure_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_write_that_fails_names_the_users_file_not_a_temporary(tmp_path):
+    out = Outputs()
+    target = out.claim(tmp_path / "result.json", "--x")
+    with pytest.raises(OSError) as e:
+        with out:
+            out.write_text("{}", target)
+            target.mkdir()  # the name became a folder while the command worked
+    assert e.value.filename == str(target) and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_folders_that_cannot_hold_outputs_are_refused_without_creating_anything(tmp_path):
     (tmp_path / "file").write_text("x")
     for target, message in ((tmp_path / "file" / "a.png", "is a file, expected a folder"),

@@ -213,7 +213,10 @@ class Outputs:
         """Rename every staged file onto its target (interrupts held until all are in place)."""
         with deferred_interrupts():
             for p, tmp in list(self._staged.items()):
-                os.replace(tmp, p)
+                try:
+                    os.replace(tmp, p)
+                except OSError as e:  # name the user's file, not the temporary
+                    raise OSError(e.errno, e.strerror or first_line(e), str(p)) from e
                 del self._staged[p]
                 self.written.append(p)
         self._made.clear()
@@ -236,7 +239,11 @@ class Outputs:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
         else:
             self.discard()
 
