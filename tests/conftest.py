@@ -15,3 +15,51 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- tiny runs of every dense task
+# Session fixtures (built once, on first use) for the tests that need a trained checkpoint of a
+# task: the smallest model, a handful of samples, one epoch. Tests must not write into them
+# (tests/test_hostile_*.py check that by hashing).
+
+def _tiny_train(out, **cfg):
+    from tdaf.engine.trainer import train
+
+    return train({"epochs": 1, "workers": 0, "progress": False, "tensorboard": False, "out": str(out), **cfg})
+
+
+@pytest.fixture(scope="session")
+def detection_run(tmp_path_factory: pytest.TempPathFactory):
+    """(scenes folder, checkpoint) of a 2-flow TDAF FCOS-ResNet18 trained for one step."""
+    from tdaf.detection import write_digit_scenes
+
+    root = tmp_path_factory.mktemp("detection_run")
+    scenes = write_digit_scenes(root / "scenes", train_images=2, val_images=2, size=64, digits=(1, 2), scale=(16, 28))
+    result = _tiny_train(root / "run", task="detection", model="tdaf_fcos_resnet18_fpn", flows=2,
+                         data="digit_scenes", data_dir=str(scenes), input_size=64, batch_size=2, lr=0.01, lr_batch=16)
+    return scenes, result["last"]
+
+
+@pytest.fixture(scope="session")
+def pose_run(tmp_path_factory: pytest.TempPathFactory):
+    """(COCO keypoints folder, checkpoint) of a TDAF SimpleBaseline-ResNet18 trained for one step."""
+    from test_pose import write_coco
+
+    root = tmp_path_factory.mktemp("pose_run")
+    coco = write_coco(root / "coco")
+    result = _tiny_train(root / "run", task="pose", model="tdaf_simplebaseline_resnet18", data="coco",
+                         data_dir=str(coco), input_size=128, batch_size=2, optimizer="adam", lr=1e-3, lr_batch=2,
+                         weight_decay=0.0)
+    return coco, result["last"]
+
+
+@pytest.fixture(scope="session")
+def video_run(tmp_path_factory: pytest.TempPathFactory):
+    """(Kinetics-layout folder, checkpoint) of a TDAF R3D-10 (width 16) trained for one step."""
+    from test_video_data import write_kinetics
+
+    root = tmp_path_factory.mktemp("video_run")
+    kinetics = write_kinetics(root / "k", videos_per_class=1, frames=16, size=32)
+    result = _tiny_train(root / "run", task="video", model="tdaf_r3d_resnet10_w16", data="kinetics",
+                         data_dir=str(kinetics), input_size=32, batch_size=2, lr=0.01, lr_batch=4)
+    return kinetics, result["last"]

@@ -233,7 +233,7 @@ def test_train_eval_predict_end_to_end(scenes: Path, tmp_path: Path, capsys: pyt
                  "--out-dir", str(pics), "--score-thresh", "0", "--attention", "--json", "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["results"][0]["detections"]
-    assert (pics / "000000.png").is_file() and (pics / "000000.attention.png").is_file()
+    assert (pics / "000000_pred.png").is_file() and (pics / "000000_attention.png").is_file()
     assert json.loads((pics / "predictions.json").read_text())["results"][0]["file"].endswith("000000.png")
     assert main(["predict", "--checkpoint", str(out / "last.pt"), str(scenes / "val"), "--topk", "3"]) == 2
 

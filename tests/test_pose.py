@@ -339,7 +339,7 @@ def test_train_a_few_iterations_then_eval_and_predict_commands(coco, tmp_path, c
     assert len(persons["000000000200.jpg"]) == 2 and persons["000000000201.jpg"] == []
     joints = np.array(persons["000000000200.jpg"][0]["keypoints"])
     assert joints.shape == (17, 3)
-    drawn = Image.open(tmp_path / "drawn" / "000000000200.png")
+    drawn = Image.open(tmp_path / "drawn" / "000000000200_skeleton.png")
     assert drawn.size == (200, 180)
 
 

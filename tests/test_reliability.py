@@ -6,7 +6,6 @@ divergence by a huge learning rate or by corrupting a statistic on a tiny subset
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,15 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from _hostile import classification_checkpoint as _checkpoint
+from _hostile import sha as _sha
 
 import tdaf
 import tdaf.engine.trainer as trainer_mod
 from tdaf.classification import ClassificationTask
 from tdaf.cli.main import main
-from tdaf.engine.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint
+from tdaf.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from tdaf.engine.config import TrainConfig
 from tdaf.engine.trainer import Trainer, TrainingDiverged
-from tdaf.io.files import atomic_save, safe_load
+from tdaf.io.files import safe_load
 
 TINY = dict(model="resnet18_cifar", data="digits", input_size=8, train_subset=16, val_subset=16, batch_size=8,
             lr=0.01, lr_batch=16, epochs=2, seed=0, progress=False, tensorboard=False)
@@ -36,10 +37,6 @@ class Killed(BaseException):
 
 def _cfg(tmp_path: Path, name: str = "run", **kw) -> TrainConfig:
     return TrainConfig.from_dict({**TINY, "out": str(tmp_path / name), **kw})
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _csv_rows(out: Path) -> list[str]:
@@ -252,17 +249,6 @@ def test_checkpoint_files_that_are_not_checkpoints_get_one_true_line(tmp_path, c
             assert main(argv) == 2
             err = capsys.readouterr().err.strip()
             assert message in err and len(err.splitlines()) == 1, (argv, err)
-
-
-def _checkpoint(tmp_path: Path, name: str, model_name: str = "resnet18_cifar", num_classes: int = 10,
-                state: dict | None = None, class_names: list[str] | None = None) -> Path:
-    model = tdaf.create_model(model_name, num_classes=num_classes)
-    meta = {"class_names": class_names if class_names is not None else [str(i) for i in range(num_classes)],
-            "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [3, 8, 8], "resize": None, "data": "digits"}
-    path = tmp_path / name
-    atomic_save(checkpoint_payload(model_name, {"num_classes": num_classes},
-                                   state if state is not None else model.state_dict(), meta), path)
-    return path
 
 
 def test_eval_words_are_true(tmp_path, capsys):

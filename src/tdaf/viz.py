@@ -38,7 +38,7 @@ from torch import nn
 from .attention import record_attention
 from .classification.data.transforms import eval_transform
 from .engine.checkpoint import model_from_checkpoint
-from .io.files import atomic_save
+from .io.outputs import Outputs
 from .io.optional import require
 
 __all__ = [
@@ -266,6 +266,7 @@ def save_attention_figure(
     *,
     dpi: int = 100,
     metadata: Mapping[str, str] | None = None,
+    outputs: Outputs | None = None,
     **kwargs: Any,
 ) -> Path:
     """Write the attention figure of :func:`attention_figure` to ``path`` (PNG, or any
@@ -273,18 +274,32 @@ def save_attention_figure(
     grid (``tdaf:stages``, ``tdaf:flows``) and any ``metadata`` (model, checkpoint, ...).
 
     ``kwargs`` go to :func:`attention_figure` (``mean``, ``std``, ``index``, ``frame``,
-    ``title``, ``cmap``, ``alpha``, ``normalize``, ``flows``). Returns the path.
+    ``title``, ``cmap``, ``alpha``, ``normalize``, ``flows``). The file is written atomically,
+    through ``outputs`` when given (a command's :class:`tdaf.io.Outputs`). Returns the path.
     """
     fig, grid = attention_figure(image, maps, **kwargs)
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     info = None
     if p.suffix.lower() == ".png":
         info = {"Software": "tdaf", "Title": kwargs.get("title") or "TDAF attention maps",
                 "tdaf:stages": ",".join(map(str, grid.stages)), "tdaf:flows": ",".join(map(str, grid.flows))}
         info.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    fig.savefig(p, dpi=dpi, metadata=info)
-    return p
+    fmt = p.suffix.lstrip(".").lower() or "png"
+    return _write(outputs, p, lambda f: fig.savefig(f, dpi=dpi, metadata=info, format=fmt))
+
+
+def _write(outputs: Outputs | None, path: Path, save: Any) -> Path:
+    """``save(file object)`` to ``path`` atomically: through a command's ``outputs`` (which
+    checks the name and renames everything when the command succeeded), or on its own."""
+    own = outputs is None
+    if outputs is None:
+        outputs = Outputs(overwrite=True)
+    if not outputs.claimed(path):
+        outputs.claim(path, "--out")
+    outputs.save_with(path, save)
+    if own:
+        outputs.commit()
+    return path
 
 
 def maps_to_arrays(maps: Maps, index: int = 0) -> dict[str, np.ndarray]:
@@ -293,28 +308,22 @@ def maps_to_arrays(maps: Maps, index: int = 0) -> dict[str, np.ndarray]:
     return {f"stage{s}_flow{n}": maps[(s, n)][index].float().cpu().numpy() for s, n in sorted(maps)}
 
 
-def save_maps(maps: Maps, out_dir: str | os.PathLike[str], stem: str, fmt: str, index: int = 0) -> list[Path]:
+def save_maps(maps: Maps, out_dir: str | os.PathLike[str], stem: str, fmt: str, index: int = 0,
+              outputs: Outputs | None = None) -> list[Path]:
     """Save the raw maps of one image: ``npy`` (one ``STEM.stage{l}_flow{n}.npy`` per map),
     ``npz`` (one ``STEM.maps.npz``) or ``pt`` (one ``STEM.maps.pt`` dict of tensors, loads
     with ``torch.load(weights_only=True)``)."""
     if fmt not in MAP_FORMATS:
         raise ValueError(f"--save-maps: got {fmt!r}; allowed: {', '.join(MAP_FORMATS)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     arrays = maps_to_arrays(maps, index)
     if fmt == "npy":
-        paths = []
-        for name, arr in arrays.items():
-            paths.append(out / f"{stem}.{name}.npy")
-            np.save(paths[-1], arr)
-        return paths
+        return [_write(outputs, out / f"{stem}.{name}.npy", lambda f, a=arr: np.save(f, a))
+                for name, arr in arrays.items()]
     if fmt == "npz":
-        path = out / f"{stem}.maps.npz"
-        np.savez(path, **arrays)
-        return [path]
-    path = out / f"{stem}.maps.pt"
-    atomic_save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
-    return [path]
+        return [_write(outputs, out / f"{stem}.maps.npz", lambda f: np.savez(f, **arrays))]
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return [_write(outputs, out / f"{stem}.maps.pt", lambda f: torch.save(tensors, f))]
 
 
 def figure_title(heading: str, model_name: str, output: Any = None, class_names: Sequence[str] | None = None,
@@ -343,16 +352,17 @@ def save_attention_figures(
     save_maps_as: str | None = None,
     metadata: Mapping[str, str] | None = None,
     progress: Any = None,
+    outputs: Outputs | None = None,
     **kwargs: Any,
 ) -> list[Path]:
     """One attention figure per ``(name, PIL image)``: ``OUT/NAME.attention.png``, the
     image preprocessed with ``meta`` (:func:`tdaf.classification.data.eval_transform`), titled
     with the prediction of a classifier. With ``save_maps_as`` (``npy``/``npz``/``pt``)
     the raw maps too. ``progress`` is called once per image (e.g. a tqdm ``update``).
-    ``kwargs`` go to :func:`attention_figure`. Returns the written paths."""
+    ``kwargs`` go to :func:`attention_figure`. Each file is written atomically, through
+    ``outputs`` when given (a command's :class:`tdaf.io.Outputs`). Returns the written paths."""
     transform = eval_transform(dict(meta))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     name = str(meta.get("model_name", type(model).__name__))
     written: list[Path] = []
@@ -363,9 +373,9 @@ def save_attention_figures(
                              meta.get("class_names"), trained)
         written.append(save_attention_figure(
             x.cpu(), maps, out / f"{stem}.attention.png", mean=meta["mean"], std=meta["std"], title=title,
-            metadata=dict(metadata or {}, **{"tdaf:image": stem}), **kwargs))
+            metadata=dict(metadata or {}, **{"tdaf:image": stem}), outputs=outputs, **kwargs))
         if save_maps_as:
-            written += save_maps(maps, out, stem, save_maps_as)
+            written += save_maps(maps, out, stem, save_maps_as, outputs=outputs)
         if progress is not None:
             progress()
     return written

@@ -13,7 +13,7 @@ from ..engine.distributed import resolve_device as _resolve_device
 
 __all__ = [
     "add_device_arg", "resolve_device", "add_threads_arg", "apply_threads", "add_progress_arg", "add_amp_arg",
-    "add_channels_last_arg", "add_input_size_arg", "input_size_hw",
+    "add_channels_last_arg", "add_input_size_arg", "input_size_hw", "add_overwrite_arg",
 ]
 
 _BOOL = argparse.BooleanOptionalAction
@@ -61,6 +61,12 @@ def add_amp_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: 
 def add_channels_last_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
     p.add_argument("--channels-last", action=_BOOL, default=_default(False, suppress),
                    help="channels-last memory format (default off)")
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str,
+                      suppress: bool = False) -> None:
+    """``--overwrite``: replace existing files the command writes (never one of its inputs)."""
+    p.add_argument("--overwrite", action=_BOOL, default=_default(False, suppress), help=help)
 
 
 def add_input_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str,

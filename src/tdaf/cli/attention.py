@@ -13,13 +13,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..classification.data import eval_transform
-from ..io.files import ensure_writable_dir
 from ..io.images import collect_images, open_image, unique_stems
+from ..io.outputs import Outputs
 from ..viz import (
     MAP_FORMATS, compute_attention, figure_title, save_attention_figure, save_attention_figures, save_maps,
 )
 from ._common import (
-    add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg, apply_threads, input_size_hw, resolve_device,
+    add_device_arg, add_input_size_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads,
+    input_size_hw, resolve_device,
 )
 from ._load import LoadedModel, add_model_args, load_model
 
@@ -40,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (recursive)")
     add_model_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created if missing; may be the image folder: inputs are never written over)")
+    add_overwrite_arg(p, "replace existing figures / maps of the same names in --out (never an input image)")
     add_input_size_arg(p, "resize images straight to H x W (default: the checkpoint's preprocessing, or the "
                        "model's input size for --model)")
     p.add_argument("--save-maps", choices=MAP_FORMATS, default=None,
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cmap not in matplotlib.colormaps:
         raise ValueError(f"--cmap: unknown colour map {args.cmap!r} (see matplotlib.colormaps)")
     device = resolve_device(args.device)
-    out_dir = ensure_writable_dir(args.out, "--out")
+    # Every input is checked before anything is written (the --out folder included).
     images = collect_images(args.images)
     loaded = load_model(args)
     r2dns = loaded.r2dns
@@ -90,6 +93,35 @@ def run(args: argparse.Namespace) -> int:
     if r2dns.flows < 2:
         raise ValueError(f"{loaded.name} runs 1 flow, so it has no attention maps; use --flows 2 or more")
     meta = _meta(loaded, args.input_size)
+    if r2dns.dims == 3:
+        frames_given = len(images.files)
+        if args.frame is not None and not 0 <= args.frame < frames_given:
+            raise ValueError(f"--frame: got {args.frame}; allowed: 0..{frames_given - 1} (the clip has "
+                             f"{frames_given} frames)")
+    elif args.frame is not None:
+        raise ValueError(f"--frame: only for video (3D) models; {loaded.name} is a 2D model")
+    outputs = Outputs(overwrite=args.overwrite)
+    outputs.protect(images.files, "image")
+    outputs.protect([getattr(args, "checkpoint", None)], "checkpoint")
+    out_dir = outputs.claim_dir(args.out, "--out")
+    stems = unique_stems(images.files)
+    if r2dns.dims == 3:
+        frame = args.frame if args.frame is not None else frames_given // 2
+        outputs.claim(out_dir / f"{stems[0]}_clip.frame{frame}.attention.png", "--out")
+    else:
+        for stem in stems:
+            outputs.claim(out_dir / f"{stem}.attention.png", "--out")
+    with outputs:
+        written = _draw(args, loaded, meta, images, out_dir, device, outputs)
+    for p in written:
+        print(p)
+    return 0
+
+
+def _draw(args: argparse.Namespace, loaded: LoadedModel, meta: dict[str, Any], images: Any, out_dir: Path,
+          device: torch.device, outputs: Outputs) -> list[Path]:
+    r2dns = loaded.r2dns
+    assert r2dns is not None
     model = loaded.model.to(device)
     common = dict(cmap=args.cmap, alpha=args.alpha, normalize=args.normalize, flows=r2dns.flows, dpi=args.dpi)
     info = {"tdaf:model": loaded.describe()}
@@ -109,12 +141,10 @@ def run(args: argparse.Namespace) -> int:
                              loaded.trained)
         written.append(save_attention_figure(
             clip.cpu(), maps, out_dir / f"{stem}.frame{frame}.attention.png", frame=frame, title=title,
-            metadata=info, mean=meta["mean"], std=meta["std"], **common))
+            metadata=info, mean=meta["mean"], std=meta["std"], outputs=outputs, **common))
         if args.save_maps:
-            written += save_maps(maps, out_dir, stem, args.save_maps)
+            written += save_maps(maps, out_dir, stem, args.save_maps, outputs=outputs)
     else:
-        if args.frame is not None:
-            raise ValueError(f"--frame: only for video (3D) models; {loaded.name} is a 2D model")
         bar = tqdm(total=len(images), unit="img", desc="attention", disable=not args.progress or None, file=sys.stderr)
 
         def readable() -> Iterator[tuple[str, Image.Image]]:
@@ -129,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
 
         written += save_attention_figures(
             model, meta, readable(), out_dir, trained=loaded.trained, device=device, save_maps_as=args.save_maps,
-            metadata=info, progress=lambda: bar.update(1), **common)
+            metadata=info, progress=lambda: bar.update(1), outputs=outputs, **common)
         bar.close()
-    for p in written:
-        print(p)
-    return 0
+    return written

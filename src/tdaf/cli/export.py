@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
-from ..io.files import ensure_writable_dir
+from ..io.outputs import Outputs
 from ._common import add_input_size_arg, add_threads_arg, apply_threads, input_size_hw
 from ._load import LoadedModel, add_model_args, load_model
 
@@ -61,14 +61,15 @@ def _metadata(loaded: LoadedModel) -> dict[str, Any]:
     return out
 
 
-def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float) -> str:
-    size_mb = report.path.stat().st_size / 1e6
+def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_bytes: int) -> str:
     how = f"ONNX opset {report.opset}, {report.exporter} exporter" if report.format == "onnx" else "TorchScript (traced)"
-    c, h, w = report.input_size
+    c, *dims = report.input_size
+    names = ("T", "H", "W")[-len(dims):]  # (C, H, W) for images, (C, T, H, W) for video
+    what = "/".join({"T": "length", "H": "height", "W": "width"}[n] for n in names)
     lines = [
-        f"exported {loaded.describe()} -> {report.path} ({how}, {size_mb:.1f} MB)",
-        f"input (B, {c}, H, W): batch dynamic, height/width "
-        + ("dynamic" if report.dynamic_hw else f"fixed at {h}x{w}"),
+        f"exported {loaded.describe()} -> {report.path} ({how}, {size_bytes / 1e6:.1f} MB)",
+        f"input (B, {c}, {', '.join(names)}): batch dynamic, {what} "
+        + ("dynamic" if report.dynamic_hw else f"fixed at {'x'.join(map(str, dims))}"),
         f"parity vs PyTorch ({'onnxruntime' if report.format == 'onnx' else 'torch.jit.load'}), random inputs:",
     ]
     for p in report.parity:
@@ -80,18 +81,15 @@ def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float) -> st
     return "\n".join(lines)
 
 
-def _check_out(out: Path, args: argparse.Namespace) -> Path:
+def _check_out(out: Path, args: argparse.Namespace) -> Outputs:
     """Refuse, before any work, an --out that is a folder, cannot be written, is the input
-    checkpoint, or exists (without --overwrite)."""
+    checkpoint (even with --overwrite), or exists (without --overwrite)."""
     if out.is_dir():
         raise ValueError(f"--out: {out} is a folder; give a file name (e.g. {out / ('model.' + args.format)})")
-    checkpoint = getattr(args, "checkpoint", None)
-    if checkpoint and out.exists() and out.resolve() == Path(checkpoint).expanduser().resolve():
-        raise ValueError(f"--out: {out} is the input checkpoint; export to another file")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out: {out} already exists; pass --overwrite to replace it, or choose another name")
-    ensure_writable_dir(out.parent, "--out")
-    return out
+    outputs = Outputs(overwrite=args.overwrite)
+    outputs.protect([getattr(args, "checkpoint", None)], "checkpoint")
+    outputs.claim(out, "--out")
+    return outputs
 
 
 def _example_size(given: list[int] | None, meta_size: list[int]) -> list[int]:
@@ -109,26 +107,38 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance: got {args.tolerance}; allowed: > 0")
-    out = _check_out(Path(args.out).expanduser(), args)
+    out = Path(args.out).expanduser()
+    outputs = _check_out(out, args)
     loaded = load_model(args)
     names = loaded.meta.get("class_names")
-    outputs = getattr(loaded.model, "num_classes", None)
-    if names is not None and isinstance(outputs, int) and outputs > 0 and len(names) != outputs:
+    classes = getattr(loaded.model, "num_classes", None)
+    if names is not None and isinstance(classes, int) and classes > 0 and len(names) != classes:
         raise ValueError(f"--checkpoint: {args.checkpoint} names {len(names)} classes but its model has "
-                         f"{outputs} outputs; the exported file would label its outputs wrongly")
+                         f"{classes} outputs; the exported file would label its outputs wrongly")
     meta_size = list(loaded.meta.get("input_size") or [])
     if len(meta_size) not in (3, 4):
         raise ValueError(f"{loaded.source}: no input_size [C, H, W] recorded; give --input-size H W")
     size = [int(meta_size[0]), *_example_size(args.input_size, meta_size)]
-    report = export_model(
-        loaded.model, out, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
-        exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded),
-    )
-    if args.json:
-        print(json.dumps(dict(report.to_dict(), ok=report.ok(args.tolerance), tolerance=args.tolerance)))
-    else:
-        print(_describe(report, loaded, args.tolerance))
-    if not report.ok(args.tolerance):
-        print(f"tdaf export: error: parity check failed (tolerance {args.tolerance:g}); see above", file=sys.stderr)
+    with outputs:
+        # Exported to a temporary beside --out and checked there; --out gets it only when the
+        # export, the parity check and the report all succeeded.
+        tmp = outputs.temporary(out)
+        report = export_model(
+            loaded.model, tmp, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
+            exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded),
+        )
+        size_bytes = Path(report.path).stat().st_size
+        report.path = out
+        ok = report.ok(args.tolerance)
+        if args.json:
+            text = json.dumps(dict(report.to_dict(), ok=ok, tolerance=args.tolerance, written=ok))
+        else:
+            text = _describe(report, loaded, args.tolerance, size_bytes)
+        if not ok:
+            outputs.discard()  # a failed check leaves nothing behind (a rerun is not refused by it)
+    print(text)
+    if not ok:
+        print(f"tdaf export: error: parity check failed (tolerance {args.tolerance:g}); see above; {out} was not "
+              f"written (a larger --tolerance accepts the export)", file=sys.stderr)
         return 1
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_arg, add_progress_arg, add_threads_arg, apply_threads
+from ._common import add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads
 from ._load import add_model_args
 from ._tasks import add_task_args, run_task_command
 
@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with all results instead of a table")
     add_progress_arg(p)
     add_threads_arg(p)
+    add_overwrite_arg(p, "replace existing files in --out-dir / --skeleton-out (pictures, predictions.json); "
+                      "never an input image or the checkpoint")
     add_task_args(p, "predict")
     p.set_defaults(func=run)
 

@@ -12,11 +12,12 @@ from ..classification.data import RECIPES, dataset_list
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
 from ..engine.task import task_for_config, task_names, with_task_defaults
+from ..engine.preflight import check_run_inputs
 from ..engine.trainer import TrainingDiverged, Trainer
 from ..r2dns import ATTENTION_INITS, SCRATCH_ATTENTION_INIT
 from ._common import (
-    add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg,
-    apply_threads, input_size_hw,
+    add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_overwrite_arg, add_progress_arg,
+    add_threads_arg, apply_threads, input_size_hw,
 )
 from ._tasks import add_task_args, run_task_command
 
@@ -178,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    check_run_inputs(Path(cfg.out).expanduser(), cfg, getattr(args, "config", None))
     try:
         Trainer(cfg).fit()
     except TrainingDiverged as e:
@@ -211,6 +213,7 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action=_BOOL, default=False, help="stop at the first unreadable input (default off)")
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions in [0, 1])")
+    add_overwrite_arg(p, "replace an existing file this command writes (detections json); never an input")
     add_task_args(p, "eval")
     p.set_defaults(func=run_eval)
 

@@ -28,15 +28,16 @@ PREDICT_OPTIONS = ("out_dir", "score_thresh", "attention")
 def add_eval_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--detections", metavar="JSON", default=None,
                    help="write the detections (COCO result json) here (default: beside the checkpoint, "
-                        "detections_<data>_<split>.json)")
+                        "detections_<data>_<split>.json); never over an input, an existing file only with --overwrite")
 
 
 def add_predict_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--out-dir", metavar="DIR", default=None,
-                   help="write <image>.png with the boxes drawn and predictions.json here (default: print only)")
+                   help="write <image>_pred.png with the boxes drawn and predictions.json here (default: print only); "
+                        "may be the image folder: inputs are never written over, existing files only with --overwrite")
     g.add_argument("--score-thresh", type=float, default=None, help="lowest score kept (default 0.3)")
     g.add_argument("--attention", action="store_true", default=None,
-                   help="with --out-dir: also <image>.attention.png, the last flow's ANAR maps (TDAF models)")
+                   help="with --out-dir: also <image>_attention.png, the last flow's ANAR maps (TDAF models)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(
         args.checkpoint, args.data, args.data_dir, split=args.split, subset=args.subset,
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp, strict=args.strict,
-        progress=args.progress and not args.json, detections=args.detections,
+        progress=args.progress and not args.json, detections=args.detections, overwrite=args.overwrite,
     )
     if out is None:
         return 0
@@ -71,7 +72,8 @@ def run_predict(args: argparse.Namespace) -> int:
         if 0 <= c["id"] < len(names):
             names[c["id"]] = c["name"]
     results, skipped = predict(model, images, names, args.out_dir, score_thresh=thresh,
-                               attention=bool(args.attention), device=device, progress=args.progress)
+                               attention=bool(args.attention), device=device, progress=args.progress,
+                               overwrite=args.overwrite, inputs=[args.checkpoint])
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "model": meta.get("model_name"),
                           "score_thresh": thresh, "results": results, "skipped": skipped, "ignored": images.ignored}))

@@ -10,9 +10,12 @@ once per split:
   (``w <= 0`` or ``h <= 0`` after clipping) are dropped from the training targets;
 * training skips images with no box left (torchvision's
   ``_coco_remove_images_without_annotations``); evaluation keeps every image;
-* a missing field, a category id not in ``categories``, or a bbox that is not 4 numbers
-  is an error naming the file and the annotation or image id; an unreadable image is
-  skipped and counted by the trainer (``--strict`` stops instead).
+* a missing field, a category id not in ``categories``, a bbox that is not 4 finite
+  numbers, an ``iscrowd`` other than 0/1 or an image size that is not a positive whole
+  number is an error naming the file, the annotation or image id and the field; an
+  unreadable image is skipped and counted by the trainer (``--strict`` stops instead);
+* an image whose real size differs from its entry is read at its real size with a
+  warning, its boxes clipped to it (``--strict``: refused like an unreadable image).
 
 Labels are the category ids themselves (torchvision's COCO convention: ``num_classes`` is
 the largest id + 1, 91 for COCO).
@@ -37,6 +40,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..data import Batch
+from ..data.checks import check_size
 from ..data.digits import digits_pixels
 from ..data.registry import DatasetSpec, register_dataset
 from ..io.images import open_image
@@ -78,8 +82,13 @@ class CocoDetection:
     reads it (``area`` and ``iscrowd`` filled in where absent), for COCOeval.
     """
 
-    def __init__(self, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], train: bool) -> None:
+    def __init__(self, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], train: bool,
+                 strict: bool = False) -> None:
         self.ann_file, self.image_dir, self.train = Path(ann_file), Path(image_dir), train
+        # An image whose real size differs from its entry: warned about and read at its real
+        # size (boxes clipped to it), or, with ``strict``, refused like an unreadable image.
+        self.strict = strict
+        self._size_warned: set[int] = set()
         f = self.ann_file
         if not f.is_file():
             raise FileNotFoundError(f"annotations: no such file: {f}")
@@ -103,6 +112,7 @@ class CocoDetection:
         images: dict[int, dict[str, Any]] = {}
         for i, im in enumerate(data["images"]):
             _need(im, ("id", "file_name", "width", "height"), f"annotations: {f}: images[{i}]")
+            check_size(im["width"], im["height"], f"annotations: {f}: image id {im['id']}")
             images[int(im["id"])] = im
         counts: Counter[str] = Counter()
         examples: dict[str, list[str]] = {}
@@ -124,7 +134,10 @@ class CocoDetection:
             if (not isinstance(box, (list, tuple)) or len(box) != 4
                     or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
                 raise ValueError(f"{where}: bbox {box!r} is not [x, y, width, height] (4 finite numbers)")
-            crowd = int(a.get("iscrowd", 0))
+            crowd = a.get("iscrowd", 0)
+            if crowd not in (0, 1) or isinstance(crowd, float):
+                raise ValueError(f"{where}: iscrowd {crowd!r}; allowed: 0 or 1")
+            crowd = int(crowd)
             gt_anns.append(dict(a, area=float(a.get("area", box[2] * box[3])), iscrowd=crowd))
             if crowd:
                 note("crowd boxes left out of the targets", f"annotation id {a['id']}")
@@ -169,9 +182,25 @@ class CocoDetection:
         anns = self.per_image[image_id]
         h, w = img.height, img.width
         boxes = torch.tensor([a["box"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([a["label"] for a in anns], dtype=torch.int64)
+        if (w, h) != (info["width"], info["height"]):
+            said = f"{info['width']}x{info['height']}"
+            if self.strict:
+                return None, image_id, (f"{path} (image id {image_id}: the image is {w}x{h} but {self.ann_file.name} "
+                                        f"says {said}; --strict refuses it)")
+            # The pixels are the truth: boxes clipped to the real image, those left empty dropped.
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if image_id not in self._size_warned:
+                self._size_warned.add(image_id)
+                log.warning("%s: image id %d is %dx%d but %s says %s: read at its real size (%d box(es) kept within "
+                            "it, %d outside it dropped; --strict refuses such images)", path, image_id, w, h,
+                            self.ann_file.name, said, int(keep.sum()), int((~keep).sum()))
+            boxes, labels = boxes[keep], labels[keep]
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
-            "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64),
+            "labels": labels,
             "image_id": image_id,
         }
         return (img, target), image_id, str(path)

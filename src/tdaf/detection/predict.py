@@ -18,8 +18,8 @@ from torchvision.utils import draw_bounding_boxes
 from tqdm.auto import tqdm
 
 from ..attention import record_attention
-from ..io.files import atomic_write_text
 from ..io.images import ImageList, open_image, unique_stems
+from ..io.outputs import Outputs, output_name
 from .models import backbone_of
 
 __all__ = ["predict"]
@@ -51,12 +51,17 @@ def predict(
     attention: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Detections above ``score_thresh`` for each image (``boxes`` as XYXY pixels of the
-    original image); with ``out_dir``, ``<stem>.png`` with the boxes drawn (and, with
-    ``attention``, ``<stem>.attention.png``: the last flow's ANAR maps) and
-    ``predictions.json``. Returns ``(results, skipped)``: undecodable images inside folders
-    are skipped, a named file that cannot be decoded is an error."""
+    original image); with ``out_dir``, ``<stem>_pred.png`` with the boxes drawn (and, with
+    ``attention``, ``<stem>_attention.png``: the last flow's ANAR maps) and
+    ``predictions.json``, by the rule of :class:`tdaf.io.Outputs`: never over an image or
+    any other of ``inputs`` (so ``out_dir`` may be the image folder), over an existing file
+    only with ``overwrite``, all written when every image is done. Returns
+    ``(results, skipped)``: undecodable images inside folders are skipped, a named file that
+    cannot be decoded is an error."""
     if not 0 <= score_thresh <= 1:
         raise ValueError(f"--score-thresh: got {score_thresh}; allowed: a number in [0, 1]")
     r2dns = getattr(model, "r2dns", None)
@@ -67,10 +72,30 @@ def predict(
     model.eval().to(device)
     model.score_thresh = score_thresh  # the caller's threshold, not the one the model was built with
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    results, skipped = [], []
-    for path, stem, from_folder in tqdm(list(zip(images.files, unique_stems(images.files), images.from_folder)),
+    outputs = Outputs(overwrite=overwrite)
+    outputs.protect(images.files, "image")
+    outputs.protect(inputs, "checkpoint")
+    stems = unique_stems(images.files)
+    if out is not None:  # every name checked before the first image
+        outputs.claim_dir(out, "--out-dir")
+        for stem in stems:
+            outputs.claim(out / output_name(stem, "pred"), "--out-dir")
+            if attention:
+                outputs.claim(out / output_name(stem, "attention"), "--out-dir")
+        outputs.claim(out / "predictions.json", "--out-dir")
+    with outputs:
+        results, skipped = _run(model, images, stems, class_names, out, outputs, attention, device, progress)
+        if out is not None:
+            outputs.write_text(json.dumps({"results": results, "skipped": skipped}, indent=1), out / "predictions.json")
+    return results, skipped
+
+
+def _run(model: nn.Module, images: ImageList, stems: list[str], class_names: Sequence[str], out: Path | None,
+         outputs: Outputs, attention: bool, device: torch.device | str,
+         progress: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    results: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for path, stem, from_folder in tqdm(list(zip(images.files, stems, images.from_folder)),
                                         disable=not progress, unit="image"):
         try:
             pil = open_image(path)
@@ -95,14 +120,11 @@ def predict(
         if out is not None:
             drawn = draw_bounding_boxes(img, boxes, labels=[f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())],
                                         colors="lime", width=max(1, round(min(img.shape[1:]) / 200)))
-            picture = out / f"{stem}.png"
-            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(picture)
+            picture = outputs.save_image(Image.fromarray(drawn.permute(1, 2, 0).numpy()),
+                                         out / output_name(stem, "pred"))
             result["picture"] = str(picture)
             if attention:
-                att = out / f"{stem}.attention.png"
-                _attention_picture(img, maps).save(att)
+                att = outputs.save_image(_attention_picture(img, maps), out / output_name(stem, "attention"))
                 result["attention"] = str(att)
         results.append(result)
-    if out is not None:
-        atomic_write_text(json.dumps({"results": results, "skipped": skipped}, indent=1), out / "predictions.json")
     return results, skipped

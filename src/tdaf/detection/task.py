@@ -89,6 +89,7 @@ class DetectionTask(Task):
     def build_data(self, cfg: Any) -> TaskData:
         train = open_split(cfg.data, "train", cfg.data_dir, cfg.out)
         val = open_split(cfg.data, "val", cfg.data_dir, cfg.out)
+        train.strict = val.strict = cfg.strict  # an image whose size contradicts its entry: refused
         if train.num_classes != val.num_classes:
             raise ValueError(f"{cfg.data}: the train and val annotations list different categories "
                              f"({train.ann_file}, {val.ann_file})")

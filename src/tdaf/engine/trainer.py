@@ -56,6 +56,7 @@ from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
 from .evaluate import UnreadableInputError, autocast, check_skipped, evaluate
 from .init_from import init_from
+from .preflight import check_batch_norm_batch, check_run_inputs, same_file
 from .resources import cpu_plan, loader_workers
 from .runlog import RunLog
 from .task import Task, TaskData, task_for_config, with_task_defaults
@@ -180,9 +181,16 @@ class Trainer:
         (unless ``overwrite``), no temporaries of a killed save."""
         out = Path(self.cfg.out).expanduser()
         if env.is_main:
+            check_run_inputs(out, self.cfg)
             ensure_writable_dir(out, "--out")
             for stale in clean_stale_temporaries(out):
                 log.info("removed %s, left by an interrupted save", stale)
+            resumed_here = self.cfg.resume and any(same_file(self.cfg.resume, out / n) for n in ("last.pt", "best.pt"))
+            if self.cfg.resume and not resumed_here and (out / "last.pt").exists() and not self.cfg.overwrite:
+                raise ValueError(
+                    f"--out: {out} already holds a checkpoint (last.pt) of another run than --resume "
+                    f"{self.cfg.resume}; resume into that run's own folder (leave out --out), choose another "
+                    f"--out, or pass --overwrite to replace its files")
             if not self.cfg.resume and (out / "last.pt").exists():
                 if not self.cfg.overwrite:
                     raise ValueError(
@@ -227,6 +235,8 @@ class Trainer:
         if cfg.init_from and not cfg.resume:  # (a resumed run's weights replace them)
             init_from(model, cfg.init_from, task, cfg.attention_init)
         model.to(env.device)
+        check_batch_norm_batch(model, data.train, data.collate, task, sampler.micro_batch,
+                               env.world_size * cfg.accum_steps, cfg.batch_size, env.device)
         if cfg.channels_last:
             model.to(memory_format=self._memory_format())
         if cfg.overlap_flows:

@@ -1,7 +1,9 @@
 """Reading and writing files, below every other part of tdaf.
 
 :mod:`tdaf.io.files`: safe loading (``weights_only``), atomic saving, writable output
-folders. :mod:`tdaf.io.images`: collecting and decoding user images.
+folders. :mod:`tdaf.io.outputs`: the rule for every file a command writes (never over an
+input, never over an existing file without ``--overwrite``, atomic, nothing left on failure).
+:mod:`tdaf.io.images`: collecting and decoding user images.
 """
 
 from .files import (
@@ -9,9 +11,10 @@ from .files import (
     safe_load,
 )
 from .images import IMAGE_EXTENSIONS, ImageList, collect_images, open_image, to_rgb, unique_stems
+from .outputs import Outputs, output_name
 
 __all__ = [
     "safe_load", "load_state_dict_file", "atomic_save", "atomic_write_text", "ensure_writable_dir",
     "clean_stale_temporaries", "first_line",
-    "IMAGE_EXTENSIONS", "ImageList", "collect_images", "open_image", "to_rgb", "unique_stems",
+    "Outputs", "output_name", "IMAGE_EXTENSIONS", "ImageList", "collect_images", "open_image", "to_rgb", "unique_stems",
 ]

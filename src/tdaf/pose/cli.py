@@ -13,9 +13,10 @@ from ..cli._load import load_model
 from ..cli._table import format_table
 from ..io.files import json_safe
 from ..io.images import collect_images, unique_stems
+from ..io.outputs import Outputs, output_name
 from .evaluate import evaluate_checkpoint
 from .metrics import STAT_NAMES
-from .predict import draw_poses, predict_poses, read_box_file
+from .predict import pose_picture, predict_poses, read_box_file
 
 __all__ = ["EVAL_OPTIONS", "PREDICT_OPTIONS", "add_eval_args", "add_predict_args", "run_eval", "run_predict"]
 
@@ -38,7 +39,9 @@ def add_eval_args(g: argparse._ArgumentGroup) -> None:
 def add_predict_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--person-boxes", metavar="JSON", default=None,
                    help='person boxes per image: {"img.jpg": [[x, y, w, h(, score)], ...]}; default: the whole image')
-    g.add_argument("--skeleton-out", metavar="DIR", default=None, help="write each image with its skeletons here (PNG)")
+    g.add_argument("--skeleton-out", metavar="DIR", default=None,
+                   help="write each image with its skeletons here, as <image>_skeleton.png (may be the image folder: "
+                        "inputs are never written over, existing files only with --overwrite)")
     g.add_argument("--no-flip-test", action="store_true", default=None, help="no flip test (default: flip test on)")
 
 
@@ -76,14 +79,22 @@ def run_predict(args: argparse.Namespace) -> int:
     if loaded.meta.get("keypoint_names") is None:
         raise ValueError(f"--checkpoint: {args.checkpoint} holds no keypoint names; is it a pose checkpoint?")
     boxes = read_box_file(args.person_boxes) if args.person_boxes else None
+    outputs = Outputs(overwrite=args.overwrite)
+    outputs.protect(images.files, "image")
+    outputs.protect([args.checkpoint], "checkpoint")
+    outputs.protect([args.person_boxes], "person boxes")
+    targets: dict[str, Path] = {}
+    if args.skeleton_out:  # every name checked before the first image
+        outputs.claim_dir(args.skeleton_out, "--skeleton-out")
+        for f, stem in zip(images.files, unique_stems(images.files)):
+            targets[str(f)] = outputs.claim(Path(args.skeleton_out) / output_name(stem, "skeleton"), "--skeleton-out")
     results, skipped = predict_poses(loaded.model, loaded.meta, images, boxes, flip_test=not args.no_flip_test,
                                      device=device)
     drawn: list[str] = []
-    if args.skeleton_out:
-        stems = unique_stems([Path(r["file"]) for r in results])
-        for r, stem in zip(results, stems):
-            path = draw_poses(r["file"], r["persons"], loaded.meta["skeleton"], Path(args.skeleton_out) / f"{stem}.png")
-            drawn.append(str(path))
+    with outputs:
+        for r in results if args.skeleton_out else []:
+            pic = pose_picture(r["file"], r["persons"], loaded.meta["skeleton"])
+            drawn.append(str(outputs.save_image(pic, targets[r["file"]])))
     if args.json:
         print(json.dumps(json_safe({"checkpoint": str(args.checkpoint), "model": loaded.name,
                                     "keypoint_names": loaded.meta["keypoint_names"], "results": results,

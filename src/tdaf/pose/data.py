@@ -33,6 +33,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..data import Batch, register_dataset
 from ..data.registry import DatasetSpec
+from ..data.checks import check_box, check_keypoints, check_number, check_size, is_number
 from ..io.images import open_image
 from ..io.optional import require
 from .codec import affine_matrix, apply_affine, box_to_center_scale, crop_to_image, encode_heatmaps, pil_affine_data
@@ -147,6 +148,10 @@ class CocoPersons:
     score_thr: float = 0.0
     instances: list[dict[str, Any]] = field(default_factory=list)
     dropped: dict[str, list[Any]] = field(default_factory=dict)
+    # An image whose real size differs from its entry: warned about and read at its real
+    # size (the box clipped to it), or, with ``strict``, refused like an unreadable image.
+    strict: bool = False
+    _size_warned: set[Any] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.coco = load_coco(self.ann_file)
@@ -174,15 +179,20 @@ class CocoPersons:
         j = len(self.info.names)
         for img_id in self.image_ids:
             img = self.coco.imgs[img_id]
+            check_size(img.get("width"), img.get("height"), f"annotations: {self.ann_file}: image id {img_id}")
             for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, catIds=[self.category_id], iscrowd=False)):
-                kpts = np.asarray(ann.get("keypoints", []), dtype=np.float64).reshape(-1, 3)
-                if kpts.shape[0] != j:
-                    raise ValueError(f"annotations: {self.ann_file}: annotation {ann['id']} has {kpts.shape[0]} "
-                                     f"keypoints, the category names {j}")
+                where = f"annotations: {self.ann_file}: annotation id {ann.get('id')} (image id {img_id})"
+                kpts = np.asarray(check_keypoints(ann.get("keypoints", []), j, where), dtype=np.float64).reshape(-1, 3)
+                bbox = check_box(ann.get("bbox"), where, positive=False)
+                if bbox[2] < 0 or bbox[3] < 0:
+                    raise ValueError(f"{where}: bbox {ann['bbox']!r} has a negative width or height; allowed: "
+                                     f"[x, y, width, height] with width, height >= 0")
+                if "area" in ann:
+                    check_number(ann["area"], where, "area")
                 if not (kpts[:, 2] > 0).any():
                     self._drop("no labelled joint (ann ids)", ann["id"])
                     continue
-                box = crop_to_image(ann["bbox"], img["width"], img["height"])
+                box = crop_to_image(bbox, img["width"], img["height"])
                 if box is None or not ann.get("area", 1) > 0:
                     self._drop("box empty or outside the image (ann ids)", ann["id"])
                     continue
@@ -201,10 +211,16 @@ class CocoPersons:
             raise ValueError(f"boxes: {path}: expected a COCO detection results list "
                              f"[{{\"image_id\", \"category_id\", \"bbox\": [x, y, w, h], \"score\"}}, ...]")
         j = len(self.info.names)
-        for d in dets:
-            if int(d.get("category_id", self.category_id)) != self.category_id:
+        for i, d in enumerate(dets):
+            where = f"boxes: {path}: detection {i} (image id {d['image_id']!r})"
+            category = d.get("category_id", self.category_id)
+            if not is_number(category) or int(category) != category:
+                raise ValueError(f"{where}: category_id {category!r}; allowed: a whole number (the person "
+                                 f"category is {self.category_id})")
+            if int(category) != self.category_id:
                 continue
-            score = float(d.get("score", 1.0))
+            check_box(d["bbox"], where)
+            score = check_number(d.get("score", 1.0), where, "score")
             if score <= self.score_thr:
                 self._drop(f"detection score <= {self.score_thr} (image ids)", d["image_id"])
                 continue
@@ -226,6 +242,23 @@ class CocoPersons:
             img = open_image(path)
         except (FileNotFoundError, ValueError) as e:
             return None, index, f"{path} ({e})"
+        entry = self.coco.imgs[inst["image_id"]]
+        if (img.width, img.height) != (entry["width"], entry["height"]):
+            said = f"{entry['width']}x{entry['height']}"
+            if self.strict:
+                return None, index, (f"{path} (image id {inst['image_id']}: the image is {img.width}x{img.height} "
+                                     f"but {self.ann_file.name} says {said}; --strict refuses it)")
+            # The pixels are the truth: the box clipped to the real image (left out if nothing remains).
+            box = crop_to_image(inst["box"], img.width, img.height)
+            if inst["image_id"] not in self._size_warned:
+                self._size_warned.add(inst["image_id"])
+                log.warning("%s: image id %s is %dx%d but %s says %s: read at its real size, its person boxes "
+                            "clipped to it (--strict refuses such images)", path, inst["image_id"], img.width,
+                            img.height, self.ann_file.name, said)
+            if box is None:
+                return None, index, (f"{path} (image id {inst['image_id']}: the person box lies outside the "
+                                     f"{img.width}x{img.height} image; its entry says {said})")
+            inst = dict(inst, box=box)
         return (img, inst), index, str(path)
 
 

@@ -44,7 +44,7 @@ def evaluate_checkpoint(
     if data_dir is None:
         raise ValueError(f"--data-dir: evaluating on {data} needs its folder")
     ann, images = annotation_file(data_dir, split)
-    raw = CocoPersons(ann, images, boxes="gt" if boxes is None else str(boxes), score_thr=score_thr)
+    raw = CocoPersons(ann, images, boxes="gt" if boxes is None else str(boxes), score_thr=score_thr, strict=strict)
     trained = KeypointInfo.from_meta(meta)
     if raw.info.names != trained.names:
         raise ValueError(f"--data-dir: {ann} names {len(raw.info.names)} keypoints ({', '.join(raw.info.names[:3])}, "

@@ -4,6 +4,7 @@ image coordinates, and drawn as a skeleton with torchvision's ``draw_keypoints``
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,30 +16,44 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
+from ..data.checks import check_box, check_number
 from ..io.images import ImageList, open_image
-from .codec import flip_heatmaps
+from ..io.outputs import Outputs
+from .codec import crop_to_image, flip_heatmaps
 from .data import KeypointInfo, TopDownTransform
 from .metrics import heatmaps_to_keypoints
 
-__all__ = ["predict_poses", "read_box_file", "draw_poses"]
+__all__ = ["predict_poses", "read_box_file", "draw_poses", "pose_picture"]
+
+log = logging.getLogger("tdaf.predict")
 
 
 def read_box_file(path: str | os.PathLike[str]) -> dict[str, list[list[float]]]:
     """Person boxes per image file: ``{"name.jpg": [[x, y, w, h(, score)], ...], ...}`` (file
-    names as given, or their base names)."""
+    names as given, or their base names). Every box is checked as ``tdaf eval
+    --person-boxes`` checks a detector's: finite numbers, width and height above 0, a
+    finite score."""
     p = Path(path)
     try:
         boxes = json.loads(p.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"--person-boxes: no such file: {p}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--person-boxes: {p} is not JSON ({e})") from None
     if not isinstance(boxes, dict) or any(
         not isinstance(v, list) or any(not isinstance(b, list) or len(b) not in (4, 5) for b in v)
         for v in boxes.values()
     ):
         raise ValueError(f'--person-boxes: {p}: expected {{"image.jpg": [[x, y, w, h] or [x, y, w, h, score], ...]}}')
-    return {str(k): [[float(x) for x in b] for b in v] for k, v in boxes.items()}
+    out: dict[str, list[list[float]]] = {}
+    for name, items in boxes.items():
+        out[str(name)] = []
+        for i, b in enumerate(items):
+            where = f"--person-boxes: {p}: {name!r} box {i}"
+            box = check_box(b[:4], where, "[x, y, w, h]")
+            score = check_number(b[4], where, "score") if len(b) > 4 else 1.0
+            out[str(name)].append([*box, score])
+    return out
 
 
 @torch.no_grad()
@@ -62,10 +77,23 @@ def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
                 raise
             skipped.append(f"{path} ({e})")
             continue
+        clipped = outside = 0
         if boxes is None:
             person_boxes = [[0.0, 0.0, float(img.width), float(img.height), 1.0]]
         else:
-            person_boxes = boxes.get(str(path), boxes.get(Path(path).name, []))
+            person_boxes = []
+            for b in boxes.get(str(path), boxes.get(Path(path).name, [])):
+                # as evaluation does: a box is clipped to the image, one wholly outside it is left out
+                inside = crop_to_image(b[:4], img.width, img.height)
+                if inside is None:
+                    outside += 1
+                    continue
+                if not np.allclose(inside, b[:4]):
+                    clipped += 1
+                person_boxes.append([*inside, *b[4:]])
+            if clipped or outside:
+                log.warning("%s: %d person box(es) clipped to the %dx%d image, %d outside it left out", path, clipped,
+                            img.width, img.height, outside)
         persons = []
         if person_boxes:
             j = len(info.names)
@@ -83,14 +111,15 @@ def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
                 persons.append(dict(box=[round(v, 2) for v in b[:4]], score=b[4] if len(b) > 4 else 1.0,
                                     keypoints=[[round(float(px), 2), round(float(py), 2), round(float(sc), 4)]
                                                for (px, py), sc in zip(c, s)]))
-        results.append(dict(file=str(path), width=img.width, height=img.height, persons=persons))
+        results.append(dict(file=str(path), width=img.width, height=img.height, persons=persons,
+                            boxes_clipped=clipped, boxes_outside=outside))
     return results, skipped
 
 
-def draw_poses(image_path: str | os.PathLike[str], persons: Sequence[dict[str, Any]],
-               skeleton: Sequence[Sequence[int]], out: str | os.PathLike[str], conf_thr: float = 0.2) -> Path:
+def pose_picture(image_path: str | os.PathLike[str], persons: Sequence[dict[str, Any]],
+                 skeleton: Sequence[Sequence[int]], conf_thr: float = 0.2) -> Image.Image:
     """The image with each person's box and skeleton (joints scoring above ``conf_thr``)
-    drawn by torchvision, saved as PNG at ``out``."""
+    drawn by torchvision."""
     img = open_image(image_path)
     canvas = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     if persons:
@@ -101,7 +130,17 @@ def draw_poses(image_path: str | os.PathLike[str], persons: Sequence[dict[str, A
         vis = torch.tensor([[k[2] > conf_thr for k in p["keypoints"]] for p in persons])
         canvas = draw_keypoints(canvas, kpts, connectivity=[tuple(e) for e in skeleton], colors="red", radius=3,
                                 width=2, visibility=vis)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out)
-    return out
+    return Image.fromarray(canvas.permute(1, 2, 0).numpy())
+
+
+def draw_poses(image_path: str | os.PathLike[str], persons: Sequence[dict[str, Any]],
+               skeleton: Sequence[Sequence[int]], out: str | os.PathLike[str], conf_thr: float = 0.2,
+               overwrite: bool = False) -> Path:
+    """:func:`pose_picture` saved as PNG at ``out`` (atomically; never over the image
+    itself, nor over an existing file without ``overwrite``)."""
+    outputs = Outputs(overwrite=overwrite)
+    outputs.protect([image_path], "image")
+    target = outputs.claim(out, "out")
+    with outputs:
+        outputs.save_image(pose_picture(image_path, persons, skeleton, conf_thr), target)
+    return target

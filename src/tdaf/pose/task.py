@@ -104,6 +104,9 @@ class PoseTask(Task):
         spec = dataset_spec(cfg.data, TASK)
         hw = input_hw(cfg.input_size)
         raw_train, raw_val = spec.open("train", cfg.data_dir), spec.open("val", cfg.data_dir)
+        for raw in (raw_train, raw_val):  # an image whose size contradicts its entry: refused
+            if hasattr(raw, "strict"):
+                raw.strict = cfg.strict
         mean, std = model_cfg(cfg.model)["mean"], model_cfg(cfg.model)["std"]
         if raw_train.info.names != raw_val.info.names:
             raise ValueError(f"--data-dir: the train and val annotations name different keypoints "
