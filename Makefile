@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	$(VENV)/bin/tdaf demo --out runs/demo
+	$(VENV)/bin/tdaf demo --out runs/demo --overwrite
 
 test: install
 	$(PY) -m pytest tests

@@ -7,7 +7,9 @@ per model, the paired difference TDAF - plain with its 95% Student's t interval 
 seeds, a verdict that says only what the interval allows, and the wall time. For
 classification (the main job's data and recipe, as ``tdaf demo``) it also trains ANAR-5
 and ANAR-7 (the paper orders them ANAR-3 < 5 < 7) and TDAF with each attention
-initialisation, so the default of ``attention_init`` is chosen by data.
+initialisation, so the default of ``attention_init`` is chosen by data; ``finetune``
+starts from each seed's trained plain classifier (``--init-from``) and compares training
+it on with TDAF under each attention initialisation.
 
     python benchmarks/accuracy.py --task classification --seeds 3
     python benchmarks/accuracy.py --task all --seeds 3 --json runs/accuracy.json
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, learned
+from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, attention_focus, learned
 from tdaf.engine.config import TrainConfig, load_config_file
 from tdaf.engine.task import task_for_config
 from tdaf.engine.trainer import Trainer
@@ -42,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # compared with, seed by seed.
 CLASSIFICATION_ROWS: list[tuple[str, dict[str, Any]]] = [
     (BASELINE, {**DEMO_RECIPE, "model": BASELINE}),
-    (f"{TDAF_MODEL} anar3", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3", "attention_init": "auto"}),
     (f"{TDAF_MODEL} anar3 identity", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3",
                                       "attention_init": "identity"}),
     (f"{TDAF_MODEL} anar3 random", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3", "attention_init": "random"}),
@@ -57,12 +58,22 @@ QUICK_RUNS: dict[str, tuple[str, str]] = {
     "video": ("configs/video/moving_digits_r3d_resnet10_w16.yaml",
               "configs/video/moving_digits_tdaf_r3d_resnet10_w16.yaml"),
 }
-TASKS = ("classification", *QUICK_RUNS)
+# Fine-tuning from a trained plain model (the "classification" baseline of the same seed):
+# the plain model trained on, and TDAF started from it with either attention initialisation.
+FINETUNE = {**DEMO_RECIPE, "epochs": 2, "lr": DEMO_RECIPE["lr"] / 10, "warmup_epochs": 0.0}
+FINETUNE_ROWS: list[tuple[str, dict[str, Any]]] = [
+    (f"{BASELINE} trained on", {**FINETUNE, "model": BASELINE}),
+    (f"{TDAF_MODEL} random", {**FINETUNE, "model": TDAF_MODEL, "attention_init": "random"}),
+    (f"{TDAF_MODEL} identity", {**FINETUNE, "model": TDAF_MODEL, "attention_init": "identity"}),
+]
+TASKS = ("classification", "finetune", *QUICK_RUNS)
 
 
 def rows_for(task: str) -> list[tuple[str, dict[str, Any]]]:
     if task == "classification":
         return CLASSIFICATION_ROWS
+    if task == "finetune":
+        return FINETUNE_ROWS
     return [(Path(p).stem, {k: v for k, v in load_config_file(ROOT / p).items() if k != "out"})
             for p in QUICK_RUNS[task]]
 
@@ -77,16 +88,30 @@ def train(values: dict[str, Any], seed: int, out: Path, threads: int | None) -> 
     loss = float(final["train_loss"])
     # "did not learn": a classifier's loss near ln K; other tasks: a metric at its floor
     ok = learned(loss, 10) if cfg.task == "classification" else float(final[f"val_{key}"]) > 0.01
-    return {"metric": key, "value": float(final[f"val_{key}"]), "train_loss": loss, "learned": bool(ok) and
-            math.isfinite(loss), "wall_s": time.perf_counter() - t0}
+    row = {"metric": key, "value": float(final[f"val_{key}"]), "train_loss": loss, "learned": bool(ok) and
+           math.isfinite(loss), "wall_s": time.perf_counter() - t0}
+    if cfg.data == "cluttered_digits" and cfg.model.startswith("tdaf_"):  # does attention find the digit?
+        row["attention_focus"] = attention_focus(result["last"])["ratios"]
+    return row
+
+
+def plain_checkpoint(seed: int, out: Path, threads: int | None) -> str:
+    """The classification baseline of ``seed`` (trained here if the classification task
+    has not written it yet): what the fine-tuning rows start from."""
+    label, values = CLASSIFICATION_ROWS[0]
+    path = out / "classification" / f"{label.replace(' ', '_')}_seed{seed}"
+    if not (path / "last.pt").exists():
+        train(values, seed, path, threads)
+    return str(path / "last.pt")
 
 
 def run_task(task: str, seeds: int, out: Path, threads: int | None, only: list[str] | None) -> dict[str, Any]:
     rows = [r for r in rows_for(task) if only is None or r[0] in only or r is rows_for(task)[0]]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in rows}
     for seed in range(seeds):  # seed-major: a cut-short run still has complete pairs
+        start = {"init_from": plain_checkpoint(seed, out, threads)} if task == "finetune" else {}
         for label, values in rows:
-            r = train(values, seed, out / task / f"{label.replace(' ', '_')}_seed{seed}", threads)
+            r = train({**values, **start}, seed, out / task / f"{label.replace(' ', '_')}_seed{seed}", threads)
             results[label].append(r)
             print(f"[{task}] {label} seed {seed}: {r['metric']} {100 * r['value']:.2f}"
                   f"{'' if r['learned'] else ' (did not learn)'} in {r['wall_s']:.0f} s", flush=True)
@@ -115,6 +140,12 @@ def report(res: dict[str, Any]) -> str:
                          f"{d.mean:+.2f} (n={d.n})")
             verdict_cell = verdict(d, what=label).split(":")[0]
         lines.append(f"| {label} | {per_seed} | {format_pm(ms)} | {diff_cell} | {verdict_cell} | {wall.mean:.0f} |")
+    focus = {label: mean_std([max(r["attention_focus"].values()) for r in runs])
+             for label, runs in rows.items() if runs and "attention_focus" in runs[0]}
+    if focus:
+        lines += ["", "attention on the digit (largest mean gate inside / outside the digit's box over the "
+                      "stages and flows, 200 test canvases; 1 = no preference): "
+                  + "; ".join(f"{label} {format_pm(ms)}" for label, ms in focus.items())]
     failed = sum(not r["learned"] for runs in rows.values() for r in runs)
     lines += ["", f"\\* did not learn ({failed} runs): left out of the means with its pair."] if failed else [""]
     return "\n".join(lines)

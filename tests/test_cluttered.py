@@ -52,7 +52,7 @@ def test_test_canvases_never_share_a_digit_with_training_canvases():
 
 def test_default_split_sizes_and_statistics():
     images, labels, _, _ = cluttered_digits("train")
-    assert images.shape == (3000, 64, 64) and set(labels.tolist()) == set(range(10))
+    assert images.shape == (3000, 48, 48) and set(labels.tolist()) == set(range(10))
     assert len(cluttered_digits("val")[0]) == 1000
     x = images / 255.0
     assert x.mean() == pytest.approx(CLUTTERED_MEAN[0], abs=5e-5)

@@ -79,3 +79,7 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert 0 <= r["top1"] <= 1 and (out / f"{r['model']}_seed{r['seed']}" / "last.pt").exists()
     assert (out / "summary.csv").read_text().count("\n") == 5
     assert len(list((out / "attention").glob("*.png"))) == 4 and (out / "curves.png").exists()
+    # a second demo into the same folder replaces nothing without --overwrite, and says so before training
+    before = (out / "summary.json").read_bytes()
+    assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "1", "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "summary.json").read_bytes() == before

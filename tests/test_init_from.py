@@ -263,6 +263,11 @@ def test_torchvision_fcos_and_2d_resnet_layouts_in_other_tasks(tmp_path):
 
 
 def test_a_run_never_writes_over_its_init_from_file(tmp_path):
-    with pytest.raises(ValueError, match="init_from: .*best.pt would be overwritten by this run's checkpoints"):
-        TrainConfig(init_from=str(tmp_path / "run" / "best.pt"), out=str(tmp_path / "run")).validate()
-    TrainConfig(init_from=str(tmp_path / "run" / "best.pt"), out=str(tmp_path / "run2")).validate()
+    from tdaf.engine.preflight import check_run_inputs
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(b"x")
+    cfg = TrainConfig(init_from=str(tmp_path / "run" / "best.pt"), out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="--init-from: .*best.pt, a file this run writes"):
+        check_run_inputs(tmp_path / "run", cfg)
+    check_run_inputs(tmp_path / "run2", cfg)

@@ -3,7 +3,7 @@ digits over several seeds with one recipe, then say what the difference is and h
 that is (per-seed results, mean ± std, the paired difference with its 95% interval, and a
 verdict the interval supports), with attention pictures of the trained TDAF model.
 
-The data are scikit-learn's real digits at random places on 64x64 canvases among
+The data are scikit-learn's real digits at random places on 48x48 canvases among
 fragments of other digits (:mod:`tdaf.data.cluttered`: finding the digit is the task,
 the protocol of Mnih et al. 2014 that the paper cites); nothing is downloaded. The TDAF
 model is the paper's ImageNet setting (§4.1, Tab. 3a) on an ImageNet-stem ResNet-18:
@@ -32,7 +32,8 @@ from ..engine.checkpoint import model_from_checkpoint
 from ..engine.config import TrainConfig
 from ..engine.trainer import Trainer
 from ..evidence import bootstrap_paired, format_pm, mean_std, paired_difference, verdict
-from ..io.files import atomic_write_bytes, atomic_write_text, json_safe
+from ..io.files import atomic_write_bytes, json_safe
+from ..io.outputs import Outputs
 from ..profile import count_gmacs, count_params, interleaved_latency
 from ..r2dns import ATTENTION_INITS
 from ..viz import checkpoint_attention_figures
@@ -51,10 +52,10 @@ DEMO_SEEDS = 3
 DEMO_RECIPE: dict[str, Any] = dict(
     data="cluttered_digits",
     epochs=5,
-    batch_size=64,
+    batch_size=32,
     optimizer="sgd",
-    lr=0.05,
-    lr_batch=64,
+    lr=0.1,
+    lr_batch=32,
     momentum=0.9,
     nesterov=True,
     weight_decay=5e-4,
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="main job: ResNet-18 vs TDAF-ResNet-18 on cluttered digits over seeds, with an interval",
         description="Train the plain and the TDAF ResNet-18 (ANAR-3, 3 flows, MFBN) on cluttered handwritten digits "
-        "(a real digit at a random place on a 64x64 canvas among fragments of other digits; built in, nothing "
+        "(a real digit at a random place on a 48x48 canvas among fragments of other digits; built in, nothing "
         "downloaded) with one recipe for each of --seeds seeds, then print each seed's test top-1, mean ± std per "
         "model, the paired difference with its 95%% interval over seeds (and a bootstrap over test images), and a "
         "verdict that says only what the interval allows. Writes OUT/summary.json, OUT/summary.csv, OUT/curves.png, "
@@ -90,6 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how the ANARs start (default auto)")
     p.add_argument("--train-subset", type=int, default=None, help="train on N of the 3,000 training canvases")
     p.add_argument("--val-subset", type=int, default=None, help="test on N of the 1,000 test canvases")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs, pictures and summaries of an earlier demo in OUT (`make demo` passes it)")
     add_threads_arg(p)
     add_device_arg(p)
     add_progress_arg(p)
@@ -101,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds: got {args.seeds}; allowed: >= 1 (>= 2 for an interval)")
     apply_threads(args.threads)
     out = Path(args.out)
+    outputs = claim_outputs(out, args.seeds, args.overwrite)  # every name checked before any training
     warmup = min(DEMO_RECIPE["warmup_epochs"], args.epochs / 5)  # a fifth of a shorter run
     recipe = dict(DEMO_RECIPE, epochs=args.epochs, warmup_epochs=warmup, batch_size=args.batch_size,
                   train_subset=args.train_subset,
-                  val_subset=args.val_subset, device=args.device, progress=args.progress, overwrite=True,
+                  val_subset=args.val_subset, device=args.device, progress=args.progress, overwrite=args.overwrite,
                   tensorboard=False)
     tdaf_extra = {"flows": args.flows, "anar": args.anar, "attention_init": args.attention_init}
     start = time.perf_counter()
@@ -125,11 +129,11 @@ def run(args: argparse.Namespace) -> int:
     print(report["bootstrap_line"])
     focus = attention_focus(tdaf[0]["checkpoint"], args.val_subset)
     print(focus["line"])
-    pictures = attention_pictures(tdaf[0]["checkpoint"], out)
-    curves = save_curves(plain, tdaf, out / "curves.png")
+    pictures = attention_pictures(tdaf[0]["checkpoint"], out, outputs)
+    curves = save_curves(plain, tdaf, out / "curves.png", outputs)
     summary = {
         "recipe": {k: v for k, v in recipe.items() if k not in ("progress", "overwrite", "tensorboard")},
-        "data": "cluttered_digits (64x64, 3000 train canvases from the 1437 training digits, 1000 test canvases "
+        "data": "cluttered_digits (48x48, 3000 train canvases from the 1437 training digits, 1000 test canvases "
                 "from the 360 test digits)",
         "models": {"baseline": BASELINE, "tdaf": TDAF_MODEL, **tdaf_extra},
         "seeds": args.seeds, "total_s": total_s, "torch_threads": torch.get_num_threads(),
@@ -137,12 +141,32 @@ def run(args: argparse.Namespace) -> int:
         "costs": costs, "attention_focus": focus["ratios"],
         "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs],
     }
-    write_summary(summary, runs, out)
+    write_summary(summary, runs, out, outputs)
+    outputs.commit()
     print(f"\ntotal {total_s / 60:.1f} min on {torch.get_num_threads()} CPU threads; curves: {curves}; "
           f"summary: {out / 'summary.json'}, {out / 'summary.csv'}")
     print(f"checkpoints: {out}/<model>_seed<N>/last.pt (e.g. tdaf eval --checkpoint {tdaf[0]['checkpoint']} --json)")
     print(f"attention pictures (paper Fig. 3b/c) of {TDAF_MODEL} seed 0: {', '.join(map(str, pictures))}")
     return 0
+
+
+def claim_outputs(out: Path, seeds: int, overwrite: bool) -> Outputs:
+    """Check every file the demo writes before it trains anything: the summaries, the
+    curves, the attention pictures and each run folder (another run's checkpoints are
+    replaced only with ``--overwrite``)."""
+    outputs = Outputs(overwrite=overwrite)
+    for name in ("summary.json", "summary.csv", "curves.png"):
+        outputs.claim(out / name, "--out")
+    for path in attention_picture_paths(out):
+        outputs.claim(path, "--out")
+    for seed in range(seeds):
+        for name in (BASELINE, TDAF_MODEL):
+            run = out / f"{name}_seed{seed}"
+            outputs.claim_dir(run, "--out")
+            if (run / "last.pt").exists() and not overwrite:
+                raise ValueError(f"--out: {run} holds an earlier run's checkpoints; pass --overwrite to replace "
+                                 f"them, or choose another --out")
+    return outputs
 
 
 def train_one(name: str, seed: int, recipe: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -182,7 +206,7 @@ def per_image_correct(checkpoint: str | Path, val_subset: int | None = None) -> 
 
 
 def measure_costs(checkpoints: list[str]) -> list[dict[str, Any]]:
-    """Params, GMACs per 64x64 image and batch-1 CPU latency of each checkpoint's model."""
+    """Params, GMACs per 48x48 image and batch-1 CPU latency of each checkpoint's model."""
     models, rows = [], []
     for ckpt in checkpoints:
         model, meta = model_from_checkpoint(ckpt)
@@ -253,12 +277,13 @@ def format_summary(plain: list[dict[str, Any]], tdaf: list[dict[str, Any]], cost
             f"{cost['latency_ms']:.1f}" + (f" ({cost['latency_ms'] / base['latency_ms'] - 1:+.1%})" if rel else ""),
         ])
     d = report
-    note = (f"top-1 over the seeds where both runs learned ({d['seeds_used']}); GMACs = FLOPs/2 per 64x64 image; "
+    note = (f"top-1 over the seeds where both runs learned ({d['seeds_used']}); GMACs = FLOPs/2 per 48x48 image; "
             f"latency: median CPU forward of 1 image on {base['threads']} threads")
     return layout_table(head, rows, note)
 
 
-def save_curves(plain: list[dict[str, Any]], tdaf: list[dict[str, Any]], path: Path) -> Path:
+def save_curves(plain: list[dict[str, Any]], tdaf: list[dict[str, Any]], path: Path,
+                outputs: Outputs | None = None) -> Path:
     """Training loss and test top-1 per epoch, mean over seeds with the min-max band (PNG)."""
     import matplotlib
 
@@ -285,18 +310,21 @@ def save_curves(plain: list[dict[str, Any]], tdaf: list[dict[str, Any]], path: P
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    if outputs is None:
+        atomic_write_bytes(buf.getvalue(), path)
+    else:
+        outputs.stage(path, lambda f: f.write(buf.getvalue()))
     return path
 
 
-def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> None:
-    atomic_write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False), out / "summary.json")
+def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, outputs: Outputs) -> None:
+    outputs.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False), out / "summary.json")
     buf = io.StringIO()
     keys = ["model", "seed", "anar", "flows", "attention_init", "top1", "learned", "train_loss", "train_s"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(runs)
-    atomic_write_text(buf.getvalue(), out / "summary.csv")
+    outputs.write_text(buf.getvalue(), out / "summary.csv")
 
 
 # --- what the trained attention does -----------------------------------------------------
@@ -331,11 +359,24 @@ def attention_focus(checkpoint: str | Path, val_subset: int | None = None, count
                                       f"canvases; 1 = no preference): {text}"}
 
 
-def attention_pictures(checkpoint: str | Path, out: Path, picks: tuple[int, ...] = (0, 1, 2, 3)) -> list[Path]:
+PICTURES = (0, 1, 2, 3)  # the first cluttered test canvases
+
+
+def _picture_names() -> list[str]:
+    _, labels, _, _ = cluttered_digits("val")
+    return [f"test{i}_digit{labels[i]}" for i in PICTURES]
+
+
+def attention_picture_paths(out: Path) -> list[Path]:
+    return [out / "attention" / f"{name}.attention.png" for name in _picture_names()]
+
+
+def attention_pictures(checkpoint: str | Path, out: Path, outputs: Outputs | None = None) -> list[Path]:
     """OUT/attention/testN_digitD.attention.png: the stages x flows attention grid of the
     checkpoint on the first few cluttered test canvases."""
     from PIL import Image
 
-    images, labels, _, _ = cluttered_digits("val")
-    named = [(f"test{i}_digit{labels[i]}", Image.fromarray(images[i], "L")) for i in picks]
-    return checkpoint_attention_figures(checkpoint, named, out / "attention")
+    images, _, _, _ = cluttered_digits("val")
+    named = [(name, Image.fromarray(images[i], "L")) for name, i in zip(_picture_names(), PICTURES)]
+    kwargs = {} if outputs is None else {"outputs": outputs}
+    return checkpoint_attention_figures(checkpoint, named, out / "attention", **kwargs)

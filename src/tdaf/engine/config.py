@@ -157,11 +157,6 @@ class TrainConfig:
             raise bad("schedule", ", ".join(SCHEDULES))
         if self.attention_init is not None and self.attention_init not in ATTENTION_INITS:
             raise bad("attention_init", ", ".join(ATTENTION_INITS))
-        if self.init_from is not None and self.resume is None:
-            out = Path(self.out).expanduser()
-            if Path(self.init_from).expanduser().resolve() in ((out / "best.pt").resolve(), (out / "last.pt").resolve()):
-                raise ValueError(f"{source}: init_from: {self.init_from} would be overwritten by this run's checkpoints "
-                                 f"(out {self.out}); copy it elsewhere or choose another --out")
         if self.init_from is not None and self.pretrained is not None:
             raise ValueError(f"{source}: init_from, pretrained: give one of them (init_from copies a whole trained "
                              f"model, pretrained the plain backbone only); got {self.init_from!r} and "

@@ -1,7 +1,7 @@
 """Classification data sets in their real on-disk formats, and the paper's transforms.
 
 ``digits`` (scikit-learn's bundled handwritten digits, 32x32; no download),
-``cluttered_digits`` (those digits on 64x64 canvases among clutter; the main job), ``cifar10``
+``cluttered_digits`` (those digits on 48x48 canvases among clutter; the main job), ``cifar10``
 (the ``cifar-10-batches-py`` pickle folder) and ``imagefolder`` (ImageNet layout
 ``train/CLASS/*.jpg``, ``val/CLASS/*.jpg``), registered in :mod:`tdaf.data.registry`
 for the ``classification`` task. :func:`build_datasets` returns the two splits,
@@ -46,8 +46,8 @@ register_dataset(DatasetSpec(
     defaults=_defaults(32, DIGITS_MEAN, DIGITS_STD, "digits", False)))
 register_dataset(DatasetSpec(
     "cluttered_digits", TASK, lambda split, data_dir: ClutteredDigitsDataset(split), needs_dir=False,
-    help="the same digits at random places on 64x64 canvases among fragments of other digits (the main job), "
-    "built in", defaults=_defaults(64, CLUTTERED_MEAN, CLUTTERED_STD, "digits", False)))
+    help="the same digits at random places on 48x48 canvases among fragments of other digits (the main job), "
+    "built in", defaults=_defaults(48, CLUTTERED_MEAN, CLUTTERED_STD, "digits", False)))
 register_dataset(DatasetSpec(
     "cifar10", TASK, lambda split, data_dir: Cifar10Dataset(data_dir, split), needs_dir=True,
     help="the cifar-10-batches-py folder", defaults=_defaults(32, CIFAR10_MEAN, CIFAR10_STD, "cifar", False)))

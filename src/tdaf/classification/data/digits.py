@@ -1,6 +1,6 @@
 """``--data digits``: scikit-learn's handwritten digits as a 10-class image data set
 (the quick-start data; the pixels and the fixed split come from :mod:`tdaf.data.digits`);
-``--data cluttered_digits``: the same digits on 64x64 canvases among fragments of other
+``--data cluttered_digits``: the same digits on 48x48 canvases among fragments of other
 digits (the main job's data; :mod:`tdaf.data.cluttered`)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class DigitsDataset(RawDataset):
 
 class ClutteredDigitsDataset(DigitsDataset):
     """One split of the cluttered digits (``train``: 3,000 canvases from the 1,437 training
-    digits, ``val``: 1,000 from the 360 test digits), as 64x64 greyscale PIL images."""
+    digits, ``val``: 1,000 from the 360 test digits), as 48x48 greyscale PIL images."""
 
     def __init__(self, split: str = "train") -> None:
         self.images, self.labels, _, _ = cluttered_digits(split)
