@@ -13,7 +13,6 @@ import torch
 
 import tdaf
 from tdaf.models import _registry
-from tdaf.models._builder import ModelArgumentError
 from tdaf.r2dns import R2DNS, TDAF_DEFAULTS
 
 TASKS = ("classification", "detection", "pose", "video")
@@ -64,7 +63,7 @@ def test_plain_model_refuses_tdaf_settings_with_a_type_error(task: str, name: st
             with pytest.raises(TypeError, match=rf"{key}: .*{name!r}") as info:
                 call(device="meta", **{key: value})
             # Also a ValueError: the command line reports bad settings in one line.
-            assert isinstance(info.value, ModelArgumentError) and isinstance(info.value, ValueError)
+            assert isinstance(info.value, tdaf.ModelArgumentError) and isinstance(info.value, ValueError)
 
 
 def _backbones(model: torch.nn.Module) -> list[R2DNS]:

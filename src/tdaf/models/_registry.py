@@ -166,7 +166,7 @@ def create_model(
     The TDAF settings, the keys of :data:`tdaf.r2dns.TDAF_DEFAULTS` (``flows``, ``anar``,
     ``eta``, ``downsample``, ``attention_init``; defaults: the paper's 3 flows, ANAR-3,
     0.5, average pooling), configure TDAF models (``tdaf_*``); None means the default, and
-    giving one to a plain model is a :class:`~tdaf.models._builder.ModelArgumentError`
+    giving one to a plain model is a :class:`~tdaf.ModelArgumentError`
     (a TypeError, as for any argument the model does not take). ``attention_init``
     (``"auto"``, ``"identity"``, ``"random"``) decides how the ANARs start: "identity"
     makes the model compute its plain counterpart at step 0; "auto" is "identity" with
