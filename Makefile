@@ -22,7 +22,7 @@ test: install
 
 # timm's own model tests (tests/test_models.py of timm's source distribution, the version
 # pinned in constraints.txt) on the tdaf_ models registered in timm: forward, backward, cfg
-# and features markers, every model (about an hour on 2 CPU cores). `make test` runs the
+# and features markers, every model (about 11 minutes on 2 CPU cores). `make test` runs the
 # quick part (cfg on every model) when TDAF_TIMM_SDIST names the file.
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_SDIST ?= build/timm_sdist/timm-$(TIMM_VERSION).tar.gz

@@ -6,7 +6,7 @@ The source distribution is not part of tdaf and nothing is downloaded here: poin
 ``make timm-sdist`` fetches with pip into ``build/timm_sdist/``; without it these tests
 skip. By default the cfg checks (on the meta device, fast) run on every ``tdaf_`` model
 and the forward/backward/features checks on one small model; ``TDAF_TIMM_FULL=1``
-(``make timm-tests``) runs all four markers on every ``tdaf_`` model (about an hour on
+(``make timm-tests``) runs all four markers on every ``tdaf_`` model (about 11 minutes on
 2 CPU cores).
 """
 
