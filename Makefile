@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean timm-sdist timm-tests
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,21 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests
+
+# timm's own model tests (tests/test_models.py of timm's source distribution, the version
+# pinned in constraints.txt) on the tdaf_ models registered in timm: forward, backward, cfg
+# and features markers, every model (about 11 minutes on 2 CPU cores). `make test` runs the
+# quick part (cfg on every model) when TDAF_TIMM_SDIST names the file.
+TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
+TIMM_SDIST ?= build/timm_sdist/timm-$(TIMM_VERSION).tar.gz
+
+timm-sdist: $(TIMM_SDIST)
+
+$(TIMM_SDIST): constraints.txt
+	$(PY) -m pip download timm==$(TIMM_VERSION) --no-binary :all: --no-deps -d $(dir $(TIMM_SDIST))
+
+timm-tests: install $(TIMM_SDIST)
+	TDAF_TIMM_SDIST=$(TIMM_SDIST) TDAF_TIMM_FULL=1 $(PY) -m pytest tests/test_timm_suite.py -q
 
 bench: install
 	$(PY) benchmarks/overhead.py

@@ -14,7 +14,8 @@ from .layers import (
     convert_to_mfbn, create_anar, freeze_mfbn,
 )
 from .models import (
-    BackboneWithFPN, FeatureMaps, TDAFClassifier, create_model, is_model, list_models, model_cfg, register_model,
+    BackboneWithFPN, FeatureMaps, ModelArgumentError, TDAFClassifier, create_model, is_model, list_models, model_cfg,
+    register_model,
 )
 from .r2dns import TDAF_DEFAULTS, R2DNS, StageNet, init_attention, overlap_flows
 
@@ -25,5 +26,5 @@ __all__ = [
     "SyncMultiFlowBatchNorm", "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "convert_sync_batchnorm",
     "freeze_mfbn", "create_anar", "create_model",
     "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "init_attention",
-    "__version__",
+    "ModelArgumentError", "__version__",
 ]

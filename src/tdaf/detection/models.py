@@ -14,6 +14,7 @@ ANARs are new layers with no statistics to keep: their MFBNs always train.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -29,8 +31,8 @@ from ..engine.checkpoint import CHECKPOINT_FORMAT
 from ..io.files import load_state_dict_file, safe_load
 from ..layers.mfbn import freeze_mfbn
 from ..models import BackboneWithFPN, FeatureMaps, create_model, register_model
-from ..models._builder import with_attention_init
-from ..r2dns import TDAF_ARCH_KEYS, TDAF_DEFAULTS, R2DNS, StageNet
+from ..models._builder import reject_unknown, take_tdaf_kwargs, with_attention_init
+from ..r2dns import TDAF_ARCH_KEYS, R2DNS, StageNet
 
 __all__ = ["TDAFFCOS", "build_fcos", "torchvision_fcos_state_dict", "backbone_of", "TASK", "COCO_NUM_CLASSES"]
 
@@ -46,6 +48,14 @@ _RESNET_PARTS = {
     "layer3": ("stages.2.",),
     "layer4": ("stages.3.",),
 }
+
+
+# The arguments of torchvision's FCOS that pass through (score_thresh, nms_thresh, ...) and
+# of the GeneralizedRCNNTransform it builds (size_divisible, fixed_size); the rest are ours.
+_FCOS_ARGS = tuple(dict.fromkeys(
+    p for cls in (FCOS, GeneralizedRCNNTransform) for p in inspect.signature(cls.__init__).parameters
+    if p not in ("self", "backbone", "num_classes", "min_size", "max_size", "kwargs")
+))
 
 
 def _cfg(backbone: str, tdaf: bool, paper: bool = True, **kwargs: Any) -> dict[str, Any]:
@@ -176,10 +186,9 @@ def build_fcos(
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}; allowed: an integer >= 1")
-    tdaf_kwargs = {k: kwargs.pop(k) for k in TDAF_DEFAULTS if k in kwargs}
-    if tdaf_kwargs and not cfg["tdaf"]:
-        raise ValueError(f"{', '.join(tdaf_kwargs)}: only TDAF models take these; {model_name!r} is a plain "
-                         f"model (use {cfg['tdaf_variant']!r})")
+    tdaf_kwargs = take_tdaf_kwargs(model_name, cfg, kwargs)
+    # torchvision's FCOS passes unknown arguments on to its transform, which drops them: check here.
+    reject_unknown(model_name, kwargs, _FCOS_ARGS)
     trained = backbone_weights is not None
     frozen_bn = trained if frozen_bn is None else bool(frozen_bn)
     trainable_layers = (3 if trained else 5) if trainable_layers is None else int(trainable_layers)

@@ -5,7 +5,8 @@ models) out, with its config recorded. The TDAF settings' defaults are R2DNS's o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from torch import nn
@@ -14,7 +15,13 @@ from ..r2dns import TDAF_DEFAULTS, R2DNS, StageNet, Stride, resolve_attention_in
 from .classifier import TDAFClassifier
 
 __all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings", "check_torchvision_args",
-           "with_attention_init"]
+           "with_attention_init", "ModelArgumentError", "take_tdaf_kwargs", "reject_unknown", "argument_hint"]
+
+
+class ModelArgumentError(TypeError, ValueError):
+    """A keyword argument that a model builder does not take: a ``TypeError``, as Python and
+    timm answer an unknown argument (timm's model tests check it), and a ``ValueError``, the
+    error of every other bad setting in tdaf (which the command line reports in one line)."""
 
 
 def paired_cfgs(name: str, cfg: dict[str, Any], tdaf_name: str | None = None) -> dict[str, dict[str, Any]]:
@@ -32,6 +39,45 @@ def split_tdaf_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     tdaf = {k: v for k, v in kwargs.items() if k in TDAF_DEFAULTS}
     rest = {k: v for k, v in kwargs.items() if k not in TDAF_DEFAULTS}
     return tdaf, rest
+
+
+def reject_unknown(name: str, kwargs: Iterable[str], allowed: Collection[str] = ()) -> None:
+    """:class:`ModelArgumentError` naming every argument of ``kwargs`` not in ``allowed``
+    (with the closest allowed or TDAF name as a hint: ``flow`` -> ``flows``)."""
+    unknown = [k for k in kwargs if k not in allowed]
+    if not unknown:
+        return
+    plural = "s" if len(unknown) > 1 else ""
+    raise ModelArgumentError(f"{name}: unexpected keyword argument{plural} {', '.join(map(repr, unknown))}"
+                             f"{argument_hint(unknown, allowed)}")
+
+
+def argument_hint(unknown: Sequence[str], allowed: Collection[str] = ()) -> str:
+    """`` (did you mean 'flows'?)`` for misspelt argument names (closest allowed or TDAF name)."""
+    known = sorted({*allowed, *TDAF_DEFAULTS})
+    close = {k: c[0] for k in unknown if (c := difflib.get_close_matches(k, known, n=1))}
+    if len(unknown) == 1 and close:
+        return f" (did you mean {close[unknown[0]]!r}?)"
+    return f" (did you mean {', '.join(f'{c!r} for {k!r}' for k, c in close.items())}?)" if close else ""
+
+
+def take_tdaf_kwargs(name: str, cfg: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove the TDAF settings (the keys of :data:`TDAF_DEFAULTS`) from ``kwargs`` and return
+    them; :class:`ModelArgumentError` when model ``name`` (config ``cfg``) does not take them:
+    a plain model takes none (or the subset ``cfg["tdaf_args"]``, the multi-scale ablation)."""
+    tdaf, rest = split_tdaf_kwargs(kwargs)
+    kwargs.clear()
+    kwargs.update(rest)
+    if cfg.get("tdaf", False) or not tdaf:
+        return tdaf
+    allowed = cfg.get("tdaf_args", ())
+    refused = [k for k in tdaf if k not in allowed]
+    if refused and allowed:
+        raise ModelArgumentError(f"{', '.join(refused)}: {name!r} does not take these (it takes {', '.join(allowed)})")
+    if refused:
+        raise ModelArgumentError(f"{', '.join(tdaf)}: only TDAF models take these; {name!r} is a plain model "
+                                 f"(use {cfg.get('tdaf_variant', 'tdaf_' + name)!r})")
+    return tdaf
 
 
 def with_attention_init(tdaf_kwargs: dict[str, Any], from_trained: bool) -> dict[str, Any]:
@@ -100,16 +146,13 @@ def build_model(
     inside the first stage, such as a ResNet's stem. ``from_trained``: the stages hold
     trained weights (``pretrained=``), so ``attention_init="auto"`` starts attention as
     the identity."""
+    reject_unknown(name, tdaf_kwargs, TDAF_DEFAULTS)
     if tdaf:
         tdaf_kwargs = with_attention_init(tdaf_kwargs, from_trained)
         backbone: R2DNS | StageNet = R2DNS(stages, channels, strides, depthwise=depthwise, in_chans=in_chans,
                                            **tdaf_kwargs)
     else:
-        if tdaf_kwargs:
-            raise ValueError(
-                f"{', '.join(tdaf_kwargs)}: only TDAF models take these; {name!r} is a plain model "
-                f"(use {cfg.get('tdaf_variant', 'tdaf_' + name)!r})"
-            )
+        take_tdaf_kwargs(name, dict(cfg, tdaf=False), dict(tdaf_kwargs))  # any TDAF setting is an error here
         backbone = StageNet(stages, channels, strides, in_chans=in_chans)
     cfg = dict(cfg)
     cfg.update(tdaf_settings(backbone), architecture=name)

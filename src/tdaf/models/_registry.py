@@ -7,6 +7,7 @@ A *namespace* is one registered function for a family of names ``<namespace>/<va
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import functools
@@ -15,9 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
+import torch
 from torch import nn
 
 from ..r2dns import TDAF_DEFAULTS
+from ._builder import ModelArgumentError, take_tdaf_kwargs
 from .features import FeatureMaps, StageFeatures
 
 __all__ = ["register_model", "create_model", "list_models", "is_model", "model_cfg", "unknown_model_error"]
@@ -31,8 +34,34 @@ _CFGS: dict[str, dict[str, Any]] = {}
 # (every timm CNN would be one).
 _NAMESPACES: dict[str, tuple[Builder, CfgFn]] = {}
 
-# Arguments that only a TDAF model takes; their defaults are R2DNS's.
+# Arguments that only a TDAF model takes (the keys of TDAF_DEFAULTS); their defaults are R2DNS's.
 TDAF_ARGS = tuple(TDAF_DEFAULTS)
+
+
+def _factory_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise ValueError(f"dtype: got {dtype!r}; allowed: a floating-point torch.dtype (torch.float32, torch.bfloat16, "
+                     f"...) or None")
+
+
+def _with_factory_kwargs(fn: Builder) -> Builder:
+    """``fn`` taking timm's factory arguments ``device`` and ``dtype`` too: the model is
+    built under ``torch.device(device)`` (parameters and buffers, MFBN statistics included,
+    are created there: ``device="meta"`` allocates nothing) and its floating-point tensors
+    are then cast to ``dtype``."""
+
+    @functools.wraps(fn)
+    def builder(*args: Any, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                **kwargs: Any) -> nn.Module:
+        dtype = _factory_dtype(dtype)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = fn(*args, **kwargs)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)  # anything built with an explicit device, e.g. a timm model
+        return model
+
+    return builder
 
 
 @overload
@@ -51,13 +80,17 @@ def register_model(
     classifier, whether it is a TDAF model, its plain baseline, ...).
     ``@register_model(cfg_fn, namespace="ns")`` registers the family ``ns/<variant>``:
     the builder takes the variant as its first argument and ``cfg_fn(variant)`` gives the
-    config, raising ValueError for a variant it cannot build."""
+    config, raising ValueError for a variant it cannot build.
+
+    Every registered builder also takes timm's factory arguments ``device`` and ``dtype``
+    (the function returned, and kept in the defining module, is the builder with them)."""
     if callable(cfg) and namespace is None:
         return _register(cfg, None, None)
     return lambda fn: _register(fn, cfg, namespace)  # type: ignore[arg-type]
 
 
 def _register(fn: Builder, cfg: dict[str, Any] | CfgFn | None, namespace: str | None) -> Builder:
+    fn = _with_factory_kwargs(fn)
     if namespace is not None:
         if namespace in _NAMESPACES or "/" in namespace:
             raise ValueError(f"model namespace {namespace!r} is registered twice or contains '/'")
@@ -125,22 +158,22 @@ def create_model(
     name: str,
     *,
     num_classes: int | None = None,
-    flows: int | None = None,
-    anar: str | None = None,
-    eta: float | None = None,
-    downsample: str | None = None,
-    attention_init: str | None = None,
     pretrained: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model.
 
-    ``flows``, ``anar``, ``eta`` and ``downsample`` (defaults: ``TDAF_DEFAULTS``, the
-    paper's 3 flows, ANAR-3, 0.5, average pooling) configure TDAF models (``tdaf_*``); giving them to a plain model is an
-    error. ``attention_init`` (``"auto"``, ``"identity"``, ``"random"``) decides how the
-    ANARs start: "identity" makes the model compute its plain counterpart at step 0;
-    "auto" is "identity" with ``pretrained`` weights and the from-scratch default otherwise. ``pretrained`` is a local file holding the plain backbone's state dict in
-    torchvision or timm layout; nothing is ever downloaded.
+    The TDAF settings, the keys of :data:`tdaf.r2dns.TDAF_DEFAULTS` (``flows``, ``anar``,
+    ``eta``, ``downsample``, ``attention_init``; defaults: the paper's 3 flows, ANAR-3,
+    0.5, average pooling), configure TDAF models (``tdaf_*``); None means the default, and
+    giving one to a plain model is a :class:`~tdaf.ModelArgumentError`
+    (a TypeError, as for any argument the model does not take). ``attention_init``
+    (``"auto"``, ``"identity"``, ``"random"``) decides how the ANARs start: "identity"
+    makes the model compute its plain counterpart at step 0; "auto" is "identity" with
+    ``pretrained`` weights and the from-scratch default otherwise. ``pretrained`` is a
+    local file holding the plain backbone's state dict in torchvision or timm layout;
+    nothing is ever downloaded. ``device`` and ``dtype`` (timm's factory arguments) build
+    the model on that device (``"meta"``: no memory) and cast it to that dtype.
 
     ``features_only=True`` (with optional ``out_indices``) returns the backbone alone,
     whose forward gives the last flow's stage maps (C2..C5 for a ResNet), with timm's
@@ -150,21 +183,8 @@ def create_model(
     and ``timm/<timm name>`` wrap any sequential timm CNN.
     """
     builder, cfg = _resolve(name)
-    given = (flows, anar, eta, downsample, attention_init)
-    tdaf_args = {k: v for k, v in zip(TDAF_ARGS, given, strict=True) if v is not None}
-    if tdaf_args and not cfg.get("tdaf", False):
-        # A model may take a subset (the multi-scale ablation: flows and downsample, no ANAR).
-        allowed = cfg.get("tdaf_args", ())
-        refused = [k for k in tdaf_args if k not in allowed]
-        if refused and allowed:
-            raise ValueError(
-                f"{', '.join(refused)}: {name!r} does not take these (it takes {', '.join(allowed)})"
-            )
-        if refused:
-            raise ValueError(
-                f"{', '.join(tdaf_args)}: only TDAF models take these; {name!r} is a plain model "
-                f"(use {cfg.get('tdaf_variant', 'tdaf_' + name)!r})"
-            )
+    kwargs = {k: v for k, v in kwargs.items() if not (k in TDAF_DEFAULTS and v is None)}
+    tdaf_args = take_tdaf_kwargs(name, cfg, kwargs)
     if num_classes is not None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"num_classes: got {num_classes!r}; allowed: an integer >= 0 (0 = no classifier)")
@@ -183,7 +203,7 @@ def create_model(
     except TypeError as e:  # timm's contract: an unknown argument is a TypeError (named here)
         if str(e).startswith(name + ":"):
             raise
-        raise TypeError(f"{name}: {e}") from e
+        raise (ModelArgumentError if isinstance(e, ModelArgumentError) else TypeError)(f"{name}: {e}") from e
     if features_only:
         return (FeatureMaps if feature_cls == "dict" else StageFeatures)(model, out_indices)
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -213,6 +214,19 @@ class TDAFClassifier(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
+    @property
+    def in_chans(self) -> int | None:
+        """Input channels the backbone expects (timm's ``in_chans``)."""
+        return self.backbone.in_chans
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's ``reset_classifier``: a new classifier with ``num_classes`` outputs (0: none);
+        ``global_pool`` None keeps the current pooling, ``""`` removes it (with no classifier).
+        New layers are created on the model's device and dtype and take its train/eval mode."""
+        ref = next(self.parameters(), None)
+        device, dtype = (ref.device, ref.dtype) if ref is not None else (None, None)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.head.reset(num_classes, pool_type=global_pool)
+        self.head.to(device=device, dtype=dtype)
+        self.head.train(self.training)
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..r2dns import R2DNS, StageNet
 from . import resnet
-from ._builder import build_model
+from ._builder import build_model, reject_unknown, take_tdaf_kwargs
 from ._registry import create_model, register_model
 from .classifier import TDAFClassifier
 
@@ -74,12 +74,15 @@ def _create_msconcat(
     pretrained: str | os.PathLike[str] | None = None,
     drop_rate: float = 0.0,
     global_pool: str = "avg",
-    **tdaf_kwargs: Any,
+    in_chans: int = 3,
+    **kwargs: Any,
 ) -> MultiScaleConcatClassifier:
     cfg = default_cfgs[variant]
+    tdaf_kwargs = take_tdaf_kwargs(variant, cfg, kwargs)  # flows and downsample only
+    reject_unknown(variant, kwargs)
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     # The plain model supplies the stages (and loads a pretrained backbone file).
-    plain = create_model(cfg["baseline"], num_classes=num_classes, pretrained=pretrained)
+    plain = create_model(cfg["baseline"], num_classes=num_classes, pretrained=pretrained, in_chans=in_chans)
     model = build_model(
         variant, list(plain.backbone.stages), plain.backbone.channels, plain.backbone.strides, cfg, tdaf=True,
         num_classes=num_classes, drop_rate=drop_rate, global_pool=global_pool, in_chans=plain.backbone.in_chans,

@@ -8,6 +8,7 @@ as is usual for 32x32 inputs.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections import OrderedDict
 from typing import Any
@@ -18,9 +19,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ._builder import build_model, check_torchvision_args, paired_cfgs, split_tdaf_kwargs
+from ._builder import build_model, check_torchvision_args, paired_cfgs, reject_unknown, take_tdaf_kwargs
 from ._pretrained import load_pretrained
-
 from ._registry import register_model
 from .classifier import TDAFClassifier
 
@@ -39,6 +39,7 @@ def _cfg(arch: str, cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
     return dict(
         **data,
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
+        pool_size=(4, 4) if cifar else (7, 7),  # the last map at the default input size (timm's key)
         mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_STD,
         num_classes=10 if cifar else 1000,
@@ -67,6 +68,12 @@ default_cfgs: dict[str, dict[str, Any]] = {
 }
 
 
+# torchvision's ResNet arguments that pass through (``block``, ``layers``, ``groups``, ...): all
+# but the class count (ours) and dilation, which would break the stages' strides.
+_RESNET_ARGS = tuple(p for p in inspect.signature(ResNet.__init__).parameters
+                     if p not in ("self", "num_classes", "replace_stride_with_dilation"))
+
+
 def _resnet_stages(net: ResNet, cifar: bool) -> tuple[list[nn.Module], list[int], list[int]]:
     stem = nn.Sequential(OrderedDict(
         conv1=net.conv1, bn1=net.bn1, relu=net.relu, maxpool=net.maxpool, layer1=net.layer1,
@@ -87,18 +94,22 @@ def _create_resnet(
     in_chans: int = 3,
     drop_path_rate: float | None = None,
     output_stride: int | None = None,
+    global_pool: str = "avg",
     **kwargs: Any,
 ) -> TDAFClassifier:
     """torchvision's ResNet with ``kwargs`` (``block``, ``layers``, ``groups``, ...), optionally
     loaded from ``pretrained``, as stages (TDAF settings in ``kwargs`` go to R2DNS).
     ``in_chans`` sets the first conv's input channels (a pretrained 3-channel conv is
     adapted as timm does); ``drop_path_rate`` and ``output_stride`` only take their no-op
-    values (torchvision's blocks have no drop path, and no dilation is applied)."""
+    values (torchvision's blocks have no drop path, and no dilation is applied);
+    ``global_pool`` is timm's head pooling ("avg", "max", ..., "" for none)."""
     cfg = default_cfgs[variant]
     cifar = variant.endswith("_cifar")
+    tdaf_kwargs = take_tdaf_kwargs(variant, cfg, kwargs)
+    net_kwargs = kwargs
+    reject_unknown(variant, net_kwargs, _RESNET_ARGS)
     check_torchvision_args(variant, drop_path_rate=drop_path_rate, output_stride=output_stride,
                            native_stride=8 if cifar else 32, in_chans=in_chans)
-    tdaf_kwargs, net_kwargs = split_tdaf_kwargs(kwargs)
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     net = ResNet(num_classes=max(num_classes, 1), **net_kwargs)
     if cifar:
@@ -117,7 +128,8 @@ def _create_resnet(
     # timm numbers a ResNet's feature levels from its stem (level 0, act1), which is inside stage 1 here.
     stem = [dict(num_chs=64, reduction=1 if cifar else 2, module="backbone.stages.0.relu")]
     model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
-                        drop_rate=drop_rate, in_chans=in_chans, stem_info=stem, from_trained=pretrained is not None,
+                        drop_rate=drop_rate, global_pool=global_pool, in_chans=in_chans, stem_info=stem,
+                        from_trained=pretrained is not None,
                         **tdaf_kwargs)
     if num_classes > 0:
         model.head.fc = net.fc  # keeps pretrained classifier weights when the class count matches

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from timm.models import model_entrypoint
 from torch import nn
 
 from ..layers.mfbn import FLOW_NORMS
-from ._builder import build_model, split_tdaf_kwargs
+from ._builder import ModelArgumentError, argument_hint, build_model, take_tdaf_kwargs
 from ._pretrained import load_pretrained
 from ._registry import register_model
 from .classifier import TDAFClassifier
@@ -192,13 +193,16 @@ def split_timm_model(
     model.eval()
     try:
         with torch.no_grad():
-            x = torch.randn(1, in_chans, check_size, check_size, generator=torch.Generator().manual_seed(0))
+            # Drawn on the CPU (its generator's device) whatever device context is active, then moved.
+            x = torch.randn(1, in_chans, check_size, check_size, generator=torch.Generator().manual_seed(0),
+                            device="cpu")
             x = x.to(device)
             try:
                 order, ref = _call_order(model, [m for _, _, m in flat], x.clone())
             except Exception as small_error:  # e.g. Inception's unpadded convs: retry at the model's own size
                 size = int(pcfg.get("input_size", (3, 224, 224))[-1])
-                x = torch.randn(1, in_chans, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+                x = torch.randn(1, in_chans, size, size, generator=torch.Generator().manual_seed(0),
+                                device="cpu").to(device)
                 try:
                     order, ref = _call_order(model, [m for _, _, m in flat], x.clone())
                 except Exception as e:  # any failure of the model itself: report it with the model's name
@@ -318,9 +322,10 @@ def create_timm_model(
     ``eta``, ``downsample``) go to R2DNS; the others to the timm model (``drop_rate``,
     ``drop_path_rate``, ``in_chans``, ...), or to ``make_net`` in place of
     ``timm.create_model(timm_name)``."""
-    tdaf_kwargs, timm_kwargs = split_tdaf_kwargs(kwargs)
     cfg = dict(cfg or timm_cfg(timm_name, tdaf=tdaf))
     name = name or (TDAF_PREFIX if tdaf else PLAIN_PREFIX) + timm_name
+    tdaf_kwargs = take_tdaf_kwargs(name, dict(cfg, tdaf=tdaf), kwargs)
+    timm_kwargs = kwargs
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     try:
         if make_net is not None:
@@ -328,7 +333,8 @@ def create_timm_model(
         else:
             net = timm.create_model(timm_name, pretrained=False, num_classes=max(num_classes, 1), **timm_kwargs)
     except TypeError as e:  # timm's contract: an unknown argument is a TypeError
-        raise TypeError(f"{name}: bad argument for the timm model: {e}") from e
+        bad = re.findall(r"unexpected keyword argument '(\w+)'", str(e))
+        raise ModelArgumentError(f"{name}: bad argument for the timm model: {e}{argument_hint(bad)}") from e
     timm_levels = _feature_levels(net, timm_name) if getattr(net, "feature_info", None) else []
     if pretrained is not None:
         load_pretrained(net, pretrained, name, classifier=_classifier_names(net))
@@ -340,7 +346,7 @@ def create_timm_model(
     if tdaf:
         cfg["depthwise"] = depthwise
     elif depthwise:
-        raise ValueError(f"depthwise: only TDAF models take it; {name!r} is a plain model")
+        raise ModelArgumentError(f"depthwise: only TDAF models take it; {name!r} is a plain model")
     # timm's levels before the first stage's (a stem at reduction 2) are computed inside stage 1;
     # they keep their numbers, so out_indices copied from timm code select the same maps.
     stem_info = [dict(num_chs=int(f["num_chs"]), reduction=f["reduction"],
@@ -368,6 +374,7 @@ def timm_cfg(timm_name: str, *, tdaf: bool, **extra: Any) -> dict[str, Any]:
     src = pcfg.to_dict() if pcfg is not None else {}
     cfg = dict(
         input_size=tuple(src.get("input_size", (3, 224, 224))),
+        pool_size=tuple(src.get("pool_size") or (7, 7)),
         mean=tuple(src.get("mean", IMAGENET_DEFAULT_MEAN)),
         std=tuple(src.get("std", IMAGENET_DEFAULT_STD)),
         interpolation=src.get("interpolation", "bilinear"),

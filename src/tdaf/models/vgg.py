@@ -21,7 +21,7 @@ import torchvision
 from timm.models import adapt_input_conv
 from torch import nn
 
-from ._builder import build_model, check_torchvision_args, paired_cfgs
+from ._builder import build_model, check_torchvision_args, paired_cfgs, reject_unknown, take_tdaf_kwargs
 from ._pretrained import load_pretrained
 from ._registry import register_model
 from .classifier import TDAFClassifier
@@ -32,24 +32,35 @@ __all__ = ["VGGHead", "vgg_stages"]
 class VGGHead(nn.Module):
     """VGG's classifier as a TDAF head: 7x7 adaptive average pool, flatten, FC-ReLU-Dropout
     twice (``pre_logits``), then ``fc`` (timm's head contract: ``forward(x, pre_logits)``,
-    ``reset(num_classes, pool_type)``)."""
+    ``reset(num_classes, pool_type)``). ``pool_type=""`` (timm's "no global pooling") passes
+    the feature map through unchanged, which only works without a classifier: VGG's hidden
+    layers need the pooled 7x7 map."""
 
     def __init__(self, avgpool: nn.Module, classifier: nn.Sequential, num_classes: int) -> None:
         super().__init__()
         layers = list(classifier.children())
         self.pool = avgpool
+        self.pool_type = "avg"
         self.pre_logits = nn.Sequential(*layers[:-1])
         self.hidden_size = layers[-1].in_features
         self.fc: nn.Module = layers[-1] if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.pool_type:
+            if not isinstance(self.fc, nn.Identity):
+                raise ValueError("global_pool: '' (no pooling) leaves the map unpooled, which VGG's classifier cannot "
+                                 "take; reset_classifier(num_classes, 'avg') pools again")
+            return x
         x = torch.flatten(self.pool(x), 1)
         x = self.pre_logits(x)
         return x if pre_logits else self.fc(x)
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
-        if pool_type not in (None, "avg"):
-            raise ValueError(f"global_pool: got {pool_type!r}; VGG's head always average-pools to 7x7 (allowed: 'avg')")
+        pool_type = self.pool_type if pool_type is None else pool_type
+        if pool_type not in ("avg", ""):
+            raise ValueError(f"global_pool: got {pool_type!r}; VGG's head average-pools to 7x7 (allowed: 'avg', or '' "
+                             f"for no pooling and no classifier)")
+        self.pool_type = pool_type
         self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
 
@@ -98,6 +109,7 @@ def _cfg(arch: str, cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
     return dict(
         **data,
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
+        pool_size=(1, 1) if cifar else (7, 7),  # the last map at the default input size (timm's key)
         mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_STD,
         num_classes=10 if cifar else 1000,
@@ -130,14 +142,17 @@ def _create_vgg(
     in_chans: int = 3,
     drop_path_rate: float | None = None,
     output_stride: int | None = None,
-    **tdaf_kwargs: Any,
+    global_pool: str = "avg",
+    **kwargs: Any,
 ) -> TDAFClassifier:
     """torchvision's VGG ``cfg["arch"]``, optionally loaded from ``pretrained``, as five
     stages with VGG's own head (TDAF settings in ``tdaf_kwargs`` go to R2DNS).
     ``in_chans`` sets the first conv's input channels (a pretrained 3-channel conv is
     adapted as timm does); ``drop_path_rate`` and ``output_stride`` only take their no-op
-    values."""
+    values; ``global_pool`` is "avg" or "" (no pooling, no classifier: the last map)."""
     cfg = default_cfgs[variant]
+    tdaf_kwargs = take_tdaf_kwargs(variant, cfg, kwargs)
+    reject_unknown(variant, kwargs)
     check_torchvision_args(variant, drop_path_rate=drop_path_rate, output_stride=output_stride, native_stride=32,
                            in_chans=in_chans)
     arch = cfg["arch"]
@@ -156,6 +171,8 @@ def _create_vgg(
         net.features[0] = new
     stages, channels, strides = vgg_stages(net.features)
     head = VGGHead(net.avgpool, net.classifier, num_classes)
+    if global_pool != head.pool_type:
+        head.reset(num_classes, global_pool)
     model = build_model(variant, stages, channels, strides, cfg, tdaf=cfg["tdaf"], num_classes=num_classes,
                         head=head, in_chans=in_chans, from_trained=pretrained is not None, **tdaf_kwargs)
     model.head_hidden_size = head.hidden_size

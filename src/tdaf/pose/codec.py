@@ -86,51 +86,60 @@ def crop_to_image(box: Sequence[float], width: int, height: int) -> list[float] 
 def encode_heatmaps(keypoints: np.ndarray, visible: np.ndarray, heatmap_size: tuple[int, int], stride: float,
                     sigma: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian target heat-maps (J, h, w) and target weights (J,) of keypoints in crop
-    pixels (J, 2): each joint's Gaussian of ``sigma`` heat-map pixels is centred on the
-    heat-map pixel nearest to it (the reference's ``int(x / stride + 0.5)``); a joint that is
-    not visible (weight 0 in ``visible``) or whose Gaussian misses the map gets weight 0
-    and an empty map."""
+    pixels (J, 2), as SimpleBaseline's ``generate_target``, to the bit: each joint's
+    Gaussian of ``sigma`` heat-map pixels is centred on the heat-map pixel
+    ``int(x / stride + 0.5)`` (truncated, as the reference), cut to its window of radius
+    ``int(3 sigma)`` and computed in float32. A joint that is not visible gets weight 0
+    and an empty map; so does one whose window ``[mu - r, mu + r + 1)`` lies wholly
+    outside the map (the reference's test: a joint whose window ends exactly at the map's
+    edge keeps weight 1 with an empty map)."""
     w, h = heatmap_size
-    num = keypoints.shape[0]
+    points = np.asarray(keypoints, dtype=np.float64)  # the reference's joints are float64
+    num = points.shape[0]
     target = np.zeros((num, h, w), dtype=np.float32)
     weight = (np.asarray(visible) > 0).astype(np.float32)
     radius = int(sigma * 3)
-    xs = np.arange(w, dtype=np.float32)
-    ys = np.arange(h, dtype=np.float32)[:, None]
+    cols, rows = np.arange(w), np.arange(h)
+    denominator = np.float32(2 * sigma**2)
     for j in range(num):
         if weight[j] == 0:
             continue
-        mu = (keypoints[j] / stride + 0.5).astype(np.int64)
-        if mu[0] - radius >= w or mu[1] - radius >= h or mu[0] + radius < 0 or mu[1] + radius < 0:
+        mu = (points[j] / stride + 0.5).astype(np.int64)  # int(): truncation towards zero
+        if mu[0] - radius >= w or mu[1] - radius >= h or mu[0] + radius + 1 < 0 or mu[1] + radius + 1 < 0:
             weight[j] = 0
             continue
-        g = np.exp(-((xs - mu[0]) ** 2 + (ys - mu[1]) ** 2) / (2 * sigma**2))
-        # the reference's 6-sigma window: beyond it the target is exactly 0
-        g[(np.abs(ys - mu[1]) > radius) | (np.abs(xs - mu[0]) > radius)] = 0
+        dx, dy = cols - mu[0], rows - mu[1]
+        # float32 throughout, as the reference (its window offsets are float32): equal bits
+        g = np.exp(-((dx.astype(np.float32) ** 2)[None, :] + (dy.astype(np.float32) ** 2)[:, None]) / denominator)
+        # the 6-sigma window: beyond it the target is exactly 0
+        g[(np.abs(dy) > radius)[:, None] | (np.abs(dx) > radius)[None, :]] = 0
         target[j] = g
     return target, weight
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, stride: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints in crop pixels (B, J, 2) and their scores (B, J) from heat-maps
-    (B, J, h, w): the arg-max, moved a quarter pixel towards the higher neighbour
-    (SimpleBaseline's refinement), times ``stride``."""
+    (B, J, h, w), as SimpleBaseline's ``get_max_preds`` and ``get_final_preds``, to the
+    bit: the (first) arg-max, at (0, 0) when the maximum is not positive, moved a quarter
+    pixel towards the higher neighbour in x and in y when the arg-max lies strictly inside
+    ``1 < x < w - 1`` and ``1 < y < h - 1`` (both, or no shift at all), times ``stride``."""
     b, j, h, w = heatmaps.shape
-    flat = heatmaps.float().reshape(b, j, -1)
-    scores, idx = flat.max(dim=2)
-    x = (idx % w).float()
-    y = torch.div(idx, w, rounding_mode="floor").float()
     hm = heatmaps.float()
-    xi, yi = x.long(), y.long()
-    bi = torch.arange(b)[:, None].expand(b, j)
-    ji = torch.arange(j)[None, :].expand(b, j)
-    inner_x = (xi > 0) & (xi < w - 1)
-    inner_y = (yi > 0) & (yi < h - 1)
-    dx = hm[bi, ji, yi, (xi + 1).clamp(max=w - 1)] - hm[bi, ji, yi, (xi - 1).clamp(min=0)]
-    dy = hm[bi, ji, (yi + 1).clamp(max=h - 1), xi] - hm[bi, ji, (yi - 1).clamp(min=0), xi]
-    x = x + torch.where(inner_x, torch.sign(dx) * 0.25, torch.zeros_like(x))
-    y = y + torch.where(inner_y, torch.sign(dy) * 0.25, torch.zeros_like(y))
-    return torch.stack([x, y], dim=-1) * stride, scores
+    flat = hm.reshape(b, j, -1)
+    idx = flat.argmax(dim=2)  # the first maximum, as numpy's argmax
+    scores = flat.gather(2, idx[..., None])[..., 0]
+    positive = scores > 0
+    x = torch.where(positive, idx % w, 0)
+    y = torch.where(positive, torch.div(idx, w, rounding_mode="floor"), 0)
+    bi = torch.arange(b, device=hm.device)[:, None].expand(b, j)
+    ji = torch.arange(j, device=hm.device)[None, :].expand(b, j)
+    inner = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)
+    dx = hm[bi, ji, y, (x + 1).clamp(max=w - 1)] - hm[bi, ji, y, (x - 1).clamp(min=0)]
+    dy = hm[bi, ji, (y + 1).clamp(max=h - 1), x] - hm[bi, ji, (y - 1).clamp(min=0), x]
+    zero = torch.zeros_like(dx)
+    xs = x.float() + torch.where(inner, torch.sign(dx) * 0.25, zero)
+    ys = y.float() + torch.where(inner, torch.sign(dy) * 0.25, zero)
+    return torch.stack([xs, ys], dim=-1) * stride, scores
 
 
 def flip_heatmaps(heatmaps: torch.Tensor, flip_pairs: Sequence[tuple[int, int]], shift: bool = True) -> torch.Tensor:

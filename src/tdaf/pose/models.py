@@ -21,7 +21,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..models import create_model, register_model
-from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings, with_attention_init
+from ..models._builder import (
+    ModelArgumentError, paired_cfgs, reject_unknown, take_tdaf_kwargs, tdaf_settings, with_attention_init,
+)
 from ..r2dns import R2DNS, StageNet
 
 __all__ = ["SimpleBaselinePose", "deconv_stages", "HEATMAP_STRIDE"]
@@ -100,16 +102,15 @@ def _create_simplebaseline(
     **kwargs: Any,
 ) -> SimpleBaselinePose:
     cfg = default_cfgs[variant]
-    tdaf_kwargs, rest = split_tdaf_kwargs(kwargs)
-    if rest:
-        raise TypeError(f"{variant}: unexpected arguments {', '.join(sorted(rest))}")
+    tdaf_kwargs = take_tdaf_kwargs(variant, cfg, kwargs)
+    reject_unknown(variant, kwargs)
     if not isinstance(num_joints, int) or isinstance(num_joints, bool) or num_joints < 1:
         raise ValueError(f"num_joints: got {num_joints!r}; allowed: an integer >= 1")
     if backbone_weights is not None and pretrained is not None:
         raise ValueError("backbone_weights, pretrained: give one (both name the ImageNet backbone file)")
     weights = backbone_weights if backbone_weights is not None else pretrained
     if tdaf_backbone and not cfg["tdaf"]:
-        raise ValueError(f"tdaf_backbone: {variant!r} is a plain model (use {cfg['tdaf_variant']!r})")
+        raise ModelArgumentError(f"tdaf_backbone: {variant!r} is a plain model (use {cfg['tdaf_variant']!r})")
     name = ("tdaf_" if tdaf_backbone else "") + cfg["backbone"]
     # The classifier (with its ImageNet fc) only carries the weights; its stages are the backbone.
     net = create_model(name, pretrained=weights, **(tdaf_kwargs if tdaf_backbone else {}))

@@ -4,15 +4,20 @@ Importing this package registers the ``video`` task, the ``r3d_*`` / ``tdaf_r3d_
 and the data sets ``kinetics`` (a folder in Kinetics layout) and ``moving_digits`` (built in).
 """
 
-from . import models  # noqa: F401  (registers the r3d_* models)
 from .data import VideoClips, VideoFolder, build_datasets, open_split
 from .digits import moving_digits_root, write_moving_digits, write_video
 from .metrics import VideoEvaluator
-from .models import Hara3DResNet, VideoClassifier, VideoHead, inflate_state_dict
+from .models import (
+    Hara3DResNet, VideoClassifier, VideoHead, inflate_state_dict, r3d_resnet10, r3d_resnet10_w16, r3d_resnet18,
+    r3d_resnet34, r3d_resnet50, r3d_resnet101, tdaf_r3d_resnet10, tdaf_r3d_resnet10_w16, tdaf_r3d_resnet18,
+    tdaf_r3d_resnet34, tdaf_r3d_resnet50, tdaf_r3d_resnet101,
+)
 from .task import VideoTask, clip_frames
 
 __all__ = [
     "VideoTask", "VideoEvaluator", "VideoClassifier", "VideoHead", "Hara3DResNet", "inflate_state_dict",
     "VideoClips", "VideoFolder", "build_datasets", "open_split", "moving_digits_root", "write_moving_digits",
-    "write_video", "clip_frames",
+    "write_video", "clip_frames", "r3d_resnet10", "r3d_resnet10_w16", "r3d_resnet18", "r3d_resnet34", "r3d_resnet50",
+    "r3d_resnet101", "tdaf_r3d_resnet10", "tdaf_r3d_resnet10_w16", "tdaf_r3d_resnet18", "tdaf_r3d_resnet34",
+    "tdaf_r3d_resnet50", "tdaf_r3d_resnet101",
 ]

@@ -36,7 +36,7 @@ from torchvision.models.video.resnet import BasicBlock, Bottleneck, Conv3DSimple
 
 from ..io.files import load_state_dict_file
 from ..models import TDAFClassifier, register_model
-from ..models._builder import paired_cfgs, split_tdaf_kwargs, tdaf_settings, with_attention_init
+from ..models._builder import paired_cfgs, reject_unknown, take_tdaf_kwargs, tdaf_settings, with_attention_init
 from ..r2dns import R2DNS, StageNet
 
 __all__ = [
@@ -277,9 +277,8 @@ def _create_r3d(
     **kwargs: Any,
 ) -> VideoClassifier:
     cfg = default_cfgs[variant]
-    tdaf_kwargs, rest = split_tdaf_kwargs(kwargs)
-    if rest:
-        raise TypeError(f"{variant}: unexpected arguments {', '.join(rest)}")
+    tdaf_kwargs = take_tdaf_kwargs(variant, cfg, kwargs)
+    reject_unknown(variant, kwargs)
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     net = Hara3DResNet(block, layers, num_classes, base_width=cfg.get("base_width", 64))
     if pretrained is not None:
@@ -289,9 +288,6 @@ def _create_r3d(
         settings = with_attention_init({**VIDEO_TDAF_DEFAULTS, **tdaf_kwargs}, pretrained is not None)
         backbone: R2DNS | StageNet = R2DNS(stages, channels, strides, dims=3, **settings)
     else:
-        if tdaf_kwargs:
-            raise ValueError(f"{', '.join(tdaf_kwargs)}: only TDAF models take these; {variant!r} is a plain model "
-                             f"(use {cfg['tdaf_variant']!r})")
         backbone = StageNet(stages, channels, strides, dims=3)
     head = VideoHead(net.num_features, num_classes, drop_rate)
     if num_classes > 0:
