@@ -47,8 +47,10 @@ CLASSIFICATION_ROWS: list[tuple[str, dict[str, Any]]] = [
     (f"{TDAF_MODEL} anar3 identity", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3",
                                       "attention_init": "identity"}),
     (f"{TDAF_MODEL} anar3 random", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar3", "attention_init": "random"}),
-    (f"{TDAF_MODEL} anar5", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar5", "attention_init": "auto"}),
-    (f"{TDAF_MODEL} anar7", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar7", "attention_init": "auto"}),
+    (f"{TDAF_MODEL} anar5 identity", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar5",
+                                      "attention_init": "identity"}),
+    (f"{TDAF_MODEL} anar7 identity", {**DEMO_RECIPE, "model": TDAF_MODEL, "anar": "anar7",
+                                      "attention_init": "identity"}),
 ]
 QUICK_RUNS: dict[str, tuple[str, str]] = {
     "detection": ("configs/detection/digit_scenes_fcos_resnet18_fpn.yaml",

@@ -217,11 +217,23 @@ def ensure_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Pa
             break
     try:
         p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TEMP_SUFFIX, dir=p)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot write in {p} ({_os_reason(e)})") from e
+    probe_writable(p, p, what)
+    return p
+
+
+def _os_reason(e: OSError) -> str:
+    return {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system"}.get(e.errno or 0, first_line(e))
+
+
+def probe_writable(folder: Path, shown: Path, what: str) -> None:
+    """Write and remove a probe file in the existing ``folder``; ValueError naming ``what``
+    and ``shown`` (the folder the user asked for) when that fails."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TEMP_SUFFIX, dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        reason = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-                  errno.EROFS: "read-only file system"}.get(e.errno or 0, first_line(e))
-        raise ValueError(f"{what}: cannot write in {p} ({reason})") from e
-    return p
+        raise ValueError(f"{what}: cannot write in {shown} ({_os_reason(e)})") from e

@@ -24,7 +24,6 @@ This module imports nothing from tdaf beyond :mod:`tdaf.io.files`.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .files import TEMP_SUFFIX, deferred_interrupts, first_line
+from .files import TEMP_SUFFIX, deferred_interrupts, first_line, probe_writable
 
 __all__ = ["Outputs", "output_name"]
 
@@ -134,14 +133,7 @@ class Outputs:
                 raise ValueError(f"{what}: cannot create {folder}: {q} is a file, not a folder")
             if _key(q) in self._writable:
                 return
-            try:
-                fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TEMP_SUFFIX, dir=q)
-                os.close(fd)
-                os.unlink(probe)
-            except OSError as e:
-                reason = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-                          errno.EROFS: "read-only file system"}.get(e.errno or 0, first_line(e))
-                raise ValueError(f"{what}: cannot write in {folder} ({reason})") from e
+            probe_writable(q, folder, what)
             self._writable.add(_key(q))
             return
 
