@@ -56,7 +56,7 @@ TDAF_ARCH_KEYS: tuple[str, ...] = ("flows", "anar", "eta", "downsample")
 # attention must not disturb), SCRATCH_ATTENTION_INIT from scratch (chosen by measurement:
 # README, "Attention initialisation").
 ATTENTION_INITS: tuple[str, ...] = ("auto", "identity", "random")
-SCRATCH_ATTENTION_INIT = "random"
+SCRATCH_ATTENTION_INIT = "identity"
 
 
 def resolve_attention_init(value: str | None, from_trained: bool = False) -> str:
