@@ -141,7 +141,8 @@ class _LastStage(nn.Module):
 def test_video_maps_draw_the_chosen_frame(tmp_path: Path) -> None:
     torch.manual_seed(0)
     stages = [_block3d(3, 8, 1), _block3d(8, 16, 2), _block3d(16, 16, 2)]
-    model = nn.Sequential(_LastStage(R2DNS(stages, [8, 16, 16], [1, 2, 2], flows=2, anar="anar3", dims=3)),
+    model = nn.Sequential(_LastStage(R2DNS(stages, [8, 16, 16], [1, 2, 2], flows=2, anar="anar3", dims=3,
+                                          attention_init="random")),
                           nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
     clip = torch.randn(1, 3, 8, 16, 16)
     _, maps = compute_attention(model, clip)

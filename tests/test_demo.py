@@ -83,3 +83,28 @@ def test_demo_end_to_end(tmp_path, capsys):
     before = (out / "summary.json").read_bytes()
     assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "1", "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "summary.json").read_bytes() == before
+
+
+def test_accuracy_benchmark_report():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(value, ok=True, focus=None):
+        r = {"metric": "top1", "value": value, "train_loss": 0.5, "learned": ok, "wall_s": 60.0}
+        return r if focus is None else {**r, "attention_focus": {"stage1_flow3": focus}}
+
+    res = {"task": "classification", "seeds": 3, "rows": {
+        "resnet18": [row(0.80), row(0.82), row(0.84)],
+        "tdaf_resnet18": [row(0.84, focus=1.5), row(0.86, focus=1.7), row(0.88, focus=1.6)],
+        "tdaf_resnet18 anar3 random": [row(0.10, ok=False), row(0.83), row(0.83)],
+    }}
+    text = bench.report(res)
+    assert "| tdaf_resnet18 | 84.00, 86.00, 88.00 | 86.00 ± 2.00 | +4.00 [+4.00, +4.00] | tdaf_resnet18 is better" in text
+    assert "10.00*" in text and "did not learn (1 runs)" in text
+    assert "tdaf_resnet18 1.60 ± 0.10" in text
+    assert [label for label, _ in bench.rows_for("classification")][:2] == ["resnet18", "tdaf_resnet18"]
