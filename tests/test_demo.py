@@ -73,7 +73,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "verdict:" in text and "attention on the digit" in text and "Top-1 mean ± std" in text
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["model"], r["seed"]) for r in summary["runs"]] == [
-        ("resnet18", 0), ("tdaf_resnet18", 0), ("resnet18", 1), ("tdaf_resnet18", 1)]
+        ("resnet18_w32", 0), ("tdaf_resnet18_w32", 0), ("resnet18_w32", 1), ("tdaf_resnet18_w32", 1)]
     assert summary["recipe"]["data"] == "cluttered_digits" and len(summary["attention_focus"]) == 5
     for r in summary["runs"]:
         assert 0 <= r["top1"] <= 1 and (out / f"{r['model']}_seed{r['seed']}" / "last.pt").exists()
@@ -107,4 +107,4 @@ def test_accuracy_benchmark_report():
     assert "| tdaf_resnet18 | 84.00, 86.00, 88.00 | 86.00 ± 2.00 | +4.00 [+4.00, +4.00] | tdaf_resnet18 is better" in text
     assert "10.00*" in text and "did not learn (1 runs)" in text
     assert "tdaf_resnet18 1.60 ± 0.10" in text
-    assert [label for label, _ in bench.rows_for("classification")][:2] == ["resnet18", "tdaf_resnet18"]
+    assert [label for label, _ in bench.rows_for("classification")][:2] == ["resnet18_w32", "tdaf_resnet18_w32"]

@@ -42,8 +42,8 @@ from ._table import format_table as layout_table
 
 log = logging.getLogger("tdaf.demo")
 
-BASELINE = "resnet18"
-TDAF_MODEL = "tdaf_resnet18"
+BASELINE = "resnet18_w32"
+TDAF_MODEL = "tdaf_resnet18_w32"
 DEMO_SEEDS = 3
 
 # The one recipe both models train with, seed by seed (configs/_cluttered_recipe.yaml holds

@@ -1,7 +1,8 @@
 """SE-ResNet-50 (Hu et al. 2018) and CBAM-ResNet-50 (Woo et al. 2018) with TDAF on top,
 on timm's ResNet (paper Tab. 3b, "SENet" and "CBAM" baselines): the bottom-up channel
 (SE) or channel+spatial (CBAM) attention stays inside each block, and TDAF adds the
-top-down attention between flows.
+top-down attention between flows. Also ResNet-18 at half width (``resnet18_w32``:
+32-64-128-256 channels, a quarter of the MACs), the model of the CPU main job.
 
 Stages (L = 4): stem + layer1, layer2, layer3, layer4, as for ResNet.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models.resnet import Bottleneck, ResNet
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ._builder import paired_cfgs
 from ._registry import register_model
@@ -30,6 +31,7 @@ def _cfg(timm_name: str) -> dict[str, Any]:
 default_cfgs: dict[str, dict[str, Any]] = {
     **paired_cfgs("seresnet50", _cfg("seresnet50")),
     **paired_cfgs("cbam_resnet50", _cfg("resnet50")),
+    **paired_cfgs("resnet18_w32", _cfg("resnet18")),
 }
 
 
@@ -46,7 +48,8 @@ def _create_senet(variant: str, **kwargs: Any) -> TDAFClassifier:
     )
 
 
-_ARCH_KEYS = ("block", "layers", "block_args")
+_ARCH_KEYS = ("block", "layers", "block_args", "channels", "stem_width")
+_HALF_WIDTH = dict(block=BasicBlock, layers=(2, 2, 2, 2), channels=(32, 64, 128, 256), stem_width=32)
 
 
 @register_model
@@ -75,3 +78,16 @@ def tdaf_cbam_resnet50(**kwargs: Any) -> TDAFClassifier:
     """TDAF on CBAM-ResNet-50 (paper Tab. 3b)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="cbam"))
     return _create_senet("tdaf_cbam_resnet50", **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet18_w32(**kwargs: Any) -> TDAFClassifier:
+    """ResNet-18 at half width (32-64-128-256 channels, a 32-channel stem; timm's ResNet):
+    the CPU main job's model (``tdaf demo``), a quarter of ResNet-18's MACs."""
+    return _create_senet("resnet18_w32", **dict(_HALF_WIDTH, **kwargs))
+
+
+@register_model
+def tdaf_resnet18_w32(**kwargs: Any) -> TDAFClassifier:
+    """TDAF on ResNet-18 at half width (``tdaf demo``)."""
+    return _create_senet("tdaf_resnet18_w32", **dict(_HALF_WIDTH, **kwargs))
