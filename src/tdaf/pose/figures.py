@@ -1,14 +1,15 @@
 """Stick figures: a small keypoint data set in COCO's format, drawn on first use.
 
-Each image (160x160 RGB PNG) shows 1-3 articulated stick figures with COCO's 17 joints:
-a torso (the quadrilateral of shoulders and hips), limbs as thick lines with round ends
-between the joints of COCO's skeleton, a head disc carrying the face joints (dark eyes and
-nose, ears as small discs on the rim, the far ear hidden when the head turns), over a
-cluttered background (a smooth colour field with pixel noise, random lines and blobs, and
-unlabelled limb fragments that look like the figures' arms). Poses (torso lean, limb
-angles, foreshortened limb lengths, head turn and tilt), heights (45-125 pixels), places,
-limb widths and colours are drawn at random; blobs in front of the figures and the
-figures themselves occlude joints.
+Each image (160x160 RGB PNG) shows 1-3 articulated stick figures with COCO's 17 joints,
+dressed: a shirt (the torso, the quadrilateral of shoulders and hips, and the upper arms),
+skin (neck, forearms, hands, the head), trousers or shorts, shoes; limbs are thick lines
+with round ends between the joints of COCO's skeleton, the head a disc carrying the face
+joints (dark or light eyes and nose, ears as small discs on the rim, the far ear hidden
+when the head turns). The background is cluttered: a smooth colour field with pixel noise,
+random lines and blobs, and unlabelled limb fragments. Poses (torso lean, limb angles,
+foreshortened limb lengths, head turn and tilt), heights (55-125 pixels), places, limb
+widths and colours are drawn at random; things in front of the figures, and the figures
+themselves, occlude joints.
 
 Figures face the camera: the person's left side is on the image's right, as for a COCO
 person seen from the front, so left and right are decidable and a mirrored figure is the
@@ -65,10 +66,10 @@ SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], 
 CATEGORY = {"id": 1, "name": "person", "supercategory": "person", "keypoints": KEYPOINT_NAMES, "skeleton": SKELETON}
 SIZES = {"train": 600, "val": 120}  # images; 1-3 persons each
 CANVAS = (160, 160)  # width, height
-HEIGHTS = (45, 125)  # figure height in pixels (head top to ankles of a straight figure)
+HEIGHTS = (55, 125)  # figure height in pixels (head top to ankles of a straight figure)
 PERSONS = (1, 3)
-LIMB_WIDTH = (0.035, 0.075)  # x the figure's height
-CLUTTER = (4, 10)  # lines, blobs and limb fragments behind the figures
+LIMB_WIDTH = (0.05, 0.09)  # x the figure's height
+CLUTTER = (2, 6)  # lines, blobs and limb fragments behind the figures
 OCCLUDERS = (0, 3)  # ... and in front of them
 OCCLUDER = 255  # the owner-map value of things drawn in front of the figures
 
