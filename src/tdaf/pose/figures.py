@@ -125,7 +125,7 @@ def _pose(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, set[
                                           (-1, R_SH, R_HIP, R_EL, R_WR, R_KNEE, R_ANK)):
         j[hip] = side * hip_w * left
         j[sh] = neck + side * sh_w * left
-        # arms: from hanging (0) out to raised above the head (2.9 rad), slightly across the body
+        # arms: from hanging (0) out to raised above the head (2.6 rad), slightly across the body
         upper = rng.uniform(-0.4, 2.6)
         fore = upper + rng.uniform(-2.0, 2.0)
         j[el] = j[sh] + 0.16 * rng.uniform(0.6, 1.0) * _rotate(down, -side * upper)
@@ -171,8 +171,8 @@ def _figure(rng: np.random.Generator, size: tuple[int, int], background: np.ndar
 
     def place(p: np.ndarray) -> np.ndarray:
         return np.round(_rotate(p, roll) * height + pelvis)
-    # clothes: a shirt (torso, upper arms), skin (neck, forearms, hands, head), trousers or
-    # shorts (thighs, and shins unless shorts), shoes; each part's joint sits on its outline
+    # clothes: a shirt (torso, upper arms), skin (neck, forearms, hands, head), trousers (or
+    # shorts: bare shins), shoes; elbows, wrists, knees and ankles sit where the parts meet
     shirt = _colour(rng, background)
     skin = _colour(rng, background, 60.0) if rng.random() < 0.5 else _colour_near(rng, SKIN)
     trousers = _colour(rng, background)
@@ -204,7 +204,8 @@ def _disc(draw: ImageDraw.ImageDraw, c: np.ndarray, r: float, fill: Any) -> None
 
 
 def _draw_figure(draws: list[tuple[ImageDraw.ImageDraw, Any]], f: Figure) -> None:
-    """``f`` on each ``(draw, colours)``: ``colours`` maps a part to its fill (None: the figure's own)."""
+    """``f`` on each ``(draw, fill)``: one fill for every part (an id on an owner map or a
+    mask), or None for the figure's own colours."""
     j, w = f.joints.astype(float), f.limb_width
     centre, radius = f.head
     for draw, fills in draws:
