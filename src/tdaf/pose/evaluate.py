@@ -40,11 +40,21 @@ def evaluate_checkpoint(
         raise ValueError(f"--person-score-thr: got {score_thr}; allowed: a number in [0, 1)")
     opened = open_checkpoint(checkpoint, data, batch_size)
     model, meta, data = opened.model, opened.meta, opened.data
-    dataset_spec(data, TASK)
-    if data_dir is None:
-        raise ValueError(f"--data-dir: evaluating on {data} needs its folder")
-    ann, images = annotation_file(data_dir, split)
-    raw = CocoPersons(ann, images, boxes="gt" if boxes is None else str(boxes), score_thr=score_thr, strict=strict)
+    spec = dataset_spec(data, TASK)
+    if spec.needs_dir:
+        if data_dir is None:
+            raise ValueError(f"--data-dir: evaluating on {data} needs its folder")
+        ann, images = annotation_file(data_dir, split)
+        raw = CocoPersons(ann, images, boxes="gt" if boxes is None else str(boxes), score_thr=score_thr,
+                          strict=strict)
+    else:  # a bundled set: where the run wrote it (its data_dir, else the default), written if missing
+        cfg = opened.payload.get("config", {})
+        if data_dir is None and cfg.get("data") == data:
+            data_dir = cfg.get("data_dir")
+        raw = spec.open(split, data_dir)
+        ann = raw.ann_file
+        if boxes is not None:
+            raw = CocoPersons(ann, raw.image_dir, boxes=str(boxes), score_thr=score_thr, strict=strict)
     trained = KeypointInfo.from_meta(meta)
     if raw.info.names != trained.names:
         raise ValueError(f"--data-dir: {ann} names {len(raw.info.names)} keypoints ({', '.join(raw.info.names[:3])}, "
