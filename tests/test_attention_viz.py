@@ -193,14 +193,14 @@ def test_attention_errors(checkpoint, tmp_path: Path, capsys) -> None:
 
 
 def test_demo_saves_attention_pictures_of_test_digits(checkpoint, tmp_path: Path) -> None:
-    from tdaf.cli.demo import attention_pictures
-    from tdaf.data.digits import digits_pixels
+    from tdaf.cli.demo import PICTURES, attention_picture_paths, attention_pictures
+    from tdaf.data.cluttered import cluttered_digits
 
     _, ckpt, _ = checkpoint
-    paths = attention_pictures(ckpt, tmp_path, digits=(0, 7))
-    _, labels = digits_pixels("val")
-    first = [int(np.flatnonzero(labels == d)[0]) for d in (0, 7)]
-    assert [p.name for p in paths] == [f"test{first[0]}_digit0.attention.png", f"test{first[1]}_digit7.attention.png"]
+    paths = attention_pictures(ckpt, tmp_path)
+    _, labels, _, _ = cluttered_digits("val")
+    assert [p.name for p in paths] == [f"test{i}_digit{labels[i]}.attention.png" for i in PICTURES]
+    assert paths == attention_picture_paths(tmp_path)
     for p in paths:
         assert p.parent == tmp_path / "attention"
         with Image.open(p) as im:

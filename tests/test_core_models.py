@@ -92,11 +92,17 @@ def test_training_step_gives_each_flow_its_own_statistics() -> None:
 
 
 def test_gradients_reach_every_anar() -> None:
-    model = tdaf.create_model("tdaf_resnet18_cifar", num_classes=10, anar="anar7")
+    model = tdaf.create_model("tdaf_resnet18_cifar", num_classes=10, anar="anar7", attention_init="random")
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     for name, p in model.named_parameters():
         if ".attention." in name:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # identity attention: at step 0 only each ANAR's last conv moves (its input path opens after)
+    model = tdaf.create_model("tdaf_resnet18_cifar", num_classes=10, anar="anar7", attention_init="identity")
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    for name, p in model.named_parameters():
+        if ".attention." in name:
+            assert (p.grad.abs().sum() > 0) == (".head." in name), name
 
 
 @pytest.mark.parametrize("size", [(32, 32), (33, 47), (41, 35), (224, 161)])

@@ -59,13 +59,16 @@ ATTENTION_INITS: tuple[str, ...] = ("auto", "identity", "random")
 SCRATCH_ATTENTION_INIT = "identity"
 
 
-def resolve_attention_init(value: str | None, from_trained: bool = False) -> str:
-    """``"identity"`` or ``"random"`` for an ``attention_init`` setting (None means "auto")."""
+def resolve_attention_init(value: str | None, from_trained: bool = False,
+                           eta: float = TDAF_DEFAULTS["eta"]) -> str:
+    """``"identity"`` or ``"random"`` for an ``attention_init`` setting (None means "auto";
+    "auto" is "random" where no gate can be the identity: eta 0 or 1)."""
     value = "auto" if value is None else value
     if value not in ATTENTION_INITS:
         raise ValueError(f"attention_init: got {value!r}; allowed: {', '.join(ATTENTION_INITS)}")
     if value == "auto":
-        return "identity" if from_trained else SCRATCH_ATTENTION_INIT
+        chosen = "identity" if from_trained else SCRATCH_ATTENTION_INIT
+        return chosen if 0.0 < eta < 1.0 else "random"
     return value
 
 # A stage's stride: an int >= 1 reduces the size; ``1 / k`` (``0.5``, ``0.25``) up-samples it
@@ -314,7 +317,6 @@ class R2DNS(nn.Module):
         attention_init: str = TDAF_DEFAULTS["attention_init"],
     ) -> None:
         super().__init__()
-        attention_init = resolve_attention_init(attention_init)
         validate_stages(stages, channels, strides, dims)
         num_stages = len(stages)
         validate_flows(flows, num_stages)
@@ -336,7 +338,7 @@ class R2DNS(nn.Module):
         )
         if flows == 1 and anar is not None:
             create_anar(anar, 8)  # still validate the name
-        self.init_attention(attention_init)
+        self.init_attention(resolve_attention_init(attention_init, eta=self.eta))
         convert_to_mfbn(self, flows)
         self._mode = "bilinear" if dims == 2 else "trilinear"
         self._attention_maps: AttentionMaps | None = None

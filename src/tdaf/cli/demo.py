@@ -37,7 +37,7 @@ from ..io.outputs import Outputs
 from ..profile import count_gmacs, count_params, interleaved_latency
 from ..r2dns import ATTENTION_INITS
 from ..viz import checkpoint_attention_figures
-from ._common import add_device_arg, add_progress_arg, add_threads_arg, apply_threads
+from ._common import add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads
 from ._table import format_table as layout_table
 
 log = logging.getLogger("tdaf.demo")
@@ -91,8 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how the ANARs start (default auto)")
     p.add_argument("--train-subset", type=int, default=None, help="train on N of the 3,000 training canvases")
     p.add_argument("--val-subset", type=int, default=None, help="test on N of the 1,000 test canvases")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the runs, pictures and summaries of an earlier demo in OUT (`make demo` passes it)")
+    add_overwrite_arg(p, "replace the runs, pictures and summaries of an earlier demo in OUT (`make demo` passes it)")
     add_threads_arg(p)
     add_device_arg(p)
     add_progress_arg(p)

@@ -83,7 +83,9 @@ def take_tdaf_kwargs(name: str, cfg: dict[str, Any], kwargs: dict[str, Any]) -> 
 def with_attention_init(tdaf_kwargs: dict[str, Any], from_trained: bool) -> dict[str, Any]:
     """``tdaf_kwargs`` with ``attention_init`` resolved ("auto": identity over trained
     weights, the from-scratch default otherwise)."""
-    return dict(tdaf_kwargs, attention_init=resolve_attention_init(tdaf_kwargs.get("attention_init"), from_trained))
+    eta = tdaf_kwargs.get("eta", TDAF_DEFAULTS["eta"])
+    return dict(tdaf_kwargs, attention_init=resolve_attention_init(tdaf_kwargs.get("attention_init"), from_trained,
+                                                                   eta if eta is not None else TDAF_DEFAULTS["eta"]))
 
 
 def check_torchvision_args(
