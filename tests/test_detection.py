@@ -70,6 +70,40 @@ def test_digit_scenes_are_coco_with_exact_boxes(scenes: Path) -> None:
         write_digit_scenes(scenes)
 
 
+def test_digit_scene_boxes_are_tight_and_splits_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from tdaf.detection import data as detection_data
+
+    for split in ("train", "val"):  # each box touches its digit's ink on all four sides
+        raw = json.loads((write_digit_scenes(tmp_path / f"s{split}", train_images=8, val_images=8, seed=3)
+                          / "annotations" / f"instances_{split}.json").read_text())
+        boxes = 0
+        for im in raw["images"]:
+            pixels = np.asarray(Image.open(tmp_path / f"s{split}" / split / im["file_name"])).astype(np.int64)
+            for a in (a for a in raw["annotations"] if a["image_id"] == im["id"]):
+                x, y, w, h = (int(v) for v in a["bbox"])
+                ink = pixels[y:y + h, x:x + w] > 0.25 * pixels[y:y + h, x:x + w].max()
+                assert ink[0].any() and ink[-1].any() and ink[:, 0].any() and ink[:, -1].any(), a
+                boxes += 1
+        assert boxes >= 8
+    one = json.loads((write_digit_scenes(tmp_path / "one", train_images=8, val_images=8, seed=3, one_category=True)
+                      / "annotations" / "instances_val.json").read_text())
+    assert one["categories"] == [{"id": 1, "name": "digit", "supercategory": "digit"}]
+    assert [a["bbox"] for a in one["annotations"]] == [a["bbox"] for a in raw["annotations"]]  # the same scenes
+    assert {a["category_id"] for a in one["annotations"]} == {1} != {a["category_id"] for a in raw["annotations"]}
+    # stand-in digits: every training digit a flat 100, every test digit a flat 200
+    fake = {split: (np.full((12, 32, 32), value, np.uint8), np.arange(12) % 10)
+            for split, value in (("train", 100), ("val", 200))}
+    monkeypatch.setattr(detection_data, "digits_pixels", lambda split: fake[split])
+    root = write_digit_scenes(tmp_path / "fake", train_images=5, val_images=5)
+    for split, value in (("train", 100), ("val", 200)):
+        values = set()
+        for f in sorted((root / split).glob("*.png")):
+            values |= set(np.unique(np.asarray(Image.open(f))).tolist())
+        assert values == {0, value}  # only that split's digits (patches never overlap)
+
+
 def test_annotation_problems_are_counted_or_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     images = [{"id": 1, "file_name": "a.png", "width": 50, "height": 40},
               {"id": 2, "file_name": "b.png", "width": 50, "height": 40},

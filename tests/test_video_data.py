@@ -11,7 +11,11 @@ import torch
 from PIL import Image
 
 from tdaf.video.data import VideoClips, VideoFolder
-from tdaf.video.digits import MOTIONS, render_motion, write_moving_digits, write_video
+from tdaf.video import digits as video_digits
+from tdaf.video.digits import (
+    HARD_MOTIONS, MOTIONS, hard_videos, render_hard, render_motion, write_moving_digits, write_moving_digits_hard,
+    write_video,
+)
 from tdaf.video.io import count_frames, eval_clip_indices, read_frames, train_clip_indices
 from tdaf.video.transforms import MultiScaleCornerCrop, clip_transform
 
@@ -181,3 +185,45 @@ def test_moving_digits_class_is_the_motion(tmp_path):
     folder = VideoFolder(root, "val")
     assert folder.classes == sorted(MOTIONS) and len(folder) == 6
     assert count_frames(folder.items[0].path) == 24
+
+
+def test_moving_digits_hard_class_is_the_one_steady_motion(tmp_path):
+    digit = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    digit[:, :8] = 0  # an asymmetric blob
+    blank = np.zeros_like(digit)
+    rng = np.random.default_rng(1)
+    for motion, (dy, dx) in video_digits.DIRECTIONS.items():
+        frames = render_hard(digit, motion, [], rng)  # the target alone
+        assert frames.shape == (16, 32, 32)
+        move = _centroid(frames[-1]) - _centroid(frames[0])
+        assert np.abs(move).max() > 2.5 and np.sign(np.round(move)).tolist() == [dy, dx], motion
+    for motion in ("turn_ccw", "turn_cw"):
+        frames = render_hard(digit, motion, [], rng)
+        assert np.abs(_centroid(frames[-1]) - _centroid(frames[0])).max() < 3  # turns in place
+    for _ in range(10):  # distractors alone (a blank target): they move every frame but go nowhere
+        frames = render_hard(blank, "right", [digit, digit], rng)
+        centres = np.stack([_centroid(f) for f in frames])
+        assert np.abs(centres - centres.mean(0)).max() < 3
+        assert all((frames[t] != frames[t + 1]).any() for t in range(15))
+    with pytest.raises(ValueError, match="allowed: down, down_left"):
+        render_hard(digit, "sideways", [], rng)
+
+
+def test_moving_digits_hard_is_seeded_and_keeps_the_splits_apart(monkeypatch, tmp_path):
+    # stand-in digits: every training digit is a flat 100, every test digit a flat 200
+    fake = {split: (np.full((12, 32, 32), value, np.uint8), np.arange(12) % 10)
+            for split, value in (("train", 100), ("val", 200))}
+    monkeypatch.setattr(video_digits, "digits_pixels", lambda split: fake[split])
+    for split, value in (("train", 100), ("val", 200)):
+        videos = list(hard_videos(split, 12, seed=0))
+        assert [m for m, _ in videos] == [*HARD_MOTIONS, *HARD_MOTIONS[:2]]
+        assert all(f.max() == value for _, f in videos)  # only that split's digits
+        again = list(hard_videos(split, 12, seed=0))
+        assert all((a == b).all() for (_, a), (_, b) in zip(videos, again))
+        other = list(hard_videos(split, 12, seed=1))
+        assert any((a != b).any() for (_, a), (_, b) in zip(videos, other))
+    monkeypatch.undo()
+    root = write_moving_digits_hard(tmp_path / "mdh", {"train": 10, "val": 2})
+    folder = VideoFolder(root, "train")
+    assert folder.classes == sorted(HARD_MOTIONS) and len(folder) == 10
+    assert count_frames(folder.items[0].path) == 16

@@ -48,7 +48,7 @@ from .models import TASK
 
 __all__ = [
     "CocoDetection", "train_transform", "eval_transform", "collate_detection", "write_digit_scenes",
-    "open_coco", "open_digit_scenes", "find_coco_split", "RECIPES", "DIGIT_CATEGORIES",
+    "open_coco", "open_digit_scenes", "find_coco_split", "RECIPES", "DIGIT_CATEGORIES", "ONE_CATEGORY",
 ]
 
 log = logging.getLogger("tdaf.detection")
@@ -66,6 +66,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 DIGIT_CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
+ONE_CATEGORY = [{"id": 1, "name": "digit", "supercategory": "digit"}]
 
 
 def _need(obj: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
@@ -304,7 +305,7 @@ def _scenes(split: str, count: int, size: int, digits: tuple[int, int], scale: t
 
 def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, val_images: int = 100,
                        size: int = 64, digits: tuple[int, int] = (1, 3), scale: tuple[int, int] = (14, 30),
-                       seed: int = 0) -> Path:
+                       seed: int = 0, one_category: bool = False) -> Path:
     """Write "digit scenes" in COCO format under ``root``: ``train/``, ``val/`` (PNG canvases)
     and ``annotations/instances_{train,val}.json``.
 
@@ -312,7 +313,8 @@ def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, va
     digits (:func:`tdaf.data.digits_pixels`; the training scenes use the training digits,
     the validation scenes the test digits), each scaled to ``scale`` (min, max) pixels
     and pasted where it overlaps no other; its box is the tight box of its ink, its
-    category the digit (ids 1..10 for "0".."9"). The same arguments write the same files.
+    category the digit (ids 1..10 for "0".."9"), or with ``one_category`` the one category
+    "digit" (id 1). The same arguments write the same files.
     The folder is written whole, then renamed into place, so a reader never sees half a set.
     """
     root = Path(root).expanduser()
@@ -335,12 +337,14 @@ def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, va
                 Image.fromarray(canvas, "L").save(tmp / split / name)
                 images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
                 for bbox, cat in anns:
-                    annotations.append({"id": ann_id, "image_id": i + 1, "bbox": bbox, "category_id": cat,
+                    annotations.append({"id": ann_id, "image_id": i + 1, "bbox": bbox,
+                                        "category_id": 1 if one_category else cat,
                                         "area": bbox[2] * bbox[3], "iscrowd": 0})
                     ann_id += 1
             (tmp / "annotations").mkdir(exist_ok=True)
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(
-                {"images": images, "annotations": annotations, "categories": DIGIT_CATEGORIES}))
+                {"images": images, "annotations": annotations,
+                 "categories": ONE_CATEGORY if one_category else DIGIT_CATEGORIES}))
         if root.exists():
             root.rmdir()
         os.replace(tmp, root)
@@ -354,15 +358,17 @@ def default_cache() -> Path:
     return Path(os.environ.get("TDAF_CACHE", Path.home() / ".cache" / "tdaf"))
 
 
-def open_digit_scenes(split: str, data_dir: str | os.PathLike[str] | None) -> CocoDetection:
-    """The digit scenes under ``data_dir`` (default ``$TDAF_CACHE/digit_scenes``), written there on first use."""
-    root = Path(data_dir).expanduser() if data_dir is not None else default_cache() / "digit_scenes"
+def open_digit_scenes(split: str, data_dir: str | os.PathLike[str] | None,
+                      one_category: bool = False) -> CocoDetection:
+    """The digit scenes under ``data_dir`` (default ``$TDAF_CACHE/digit_scenes[_1c]``), written there on first use."""
+    name = "digit_scenes_1c" if one_category else "digit_scenes"
+    root = Path(data_dir).expanduser() if data_dir is not None else default_cache() / name
     if not (root / "annotations" / f"instances_{split}.json").is_file():
         if root.exists() and any(root.iterdir()):
             raise ValueError(f"--data-dir: {root} holds files but no digit scenes "
                              f"(annotations/instances_{split}.json); give an empty or new folder")
         try:
-            write_digit_scenes(root)
+            write_digit_scenes(root, one_category=one_category)
             log.info("wrote the digit scenes to %s", root)
         except (FileExistsError, OSError):
             if not (root / "annotations" / f"instances_{split}.json").is_file():  # not another process's
@@ -374,6 +380,12 @@ def open_digit_scenes(split: str, data_dir: str | os.PathLike[str] | None) -> Co
 register_dataset(DatasetSpec(
     "digit_scenes", TASK, open_digit_scenes, needs_dir=False,
     help="1-3 handwritten digits pasted on 64x64 canvases, COCO format (written on first use; bundled, nothing downloaded)",
+    defaults={"recipe": "digit_scenes"},
+))
+register_dataset(DatasetSpec(
+    "digit_scenes_1c", TASK, lambda split, data_dir: open_digit_scenes(split, data_dir, one_category=True),
+    needs_dir=False,
+    help="the digit scenes with one category, 'digit' (the quick runs': written on first use, nothing downloaded)",
     defaults={"recipe": "digit_scenes"},
 ))
 register_dataset(DatasetSpec(

@@ -17,7 +17,7 @@ evaluator averages their scores per video. A video shorter than a clip is looped
 frames repeated until the clip is full), logged once with its name and counted; an
 unreadable or truncated-to-nothing video is skipped, logged and counted (``--strict`` stops).
 
-``moving_digits`` (built in, no ``--data-dir``): see :mod:`tdaf.video.digits`.
+``moving_digits`` and ``moving_digits_hard`` (built in, no ``--data-dir``): see :mod:`tdaf.video.digits`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from ..data import DIGITS_MEAN, DIGITS_STD, subset_indices
 from ..data.registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
-from .digits import moving_digits_root
+from .digits import moving_digits_hard_root, moving_digits_root
 from .io import (
     VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames, train_clip_indices,
 )
@@ -239,6 +239,13 @@ register_dataset(DatasetSpec(
     "moving_digits", TASK, lambda split, data_dir: VideoFolder(moving_digits_root(), split), needs_dir=False,
     help="handwritten digits moving left/right/up/down or rotating, as .mp4 clips, built in (no download)",
     defaults=_defaults(32, DIGITS_MEAN, DIGITS_STD, "motion", 3)))
+register_dataset(DatasetSpec(
+    "moving_digits_hard", TASK, lambda split, data_dir: VideoFolder(moving_digits_hard_root(), split),
+    needs_dir=False,
+    help="one handwritten digit moving (8 directions) or turning among two wobbling ones, 16 frames of 32x32, "
+         "built in (no download)",
+    # 16-frame videos: one clip is the whole video; no crop (it could cut the moving digit out)
+    defaults=_defaults(32, DIGITS_MEAN, DIGITS_STD, "none", 1)))
 
 
 def dataset_list() -> list[str]:

@@ -12,6 +12,16 @@ under ``$TDAF_DATA/moving_digits-v1`` (default ``~/.cache/tdaf``), so training r
 through the same decoding path as Kinetics. 720 training videos come from the digits'
 training split and 180 validation videos from its test split; the motion parameters are
 fixed (seeded), so every machine writes the same data set.
+
+``moving_digits_hard`` (:func:`write_moving_digits_hard`, under ``$TDAF_DATA/moving_digits_hard-v1``)
+is the set the quick runs use, since the plain model reads the first one at its ceiling:
+16 frames of 32x32 with three 12-pixel digits, *one* of which moves (10 classes: 8 directions at
+0.25-0.55 pixels per frame, or turning 6-12 degrees per frame either way) while the other two
+*wobble* in place (a translation or a rotation back and forth, 4-8 frames a period, at most
+1.5 pixels or 20 degrees off their rest). Every digit moves from frame to frame, so the class
+is neither in one frame nor in "where something changes": it is the one steady motion, and a
+model must find that digit and follow it. 1,000 training videos come from the digits'
+training split and 300 validation videos from its test split (targets and distractors alike).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +39,23 @@ from PIL import Image
 from ..data import digits_pixels
 from ..io.optional import require
 
-__all__ = ["MOTIONS", "moving_digits_root", "write_moving_digits", "render_motion", "write_video"]
+__all__ = [
+    "MOTIONS", "moving_digits_root", "write_moving_digits", "render_motion", "write_video",
+    "HARD_MOTIONS", "moving_digits_hard_root", "write_moving_digits_hard", "hard_videos", "render_hard",
+]
 
 MOTIONS = ("down", "left", "right", "up", "turn_ccw", "turn_cw")
 VERSION = "moving_digits-v1"
 CANVAS, FRAMES, DIGIT = 48, 24, 20
 SIZES = {"train": 720, "val": 180}
 FPS = 12
+# moving_digits_hard: the moving digit's 8 directions (unit steps, y down) and 2 turns.
+DIRECTIONS = {"down": (1, 0), "down_left": (1, -1), "down_right": (1, 1), "left": (0, -1), "right": (0, 1),
+              "up": (-1, 0), "up_left": (-1, -1), "up_right": (-1, 1)}
+HARD_MOTIONS = (*DIRECTIONS, "turn_ccw", "turn_cw")
+HARD_VERSION = "moving_digits_hard-v1"
+HARD_CANVAS, HARD_FRAMES, HARD_DIGIT, HARD_DISTRACTORS = 32, 16, 12, 2
+HARD_SIZES = {"train": 1000, "val": 300}
 
 
 def _data_home() -> Path:
@@ -93,6 +114,56 @@ def _paste(frame: np.ndarray, patch: np.ndarray, y: int, x: int) -> None:
         np.maximum(frame[y0:y1, x0:x1], region, out=frame[y0:y1, x0:x1])
 
 
+def _place(frame: np.ndarray, patch: Image.Image, cy: float, cx: float, angle: float) -> None:
+    """Paste ``patch`` turned by ``angle`` degrees with its centre at ``(cy, cx)`` (sub-pixel)."""
+    arr = np.asarray(patch.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)) if angle else \
+        np.asarray(patch)
+    y, x = cy - arr.shape[0] / 2, cx - arr.shape[1] / 2
+    _paste(frame, _shift(arr, y % 1, x % 1), math.floor(y), math.floor(x))
+
+
+def render_hard(target: np.ndarray, motion: str, distractors: list[np.ndarray], rng: np.random.Generator,
+                frames: int = HARD_FRAMES, canvas: int = HARD_CANVAS, size: int = HARD_DIGIT) -> np.ndarray:
+    """``(frames, canvas, canvas)`` uint8 frames: ``target`` (a 2-D uint8 digit) in ``motion``
+    (one of :data:`HARD_MOTIONS`) and each of ``distractors`` wobbling about a fixed place."""
+    if motion not in HARD_MOTIONS:
+        raise ValueError(f"motion: got {motion!r}; allowed: {', '.join(HARD_MOTIONS)}")
+    out = np.zeros((frames, canvas, canvas), np.uint8)
+    t = np.arange(frames, dtype=np.float64)
+    half = size / 2
+    # a turning square needs sqrt(2) times its side: keep every turned digit inside
+    lo, hi = half * math.sqrt(2), canvas - half * math.sqrt(2)
+    tracks = []  # (patch, centre y per frame, centre x per frame, angle per frame)
+    if motion in DIRECTIONS:
+        dy, dx = DIRECTIONS[motion]
+        step = rng.uniform(0.25, 0.55) / math.hypot(dy, dx)  # the same speed along a diagonal
+        travel = step * (frames - 1)
+        y0, x0 = (rng.uniform(half + max(0, -d) * travel, canvas - half - max(0, d) * travel) for d in (dy, dx))
+        tracks.append((target, y0 + dy * step * t, x0 + dx * step * t, np.zeros(frames)))
+    else:
+        speed = (1 if motion == "turn_ccw" else -1) * rng.uniform(6, 12)
+        cy, cx = rng.uniform(lo, hi, size=2)
+        tracks.append((target, np.full(frames, cy), np.full(frames, cx), rng.uniform(0, 360) + speed * t))
+    for digit in distractors:
+        phase = rng.uniform(0, 2 * math.pi) + 2 * math.pi * t / rng.uniform(4, 8)
+        for _try in range(50):  # a place off the other digits' paths (overlaps only where none is found)
+            cy, cx = rng.uniform(lo, hi, size=2)
+            if all(np.hypot(ys - cy, xs - cx).min() >= 0.9 * size for _, ys, xs, _ in tracks):
+                break
+        if rng.random() < 0.5:  # back and forth along a random direction
+            a, amp = rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.5)
+            wobble = amp * np.sin(phase)
+            tracks.append((digit, cy + wobble * math.sin(a), cx + wobble * math.cos(a), np.zeros(frames)))
+        else:  # rocking about its centre
+            angle = rng.uniform(-30, 30) + rng.uniform(10, 20) * np.sin(phase)
+            tracks.append((digit, np.full(frames, cy), np.full(frames, cx), angle))
+    for digit, ys, xs, angles in tracks:
+        patch = Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR)
+        for i in range(frames):
+            _place(out[i], patch, ys[i], xs[i], float(angles[i]))
+    return out
+
+
 def _encoder() -> str:
     av = require("av", "video", "writing videos (PyAV)")
 
@@ -137,17 +208,50 @@ def write_moving_digits(root: str | os.PathLike[str], sizes: dict[str, int] | No
     return root
 
 
+def hard_videos(split: str, count: int, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
+    """``count`` ``(motion, frames)`` of ``moving_digits_hard``'s ``split``, the motions in turn:
+    target and distractors are distinct digits of that split (:func:`tdaf.data.digits_pixels`),
+    so no validation video shows a training digit. The same arguments give the same videos."""
+    images, _ = digits_pixels(split)
+    rng = np.random.default_rng([seed, 2 if split == "train" else 3])
+    for i in range(count):
+        motion = HARD_MOTIONS[i % len(HARD_MOTIONS)]
+        picks = rng.choice(len(images), size=1 + HARD_DISTRACTORS, replace=False)
+        yield motion, render_hard(images[picks[0]], motion, [images[k] for k in picks[1:]], rng)
+
+
+def write_moving_digits_hard(root: str | os.PathLike[str], sizes: dict[str, int] | None = None,
+                             seed: int = 0) -> Path:
+    """Write ``moving_digits_hard`` (:func:`hard_videos`) under ``root``: ``train/CLASS/*.mp4``, ``val/CLASS/*.mp4``."""
+    root = Path(root)
+    for split, count in (sizes or HARD_SIZES).items():
+        for motion in HARD_MOTIONS:
+            (root / split / motion).mkdir(parents=True, exist_ok=True)
+        for i, (motion, frames) in enumerate(hard_videos(split, count, seed)):
+            write_video(root / split / motion / f"{split}_{i:05d}.mp4", frames)
+    return root
+
+
 def moving_digits_root() -> Path:
     """The folder of the written data set, written on first use (atomically: a temporary
     folder renamed into place, so concurrent or interrupted first uses never leave half a set)."""
+    return _written(VERSION, write_moving_digits)
+
+
+def moving_digits_hard_root() -> Path:
+    """The folder of ``moving_digits_hard``, written on first use like :func:`moving_digits_root`."""
+    return _written(HARD_VERSION, write_moving_digits_hard)
+
+
+def _written(version: str, write: Callable[[Path], Path]) -> Path:
     home = _data_home()
-    root = home / VERSION
+    root = home / version
     if (root / "val").is_dir():
         return root
     home.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=home))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=home))
     try:
-        write_moving_digits(tmp)
+        write(tmp)
         try:
             tmp.rename(root)
         except OSError:  # another process finished first
