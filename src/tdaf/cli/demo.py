@@ -44,7 +44,7 @@ log = logging.getLogger("tdaf.demo")
 
 BASELINE = "resnet18_w32"
 TDAF_MODEL = "tdaf_resnet18_w32"
-DEMO_SEEDS = 3
+DEMO_SEEDS = 5
 
 # The one recipe both models train with, seed by seed (configs/_cluttered_recipe.yaml holds
 # the same values). Chosen by measurement for a short CPU run that TDAF trains reliably:
