@@ -13,7 +13,7 @@ from .task import ClassificationTask, model_kwargs
 
 # Every classification builder, as in the other task packages (tdaf.classification.tdaf_resnet50(num_classes=10)).
 from ..models.senet import (
-    cbam_resnet50, seresnet50, tdaf_cbam_resnet50, tdaf_seresnet50,
+    cbam_resnet50, resnet18_w32, seresnet50, tdaf_cbam_resnet50, tdaf_resnet18_w32, tdaf_seresnet50,
 )
 from ..models.mobilenet import (
     mobilenetv1, tdaf_mobilenetv1,
@@ -36,7 +36,8 @@ from ..models.vgg import (
 __all__ = [
     "ClassificationTask", "ClassificationEvaluator", "evaluate_checkpoint", "predict", "model_kwargs",
     "DataInfo", "build_datasets", "data_info", "dataset_list", "open_split",
-    "cbam_resnet50", "seresnet50", "tdaf_cbam_resnet50", "tdaf_seresnet50", "mobilenetv1", "tdaf_mobilenetv1",
+    "cbam_resnet50", "seresnet50", "tdaf_cbam_resnet50", "tdaf_seresnet50", "resnet18_w32", "tdaf_resnet18_w32",
+    "mobilenetv1", "tdaf_mobilenetv1",
     "msconcat_resnet18_cifar", "msconcat_resnet50", "msconcat_resnet50_cifar", "resnet101", "resnet101_cifar",
     "resnet152", "resnet152_cifar", "resnet18", "resnet18_cifar", "resnet34", "resnet34_cifar", "resnet50",
     "resnet50_cifar", "resnext101_32x8d", "resnext50_32x4d", "tdaf_resnet101", "tdaf_resnet101_cifar",

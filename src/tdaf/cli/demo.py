@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "downloaded) with one recipe for each of --seeds seeds, then print each seed's test top-1, mean ± std per "
         "model, the paired difference with its 95%% interval over seeds (and a bootstrap over test images), and a "
         "verdict that says only what the interval allows. Writes OUT/summary.json, OUT/summary.csv, OUT/curves.png, "
-        "attention pictures of the trained TDAF model (OUT/attention/) and every checkpoint. About 12 minutes on "
+        "attention pictures of the trained TDAF model (OUT/attention/) and every checkpoint. About 9 minutes on "
         "2 CPU cores.",
         epilog="example: tdaf demo --out runs/demo",
     )
