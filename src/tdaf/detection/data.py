@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from ..data import Batch
 from ..data.checks import check_size
 from ..data.digits import digits_pixels
 from ..data.registry import DatasetSpec, register_dataset
+from ..io.files import staged_dir
 from ..io.images import open_image
 from .models import TASK
 
@@ -323,9 +322,7 @@ def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, va
     if not (0 < digits[0] <= digits[1]) or not (8 <= scale[0] <= scale[1] <= size):
         raise ValueError(f"digits, scale: got {digits}, {scale}; allowed: 1 <= min <= max digits, "
                          f"8 <= min <= max scale <= size ({size})")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with staged_dir(root) as tmp:
         rng = np.random.default_rng(seed)
         ann_id = 1
         for split, count in (("train", train_images), ("val", val_images)):
@@ -345,12 +342,6 @@ def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, va
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(
                 {"images": images, "annotations": annotations,
                  "categories": ONE_CATEGORY if one_category else DIGIT_CATEGORIES}))
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

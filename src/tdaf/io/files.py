@@ -16,6 +16,7 @@ import errno
 import math
 import os
 import pickle
+import shutil
 import signal
 import tempfile
 import threading
@@ -181,6 +182,22 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
 def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
     """Write a binary file (a picture, ...) atomically."""
     return _atomic_write(path, lambda f: f.write(data))
+
+
+@contextmanager
+def staged_dir(root: Path) -> Iterator[Path]:
+    """A new folder written whole, then renamed onto ``root`` (absent or empty), so a reader
+    never sees half of it; on any error the partial folder is removed."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        yield tmp
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def clean_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = 0.0) -> list[Path]:

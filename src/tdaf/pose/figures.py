@@ -35,8 +35,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data.registry import DatasetSpec, register_dataset
+from ..io.files import staged_dir
 from .data import TASK, CocoPersons, annotation_file
 
 __all__ = [
@@ -361,9 +360,7 @@ def write_stick_figures(root: str | os.PathLike[str], sizes: dict[str, int] | No
         raise ValueError(f"size: got {size}; allowed: width and height >= 32")
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"root: {root} exists and is not empty; write_stick_figures makes a new folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with staged_dir(root) as tmp:
         (tmp / "annotations").mkdir()
         ann_id = 1
         for split, count in sizes.items():
@@ -384,12 +381,6 @@ def write_stick_figures(root: str | os.PathLike[str], sizes: dict[str, int] | No
             (tmp / "annotations" / f"person_keypoints_{folder}.json").write_text(json.dumps(
                 {"info": {"description": f"tdaf {VERSION}, seed {seed}"}, "images": images,
                  "annotations": annotations, "categories": [CATEGORY]}))
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 
