@@ -193,12 +193,17 @@ def learned(train_loss: float, num_classes: int) -> bool:
     return math.isfinite(train_loss) and train_loss < 0.9 * math.log(num_classes)
 
 
+def model_and_test_set(checkpoint: str | Path, val_subset: int | None = None) -> tuple[torch.nn.Module, Any]:
+    """A checkpoint's model (eval mode) and its test split with its own test transform."""
+    model, meta = model_from_checkpoint(checkpoint)
+    _, val, _ = build_datasets(meta["data"], input_size=meta["input_size"][-1], val_subset=val_subset)
+    return model.eval(), val
+
+
 @torch.no_grad()
 def per_image_correct(checkpoint: str | Path, val_subset: int | None = None) -> np.ndarray:
     """0/1 per test canvas (in order) for a checkpoint, with its own test transform."""
-    model, meta = model_from_checkpoint(checkpoint)
-    model.eval()
-    _, val, _ = build_datasets(meta["data"], input_size=meta["input_size"][-1], val_subset=val_subset)
+    model, val = model_and_test_set(checkpoint, val_subset)
     loader = torch.utils.data.DataLoader(val, batch_size=200, collate_fn=collate_skip)
     hits = [(model(b.inputs).argmax(1) == b.targets).numpy() for b in loader]
     return np.concatenate(hits).astype(np.uint8)
@@ -226,10 +231,10 @@ def compare(plain: list[dict[str, Any]], tdaf: list[dict[str, Any]]) -> dict[str
     a = [100 * p["top1"] for p, _ in pairs]
     b = [100 * t["top1"] for _, t in pairs]
     diff = paired_difference(a, b)
+    plain_ms, tdaf_ms = mean_std(a), mean_std(b)
     report: dict[str, Any] = {
         "seeds_used": [p["seed"] for p, _ in pairs], "did_not_learn": failed,
-        "plain_mean": mean_std(a).mean, "plain_std": mean_std(a).std,
-        "tdaf_mean": mean_std(b).mean, "tdaf_std": mean_std(b).std,
+        "plain_mean": plain_ms.mean, "plain_std": plain_ms.std, "tdaf_mean": tdaf_ms.mean, "tdaf_std": tdaf_ms.std,
         "diff_mean": diff.mean, "diff_std": diff.std, "diff_low": diff.low, "diff_high": diff.high,
         "verdict_line": "verdict: " + verdict(diff),
     }
@@ -335,9 +340,7 @@ def attention_focus(checkpoint: str | Path, val_subset: int | None = None, count
     canvases (1: no preference; above 1: attention on the digit)."""
     from ..attention import record_attention
 
-    model, meta = model_from_checkpoint(checkpoint)
-    model.eval()
-    _, val, _ = build_datasets(meta["data"], input_size=meta["input_size"][-1], val_subset=val_subset)
+    model, val = model_and_test_set(checkpoint, val_subset)
     _, _, _, boxes = cluttered_digits("val")
     idx = val.indices
     n = min(count, len(val))
