@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        item.stash[_FAILED] = True
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _free_disk(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete a passed test's tmp_path when it ends.
+
+    Training tests write checkpoints of 50-350 MB each; kept until the session ends (pytest's
+    default), the suite held 12 GB of them at its end and filled the disk of a CI machine.
+    A failed test's folder stays for inspection.
+    """
+    yield
+    path = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if path is not None and not request.node.stash.get(_FAILED, False):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
