@@ -17,11 +17,12 @@ import tdaf
 from tdaf.cli.main import main
 from tdaf.data import Batch
 from tdaf.detection import (
-    CocoDetection, CocoEvaluator, backbone_of, coco_eval, collate_detection, evaluate_checkpoint,
-    torchvision_fcos_state_dict, write_digit_scenes,
+    CocoDetection, CocoEvaluator, backbone_of, coco_eval, collate_detection, torchvision_fcos_state_dict,
+    write_digit_scenes,
 )
 from tdaf.detection.data import apply_pair, eval_transform
 from tdaf.engine.checkpoint import checkpoint_payload, model_from_checkpoint
+from tdaf.engine.evaluate import evaluate_checkpoint
 from tdaf.engine.trainer import train
 from tdaf.io.files import atomic_save
 from tdaf.layers.mfbn import FrozenMultiFlowBatchNorm, MultiFlowBatchNorm
@@ -253,7 +254,7 @@ def test_train_eval_predict_end_to_end(scenes: Path, tmp_path: Path, capsys: pyt
     assert meta["class_names"] == [str(d) for d in range(10)] and meta["min_size"] == [64]
 
     res = evaluate_checkpoint(out / "last.pt", progress=False)  # finds the run's data dir itself
-    assert res is not None and res["images"] == 4 and res["AP"] == pytest.approx(row["val_AP"])
+    assert res is not None and res["images"] == 4 and res["data_dir"] == str(scenes.resolve()) and res["AP"] == pytest.approx(row["val_AP"])
     dets = json.loads(Path(res["detections"]).read_text())
     assert len(dets) == res["detections_count"]
     assert all({"image_id", "bbox", "score", "category_id"} <= set(d) for d in dets)

@@ -6,7 +6,6 @@ builder is an attribute (``tdaf.classification.tdaf_resnet50``), as in every tas
 """
 
 from .data import DataInfo, build_datasets, data_info, dataset_list, open_split
-from .evaluate import evaluate_checkpoint
 from .metrics import ClassificationEvaluator
 from .predict import predict
 from .task import ClassificationTask, model_kwargs
@@ -34,7 +33,7 @@ from ..models.vgg import (
 )
 
 __all__ = [
-    "ClassificationTask", "ClassificationEvaluator", "evaluate_checkpoint", "predict", "model_kwargs",
+    "ClassificationTask", "ClassificationEvaluator", "predict", "model_kwargs",
     "DataInfo", "build_datasets", "data_info", "dataset_list", "open_split",
     "cbam_resnet50", "seresnet50", "tdaf_cbam_resnet50", "tdaf_seresnet50", "resnet18_w32", "tdaf_resnet18_w32",
     "mobilenetv1", "tdaf_mobilenetv1",

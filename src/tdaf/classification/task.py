@@ -6,6 +6,7 @@ of Tab. 3a (the softmax of the 10 crops averaged per image).
 
 from __future__ import annotations
 
+import argparse
 import logging
 from typing import Any
 
@@ -13,13 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import collate_skip
+from ..data import TransformedDataset, collate_skip, subset_indices
 from ..data.registry import dataset_spec
+from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import ImageList
+from ..io.table import counts_line, topk_table
 from ..models import create_model, is_model
 from ..models._registry import unknown_model_error
-from .data import TASK, RECIPES, build_datasets
+from .data import TASK, RECIPES, build_datasets, eval_transform, open_split, ten_crop_transform
 from .metrics import ClassificationEvaluator
+from .predict import predict
 
 __all__ = ["ClassificationTask", "model_kwargs"]
 
@@ -100,4 +105,76 @@ class ClassificationTask(Task):
 
     def evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator(probs=self.ten_crop)
+
+    # ---- tdaf eval and tdaf predict
+    eval_batch_size = 100
+
+    @classmethod
+    def add_eval_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--ten-crop", action="store_true", default=None,
+                           help="10-crop test (corners + centre, and mirrors; paper Tab. 3a)")
+
+    def eval_data(self, checkpoint: CheckpointToEvaluate, options: EvalOptions) -> EvalData:
+        """Top-1 / top-5 on a split, preprocessed with the checkpoint's meta (input size,
+        mean/std, resize); the 10-crop test with ``ten_crop``."""
+        data, meta = checkpoint.data, checkpoint.meta
+        spec = dataset_spec(data, TASK)
+        if options.data_dir is not None and not spec.needs_dir:
+            raise ValueError(f"--data-dir: {data} is built in and reads no folder; drop --data-dir")
+        raw = open_split(data, options.split, checkpoint.data_dir if spec.needs_dir else None)
+        outputs = getattr(checkpoint.model, "num_classes", None)
+        classes = list(meta.get("class_names") or [])
+        if isinstance(outputs, int) and outputs != len(raw.classes):
+            raise ValueError(f"--data: {data} has {len(raw.classes)} classes, but the checkpoint's model has "
+                             f"{outputs} outputs")
+        if classes and classes != raw.classes:
+            diff = next(i for i, (a, b) in enumerate(zip(classes, raw.classes)) if a != b)
+            raise ValueError(f"--data: class {diff} is {raw.classes[diff]!r} here but {classes[diff]!r} in the "
+                             f"checkpoint; the data's class folders must match the training data")
+        self.ten_crop = bool(options.option("ten_crop", False))
+        transform = ten_crop_transform(meta) if self.ten_crop else eval_transform(meta)
+        dataset = TransformedDataset(raw, transform, indices=subset_indices(len(raw), options.subset), seeded=False)
+        # held in memory: starting workers costs more than they save
+        return EvalData(dataset, collate_skip, {"crops": 10 if self.ten_crop else 1}, in_memory=not spec.needs_dir)
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        skipped = f", {result['skipped']} unreadable skipped" if result["skipped"] else ""
+        return (f"{result['model']} on {result['data']}/{result['split']} ({result['images']} images, "
+                f"{result['crops']}-crop{skipped}): top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+                f"loss {result['loss']:.4f}")
+
+    @classmethod
+    def add_predict_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--topk", type=int, default=None,
+                           help="labels per image (default 5; capped at the class count)")
+
+    def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: ImageList,
+                        options: PredictOptions) -> dict[str, Any]:
+        """The top-k labels of each image (softmax scores)."""
+        topk = options.option("topk", 5)
+        if topk < 1:
+            raise ValueError(f"--topk: got {topk}; allowed: >= 1")
+        if options.workers is not None and options.workers < 0:
+            raise ValueError(f"--workers: got {options.workers}; allowed: >= 0")
+        num_classes = getattr(model, "num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"--checkpoint: {options.checkpoint} holds {meta.get('model_name')}, which is not a "
+                             f"classifier")
+        names = meta.get("class_names")
+        if names is None:
+            log.warning("the checkpoint names no classes; labels are class indices")
+            names = [str(i) for i in range(num_classes)]
+        if len(names) != num_classes:
+            raise ValueError(f"--checkpoint: {options.checkpoint} names {len(names)} classes but its model has "
+                             f"{num_classes} outputs")
+        workers = options.workers if options.workers is not None else (2 if len(inputs) > 256 else 0)
+        results, skipped = predict(model, inputs, eval_transform(meta), [str(n) for n in names], topk=topk,
+                                   batch_size=options.batch_size, workers=workers, device=options.device,
+                                   progress=options.progress)
+        return {"topk": min(topk, num_classes), "results": results, "skipped": skipped}
+
+    def format_predictions(self, report: dict[str, Any], options: PredictOptions) -> str:
+        lines = [topk_table(report["results"], report["topk"])] if report["results"] else []
+        counts = counts_line([f"{len(report['results'])} image(s)"], len(report["skipped"]), report["ignored"])
+        return "\n".join(lines + [f"{counts}; {options.described}, scores are softmax probabilities"])
 

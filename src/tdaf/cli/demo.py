@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..classification.data import build_datasets
 from ..data import collate_skip
 from ..data.cluttered import cluttered_digits
 from ..engine.checkpoint import model_from_checkpoint
 from ..engine.config import TrainConfig
+from ..engine.evaluate import EvalOptions, open_checkpoint
 from ..engine.trainer import Trainer
 from ..evidence import bootstrap_paired, format_pm, mean_std, paired_difference, verdict
 from ..io.files import atomic_write_bytes, json_safe
@@ -194,10 +194,11 @@ def learned(train_loss: float, num_classes: int) -> bool:
 
 
 def model_and_test_set(checkpoint: str | Path, val_subset: int | None = None) -> tuple[torch.nn.Module, Any]:
-    """A checkpoint's model (eval mode) and its test split with its own test transform."""
-    model, meta = model_from_checkpoint(checkpoint)
-    _, val, _ = build_datasets(meta["data"], input_size=meta["input_size"][-1], val_subset=val_subset)
-    return model.eval(), val
+    """A checkpoint's model (eval mode) and its test split with its own test transform (what
+    ``tdaf eval`` evaluates it on)."""
+    options = EvalOptions(subset=val_subset)
+    task, opened = open_checkpoint(checkpoint, options)
+    return opened.model.eval(), task.eval_data(opened, options).dataset
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from ..io.optional import MissingDependency
 
 # Sub-command modules (each registers one or more commands; the console script's
 # tdaf_cli.COMMANDS lists the commands and their help for the fast `tdaf --help`).
-COMMAND_MODULES = ("models", "profile", "train", "demo", "predict", "attention", "export")
+COMMAND_MODULES = ("models", "profile", "train", "eval", "demo", "predict", "attention", "export")
 
 
 class UserError(Exception):

@@ -1,12 +1,19 @@
-"""``tdaf predict``: a trained model on image files and folders (the task's part: ``tdaf.<task>.cli``)."""
+"""``tdaf predict``: a trained model on image files and folders (or videos), for every task
+(the task's part: its ``Task.add_predict_args``, ``predict_inputs``, ``run_predictions``,
+``format_predictions`` and ``draw_prediction``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from ._common import add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads
-from ._load import add_model_args
-from ._tasks import add_task_args, run_task_command
+from ..engine.options import PredictOptions
+from ..io.files import json_safe
+from ._common import (
+    add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads, resolve_device,
+)
+from ._load import add_model_args, load_model
+from ._task_args import add_task_args, checkpoint_task, task_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="predictions of a trained model for images (top-k labels of a classifier)",
         description="Run a checkpoint written by `tdaf train` on image files, or every image in folders "
-        "(searched recursively); the task is the checkpoint's (classification: the top-k labels). Images "
+        "(searched recursively); the task is the checkpoint's: classification the top-k labels, detection boxes, "
+        "pose the joints of each person, video the top-5 actions of video files and frame folders. Images "
         "are preprocessed exactly as `tdaf eval` does (the checkpoint's input size, resize/crop, mean and std); "
         "any PIL mode is converted to RGB (greyscale, "
         "palette, RGBA without its alpha, 16-bit scaled to 8 bits). A file named on the command line that is "
@@ -22,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "skipped, and both are counted. Scores are softmax probabilities.",
         epilog="example: tdaf predict --checkpoint runs/digits/best.pt photos/ cat.png --topk 3 --json",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (video: videos, frame folders)")
     add_model_args(p, allow_name=False)
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None,
@@ -39,4 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
-    return run_task_command("predict", args)
+    task = checkpoint_task(args.checkpoint)
+    own = task_options(args, "predict", task)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
+    device = resolve_device(args.device)
+    inputs = task.predict_inputs(args.images)
+    loaded = load_model(args)
+    options = PredictOptions(checkpoint=str(args.checkpoint), device=device, batch_size=args.batch_size,
+                             workers=args.workers, progress=args.progress, overwrite=args.overwrite,
+                             described=loaded.describe(), task=own)
+    report = task.run_predictions(loaded.model, loaded.meta, inputs, options)
+    report["ignored"] = inputs.ignored
+    if args.json:
+        print(json.dumps(json_safe({"checkpoint": str(args.checkpoint), "model": loaded.name, **report})))
+    else:
+        print(task.format_predictions(report, options))
+    return 0

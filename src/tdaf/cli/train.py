@@ -1,4 +1,4 @@
-"""``tdaf train`` and ``tdaf eval``: train a classifier with the paper's recipes, evaluate a checkpoint."""
+"""``tdaf train``: train a model of any task with the paper's recipes (``tdaf eval``: :mod:`tdaf.cli.eval`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ._common import (
     add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_overwrite_arg, add_progress_arg,
     add_threads_arg, apply_threads, input_size_hw,
 )
-from ._tasks import add_task_args, run_task_command
 
 log = logging.getLogger("tdaf.train")
 
@@ -46,7 +45,6 @@ status 1 before saving anything, leaving the last good checkpoints as they were.
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_train(sub)
-    _register_eval(sub)
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
@@ -186,38 +184,3 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"tdaf train: error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-
-# ---------------------------------------------------------------------- eval
-def _register_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval", help="evaluate a checkpoint on a data set split (the metrics of its task)",
-        description="Evaluate a tdaf checkpoint on a data set split with the checkpoint's own preprocessing "
-        "(input size, mean/std, resize) and its task's metrics: classification top-1 / top-5 (--ten-crop: the "
-        "10-crop test of the paper's Tab. 3a). The task is the checkpoint's.",
-        epilog="example: tdaf eval --checkpoint runs/d/best.pt --data digits --json",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by tdaf train")
-    p.add_argument("--data", metavar="NAME", default=None,
-                   help=f"data set ({', '.join(dataset_list())}; default: the one the checkpoint was trained on)")
-    p.add_argument("--data-dir", metavar="PATH", default=None, help="folder of cifar10 / imagefolder data")
-    p.add_argument("--split", choices=("val", "train"), default="val", help="split to evaluate (default val)")
-    p.add_argument("--subset", type=int, metavar="N", default=None, help="a fixed random subset of N images")
-    p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
-    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: automatic)")
-    add_device_arg(p)
-    add_threads_arg(p)
-    add_amp_arg(p)
-    add_channels_last_arg(p)
-    p.add_argument("--strict", action=_BOOL, default=False, help="stop at the first unreadable input (default off)")
-    add_progress_arg(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions in [0, 1])")
-    add_overwrite_arg(p, "replace an existing file this command writes (detections json); never an input")
-    add_task_args(p, "eval")
-    p.set_defaults(func=run_eval)
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    apply_threads(args.threads)
-    return run_task_command("eval", args)

@@ -9,17 +9,16 @@ Importing this package registers the ``detection`` task, its models
 from .data import (
     RECIPES, CocoDetection, collate_detection, eval_transform, find_coco_split, train_transform, write_digit_scenes,
 )
-from .evaluate import evaluate_checkpoint
 from .metrics import COCO_METRICS, CocoEvaluator, coco_eval, to_coco_detections
 from .models import (
     TDAFFCOS, backbone_of, build_fcos, fcos_resnet18_fpn, fcos_resnet50_fpn, fcos_resnet101_fpn,
     tdaf_fcos_resnet18_fpn, tdaf_fcos_resnet50_fpn, tdaf_fcos_resnet101_fpn, torchvision_fcos_state_dict,
 )
-from .predict import predict
+from .predict import draw_detections, predict
 from .task import DetectionTask, model_kwargs, open_split
 
 __all__ = [
-    "DetectionTask", "CocoDetection", "evaluate_checkpoint", "predict", "CocoEvaluator", "TDAFFCOS", "build_fcos", "backbone_of",
+    "DetectionTask", "CocoDetection", "predict", "draw_detections", "CocoEvaluator", "TDAFFCOS", "build_fcos", "backbone_of",
     "torchvision_fcos_state_dict", "write_digit_scenes", "coco_eval", "to_coco_detections", "collate_detection",
     "train_transform", "eval_transform", "find_coco_split", "open_split", "model_kwargs", "RECIPES", "COCO_METRICS",
     "fcos_resnet18_fpn", "tdaf_fcos_resnet18_fpn", "fcos_resnet50_fpn", "tdaf_fcos_resnet50_fpn",

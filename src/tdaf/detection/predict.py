@@ -22,7 +22,7 @@ from ..io.images import ImageList, open_image, unique_stems
 from ..io.outputs import Outputs, output_name
 from .models import backbone_of
 
-__all__ = ["predict"]
+__all__ = ["predict", "draw_detections"]
 
 
 def _attention_picture(img: torch.Tensor, maps: dict[tuple[int, int], torch.Tensor]) -> Image.Image:
@@ -38,6 +38,17 @@ def _attention_picture(img: torch.Tensor, maps: dict[tuple[int, int], torch.Tens
         rgb = torch.stack([0.5 * grey + 0.5 * m, 0.5 * grey, 0.5 * grey * (1 - m)])
         panels.append((rgb.clamp(0, 1) * 255).byte())
     return Image.fromarray(torch.cat(panels, dim=2).permute(1, 2, 0).numpy())
+
+
+def draw_detections(image: Image.Image, prediction: dict[str, Any]) -> Image.Image:
+    """``image`` with the boxes of ``prediction`` (one of :func:`predict`'s results) drawn by
+    torchvision, each labelled with its class and score: the detection task's one picture."""
+    img = TF.pil_to_tensor(image.convert("RGB"))
+    dets = prediction["detections"]
+    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float).reshape(-1, 4)
+    drawn = draw_bounding_boxes(img, boxes, labels=[f"{d['label']} {d['score']:.2f}" for d in dets],
+                                colors="lime", width=max(1, round(min(img.shape[1:]) / 200)))
+    return Image.fromarray(drawn.permute(1, 2, 0).numpy())
 
 
 @torch.inference_mode()
@@ -118,10 +129,7 @@ def _run(model: nn.Module, images: ImageList, stems: list[str], class_names: Seq
             {"box": [round(v, 2) for v in b], "label": n, "category_id": int(c), "score": round(float(s), 4)}
             for b, n, c, s in zip(boxes.tolist(), names, labels.tolist(), scores.tolist())]}
         if out is not None:
-            drawn = draw_bounding_boxes(img, boxes, labels=[f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())],
-                                        colors="lime", width=max(1, round(min(img.shape[1:]) / 200)))
-            picture = outputs.save_image(Image.fromarray(drawn.permute(1, 2, 0).numpy()),
-                                         out / output_name(stem, "pred"))
+            picture = outputs.save_image(draw_detections(pil, result), out / output_name(stem, "pred"))
             result["picture"] = str(picture)
             if attention:
                 att = outputs.save_image(_attention_picture(img, maps), out / output_name(stem, "attention"))

@@ -3,21 +3,29 @@ training mode (torchvision's detector contract), COCOeval box AP at validation."
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
+from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import ImageList
+from ..io.outputs import Outputs
+from ..io.table import counts_line, format_table
 from ..models import create_model, is_model, list_models, model_cfg
 from ..models._registry import unknown_model_error
 from .data import RECIPES, CocoDetection, apply_pair, collate_detection, eval_transform, train_transform
 from .metrics import COCO_METRICS, CocoEvaluator
 from .models import TASK
+from .predict import draw_detections, predict
 
 __all__ = ["DetectionTask", "open_split", "model_kwargs", "recipe_sizes"]
 
@@ -104,6 +112,7 @@ class DetectionTask(Task):
                                subset_indices(len(val), cfg.val_subset), seeded=False),
             collate_detection, meta, in_memory=False,
             description=f"{len(train.categories)} categories, shorter side {meta['min_size']}",
+            data_dir=str(train.ann_file.parent.parent) if cfg.data_dir is None else None,
         )
 
     def build_model(self, cfg: Any, meta: dict[str, Any]) -> BuiltModel:
@@ -123,6 +132,96 @@ class DetectionTask(Task):
     def evaluator(self) -> CocoEvaluator:
         if self.gt is None:
             raise RuntimeError("detection: the evaluator needs the validation ground truth; call build_data first "
-                               "(or use tdaf.detection.evaluate_checkpoint)")
+                               "(or use tdaf.engine.evaluate.evaluate_checkpoint)")
         return CocoEvaluator(self.gt)
+
+    # ---- tdaf eval and tdaf predict
+    eval_batch_size = 8
+
+    @classmethod
+    def add_eval_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--detections", metavar="JSON", default=None,
+                           help="write the detections (COCO result json) here (default: beside the checkpoint, "
+                                "detections_<data>_<split>.json); never over an input, an existing file only with "
+                                "--overwrite")
+
+    def eval_data(self, checkpoint: CheckpointToEvaluate, options: EvalOptions) -> EvalData:
+        """COCOeval box AP on a split; the detections are written as COCO result json to
+        ``detections`` (default: beside the checkpoint), never over an input of the run (the
+        checkpoint, the annotations, the images) nor, without ``overwrite``, over an existing
+        file: checked before the evaluation, written after it."""
+        data, model = checkpoint.data, checkpoint.model
+        dataset_spec(data, TASK, "--data")  # a clear error for a data set of another task
+        raw = open_split(data, options.split, checkpoint.data_dir)
+        raw.strict = options.strict
+        classes = model.head.classification_head.num_classes
+        if raw.num_classes > classes:
+            raise ValueError(f"--data: {data} has category ids up to {raw.num_classes - 1}, but the checkpoint's "
+                             f"model has {classes} classes")
+        given = options.option("detections")
+        out = Path(given) if given is not None else Path(checkpoint.path).parent / f"detections_{data}_{options.split}.json"
+        outputs = Outputs(overwrite=options.overwrite)
+        outputs.protect([checkpoint.path], "checkpoint")
+        outputs.protect([raw.ann_file], "annotations")
+        outputs.protect((raw.image_dir / im["file_name"] for im in raw.images.values()), "image")
+        outputs.claim(out, "--detections")
+        evaluator = CocoEvaluator(raw.gt)  # kept: its detections are written
+
+        def finish(result: dict[str, Any]) -> None:
+            with outputs:
+                outputs.write_text(json.dumps(evaluator.detections), out)
+            result.update(detections=str(out), detections_count=len(evaluator.detections))
+
+        dataset = TransformedDataset(raw, apply_pair(eval_transform()),
+                                     indices=subset_indices(len(raw), options.subset), seeded=False)
+        return EvalData(dataset, collate_detection, evaluator=evaluator, finish=finish)
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        skipped = f", {result['skipped']} unreadable skipped" if result["skipped"] else ""
+        return "\n".join([
+            f"{result['model']} on {result['data']}/{result['split']} ({int(result['images'])} images{skipped}), "
+            f"COCOeval bbox:",
+            format_table(list(COCO_METRICS), [[f"{100 * result[k]:.1f}" for k in COCO_METRICS]]),
+            f"{result['detections_count']} detections written to {result['detections']}"])
+
+    @classmethod
+    def add_predict_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--out-dir", metavar="DIR", default=None,
+                           help="write <image>_pred.png with the boxes drawn and predictions.json here (default: "
+                                "print only); may be the image folder: inputs are never written over, existing "
+                                "files only with --overwrite")
+        group.add_argument("--score-thresh", type=float, default=None, help="lowest score kept (default 0.3)")
+        group.add_argument("--attention", action="store_true", default=None,
+                           help="with --out-dir: also <image>_attention.png, the last flow's ANAR maps (TDAF models)")
+
+    def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: ImageList,
+                        options: PredictOptions) -> dict[str, Any]:
+        """Boxes, labels and scores of each image; pictures and predictions.json with ``out_dir``."""
+        thresh = options.option("score_thresh", 0.3)
+        out_dir = options.option("out_dir")
+        attention = bool(options.option("attention", False))
+        if attention and not out_dir:
+            raise ValueError("--attention: needs --out-dir (the maps are written as pictures)")
+        names = [""] * int(meta.get("num_classes", 0))
+        for c in meta.get("categories", []):
+            if 0 <= c["id"] < len(names):
+                names[c["id"]] = c["name"]
+        results, skipped = predict(model, inputs, names, out_dir, score_thresh=thresh, attention=attention,
+                                   device=options.device, progress=options.progress, overwrite=options.overwrite,
+                                   inputs=[options.checkpoint])
+        return {"score_thresh": thresh, "results": results, "skipped": skipped}
+
+    def format_predictions(self, report: dict[str, Any], options: PredictOptions) -> str:
+        rows = [[Path(r["file"]).name, str(len(r["detections"])),
+                 ", ".join(f"{d['label']}:{d['score']:.2f}" for d in r["detections"][:6])
+                 + (" ..." if len(r["detections"]) > 6 else "")] for r in report["results"]]
+        lines = [format_table(["file", "boxes", "labels (score >= %.2f)" % report["score_thresh"]], rows)] if rows else []
+        out_dir = options.option("out_dir")
+        where = f"; pictures and predictions.json in {out_dir}" if out_dir else ""
+        counts = counts_line([f"{len(report['results'])} image(s)"], len(report["skipped"]), report["ignored"])
+        return "\n".join(lines + [f"{counts}; {options.described}{where}"])
+
+    def draw_prediction(self, image: Image.Image, prediction: dict[str, Any],
+                        meta: dict[str, Any]) -> Image.Image:
+        return draw_detections(image, prediction)
 

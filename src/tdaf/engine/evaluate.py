@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,12 +16,13 @@ from tqdm.auto import tqdm
 from ..data import ShardSampler
 from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
+from .options import CheckpointToEvaluate, EvalData, EvalOptions
 from .resources import loader_workers
-from .task import Task
+from .task import Evaluator, Task, get_task, task_flags, task_names
 
 __all__ = [
-    "evaluate", "evaluate_dataset", "open_checkpoint", "CheckpointToEvaluate", "autocast", "AMP_DTYPES",
-    "check_skipped", "UnreadableInputError", "UnreadableImageError",
+    "evaluate", "evaluate_dataset", "evaluate_checkpoint", "open_checkpoint", "EvalOptions", "EvalData",
+    "CheckpointToEvaluate", "autocast", "AMP_DTYPES", "check_skipped", "UnreadableInputError", "UnreadableImageError",
 ]
 
 
@@ -61,10 +63,12 @@ def evaluate(
     strict: bool = False,
     progress: bool = False,
     desc: str = "eval",
+    evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
     """The task evaluator's metrics over ``loader`` (combined over all processes when
-    distributed), plus ``skipped`` (unreadable inputs) and ``skipped_examples``."""
-    evaluator = task.evaluator()
+    distributed), plus ``skipped`` (unreadable inputs) and ``skipped_examples``.
+    ``evaluator``: one to fill instead of a fresh ``task.evaluator()``."""
+    evaluator = evaluator if evaluator is not None else task.evaluator()
     was_training = model.training
     model.eval()
     skipped = torch.zeros(1, dtype=torch.float64, device=device)
@@ -105,6 +109,7 @@ def evaluate_dataset(
     channels_last: bool = False,
     strict: bool = False,
     progress: bool = True,
+    evaluator: Evaluator | None = None,
 ) -> dict[str, Any] | None:
     """:func:`evaluate` of ``model`` on a whole data set, by one process or sharded over the
     processes ``torchrun`` started: the metrics on the main process, None on the others.
@@ -120,33 +125,76 @@ def evaluate_dataset(
         if channels_last:
             model.to(memory_format=torch.channels_last_3d if task.input_dims() == 3 else torch.channels_last)
         result = evaluate(model, loader, env.device, task, amp=amp, channels_last=channels_last, strict=strict,
-                          progress=progress and env.is_main)
+                          progress=progress and env.is_main, evaluator=evaluator)
     finally:
         if env.distributed:
             teardown()
     return result if env.is_main else None
 
 
-@dataclass
-class CheckpointToEvaluate:
-    """A checkpoint opened for ``tdaf eval``: its model (eval mode), meta, the data set to
-    evaluate on, and the whole checkpoint (config, history, ...), read once."""
-
-    model: nn.Module
-    meta: dict[str, Any]
-    data: str
-    payload: dict[str, Any]
-
-
-def open_checkpoint(checkpoint: str | os.PathLike[str], data: str | None, batch_size: int) -> CheckpointToEvaluate:
-    """What every task's ``evaluate_checkpoint`` starts with: the batch size checked, the
-    checkpoint read and its model rebuilt, and the data set named (``data``, or the one the
-    checkpoint was trained on)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
+def open_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions) -> tuple[Task, CheckpointToEvaluate]:
+    """The checkpoint read once, its task (from the registry) and its model rebuilt, and the
+    data set named (``options.data``, or the one the checkpoint was trained on) with its folder:
+    ``options.data_dir``, else the absolute one the checkpoint records, else (checkpoints of
+    earlier releases) its run's ``data_dir`` or ``out/data/<data>`` where that still exists."""
     payload = load_checkpoint(checkpoint, "--checkpoint")
+    name = payload.get("task", "classification")
+    if name not in task_names():
+        raise ValueError(f"--checkpoint: {checkpoint} is a {name!r} checkpoint, which this version of tdaf cannot "
+                         f"run (tasks: {', '.join(task_names())})")
+    task = get_task(name)()
     model, meta = model_from_payload(payload, checkpoint, "--checkpoint")
-    data = data or meta.get("data")
+    data = options.data or meta.get("data")
     if data is None:
         raise ValueError(f"--data: {checkpoint} does not record its data set; give --data")
-    return CheckpointToEvaluate(model, meta, data, payload)
+    data_dir = str(options.data_dir) if options.data_dir is not None else _recorded_data_dir(payload, meta, data)
+    return task, CheckpointToEvaluate(model, meta, data, payload, str(checkpoint), data_dir)
+
+
+def _recorded_data_dir(payload: dict[str, Any], meta: dict[str, Any], data: str) -> str | None:
+    cfg = payload.get("config", {})
+    if data != meta.get("data", cfg.get("data")):
+        return None  # another data set than the run's: its own default place
+    if meta.get("data_dir"):
+        return str(meta["data_dir"])
+    if cfg.get("data_dir"):
+        return str(cfg["data_dir"])
+    built = Path(cfg.get("out") or ".").expanduser() / "data" / data  # bundled sets written under the run
+    return str(built) if cfg.get("out") and built.is_dir() else None
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions | None = None,
+                        **fields: Any) -> dict[str, Any] | None:
+    """``tdaf eval`` of a checkpoint of any task: its task's metrics on a data set split, with the
+    checkpoint's own preprocessing. ``options`` (an :class:`EvalOptions`; ``fields`` replace
+    its values, e.g. ``evaluate_checkpoint(path, split="val", task={"ten_crop": True})``).
+    Returns the result on the main process: ``checkpoint``, ``model``, ``data``, ``split``,
+    ``data_dir``, ``epoch``, the metrics, ``skipped`` and the task's own keys; None on the
+    other processes when run under ``torchrun``."""
+    options = dataclasses.replace(options or EvalOptions(), **fields)
+    if options.split not in ("train", "val"):
+        raise ValueError(f"--split: got {options.split!r}; allowed: train, val")
+    if options.subset is not None and options.subset < 1:
+        raise ValueError(f"--subset: got {options.subset}; allowed: >= 1")
+    task, opened = open_checkpoint(checkpoint, options)
+    allowed = task_flags(task, "eval")
+    unknown = sorted(k for k, v in options.task.items() if k not in allowed and v not in (None, False))
+    if unknown:
+        raise ValueError(f"--{unknown[0].replace('_', '-')}: not an option of {task.name} checkpoints "
+                         f"({checkpoint}); theirs: {', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
+    batch_size = options.batch_size if options.batch_size is not None else task.eval_batch_size
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
+    data = task.eval_data(opened, options)
+    workers = 0 if options.workers is None and data.in_memory else options.workers
+    result = evaluate_dataset(opened.model, data.dataset, data.collate, task, batch_size=batch_size, workers=workers,
+                              device=options.device, amp=options.amp, channels_last=options.channels_last,
+                              strict=options.strict, progress=options.progress, evaluator=data.evaluator)
+    if result is None:
+        return None
+    out = {"checkpoint": str(checkpoint), "model": opened.meta.get("model_name"), "data": opened.data,
+           "split": options.split, "data_dir": opened.data_dir, "epoch": opened.meta.get("epoch"), **data.info,
+           **result}
+    if data.finish is not None:
+        data.finish(out)
+    return out

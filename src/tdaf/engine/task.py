@@ -15,22 +15,27 @@ of unreadable items (skipped and counted by the trainer, or fatal under ``strict
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.loading import Batch
+from ..io.images import collect_images
+from .options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 
 __all__ = [
     "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "register_task", "get_task",
-    "task_names", "task_for_config", "with_task_defaults", "move_to",
+    "task_names", "task_for_config", "with_task_defaults", "move_to", "task_flags",
 ]
 
 
@@ -54,7 +59,9 @@ class TaskData:
 
     ``meta`` is what a checkpoint must know to use the model on new data (class names,
     mean/std, input size, ...; stored under the checkpoint's ``meta``); ``in_memory``
-    data sets load without worker processes by default.
+    data sets load without worker processes by default; ``data_dir`` is the folder the data
+    was read from when it is not the config's ``data_dir`` (e.g. a bundled set written
+    under the run's folder): checkpoints record it, absolute, for ``tdaf eval``.
     """
 
     train: Dataset
@@ -64,6 +71,7 @@ class TaskData:
     in_memory: bool = False
     description: str = ""
     unit: str = "images"
+    data_dir: str | None = None
 
 
 @dataclass
@@ -149,6 +157,55 @@ class Task(ABC):
     def evaluator(self) -> Evaluator:
         """A fresh evaluator for one validation pass."""
 
+    # ---- tdaf eval and tdaf predict: written once (tdaf.cli.eval, tdaf.cli.predict); a task
+    # supplies its own flags, its evaluation data, how it prints, what it predicts on, and how
+    # it draws a prediction. Its flags default to None, so the commands can tell a flag given
+    # with another task's checkpoint (refused) from one left out.
+    eval_batch_size: int = 32  # tdaf eval's --batch-size default for this task
+
+    @classmethod
+    def add_eval_args(cls, group: argparse._ArgumentGroup) -> None:
+        """This task's own flags of ``tdaf eval`` (default None), in ``group``."""
+
+    def eval_data(self, checkpoint: CheckpointToEvaluate, options: EvalOptions) -> EvalData:
+        """The data to evaluate ``checkpoint`` on (``checkpoint.data``, its folder
+        ``checkpoint.data_dir``; ``options.split``, ``options.subset``, the task's own
+        ``options.task``), with the checkpoint's own preprocessing; may set up this task
+        object for the evaluation (e.g. the 10-crop test, the annotations to score against)."""
+        raise ValueError(f"--checkpoint: the {self.name} task does not support tdaf eval")
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        """``tdaf eval``'s text for ``result`` (without ``--json``)."""
+        metrics = "  ".join(f"{self.labels.get(k, k)} {v:.4f}" for k, v in result.items()
+                            if isinstance(v, float) and k not in ("epoch",))
+        return f"{result.get('model')} on {result.get('data')}/{result.get('split')}: {metrics}"
+
+    @classmethod
+    def add_predict_args(cls, group: argparse._ArgumentGroup) -> None:
+        """This task's own flags of ``tdaf predict`` (default None), in ``group``."""
+
+    def predict_inputs(self, paths: Sequence[str | os.PathLike[str]]) -> Any:
+        """What ``tdaf predict``'s positional arguments name: images, and every image in folders
+        (an :class:`~tdaf.io.images.ImageList`; ``files``, ``from_folder``, ``ignored``)."""
+        return collect_images(paths)
+
+    def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: Any,
+                        options: PredictOptions) -> dict[str, Any]:
+        """``tdaf predict``: the predictions of ``model`` for ``inputs``, as the JSON object the
+        command prints (``results`` per input, ``skipped`` and the task's own keys), after
+        writing the pictures (:meth:`draw_prediction`) or files the task's flags ask for."""
+        raise ValueError(f"--checkpoint: the {self.name} task does not support tdaf predict")
+
+    def format_predictions(self, report: dict[str, Any], options: PredictOptions) -> str:
+        """``tdaf predict``'s text for ``report`` (without ``--json``)."""
+        return f"{len(report.get('results', []))} input(s); {options.described}"
+
+    def draw_prediction(self, image: Image.Image, prediction: dict[str, Any],
+                        meta: dict[str, Any]) -> Image.Image | None:
+        """``image`` with ``prediction`` (one of ``run_predictions``' ``results``) drawn on it,
+        or None when this task draws no pictures. The one place a task draws its predictions."""
+        return None
+
     def adapt_init_state(self, state: dict[str, torch.Tensor], model: nn.Module,
                          source_task: str | None) -> dict[str, torch.Tensor] | None:
         """``--init-from``: the weights of a checkpoint of task ``source_task`` (None: a bare
@@ -195,6 +252,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def task_names() -> list[str]:
+    """The registered tasks (importing ``tdaf`` registers the built-in ones)."""
     return sorted(_TASKS)
 
 
@@ -217,3 +275,11 @@ def with_task_defaults(cfg: Any, task: Task | type[Task] | None = None) -> Any:
     task = task if task is not None else get_task(cfg.task, "task")
     unset = {k: v for k, v in task.defaults.items() if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **unset) if unset else cfg
+
+
+def task_flags(task: type[Task] | Task, command: str) -> tuple[str, ...]:
+    """The dests of a task's own flags of ``command`` ("eval" or "predict"), read from its
+    ``add_<command>_args`` (the one place they are defined)."""
+    group = argparse.ArgumentParser(add_help=False).add_argument_group()
+    getattr(task, f"add_{command}_args")(group)
+    return tuple(a.dest for a in group._group_actions)

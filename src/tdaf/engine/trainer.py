@@ -227,7 +227,10 @@ class Trainer:
             ensure_writable_dir(Path(cfg.out).expanduser(), "--out")  # before minutes of data loading
         seed_everything(cfg.seed)
         data = task.build_data(cfg)
-        self.data, self.meta = data, data.meta
+        self.data, self.meta = data, dict(data.meta)
+        where = cfg.data_dir or data.data_dir  # recorded absolute: tdaf eval finds the data from anywhere
+        if where is not None:
+            self.meta["data_dir"] = str(Path(where).expanduser().resolve())
         sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, env.world_size, env.rank, cfg.accum_steps,
                                      seed=cfg.seed)
         built = task.build_model(cfg, data.meta)

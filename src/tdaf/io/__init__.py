@@ -3,7 +3,8 @@
 :mod:`tdaf.io.files`: safe loading (``weights_only``), atomic saving, writable output
 folders. :mod:`tdaf.io.outputs`: the rule for every file a command writes (never over an
 input, never over an existing file without ``--overwrite``, atomic, nothing left on failure).
-:mod:`tdaf.io.images`: collecting and decoding user images.
+:mod:`tdaf.io.images`: collecting and decoding user images. :mod:`tdaf.io.table`: the one
+text table layout of the commands.
 """
 
 from .files import (

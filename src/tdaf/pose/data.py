@@ -40,7 +40,7 @@ from .codec import affine_matrix, apply_affine, box_to_center_scale, crop_to_ima
 
 __all__ = [
     "CocoPersons", "TopDownTransform", "pose_collate", "KeypointInfo", "keypoint_info", "open_coco", "input_hw",
-    "COCO_SIGMAS", "annotation_file",
+    "COCO_SIGMAS", "annotation_file", "read_person_boxes", "PERSON_BOXES_LAYOUTS",
 ]
 
 log = logging.getLogger("tdaf.pose")
@@ -200,16 +200,9 @@ class CocoPersons:
                                            keypoints=kpts, area=float(ann.get("area", box[2] * box[3]))))
 
     def _from_detections(self, path: Path) -> None:
-        try:
-            dets = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"boxes: no such file: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"boxes: {path} is not JSON ({e})") from None
-        if not isinstance(dets, list) or any(not isinstance(d, dict) or not {"image_id", "bbox"} <= set(d)
-                                             for d in dets):
-            raise ValueError(f"boxes: {path}: expected a COCO detection results list "
-                             f"[{{\"image_id\", \"category_id\", \"bbox\": [x, y, w, h], \"score\"}}, ...]")
+        dets = read_person_boxes(path, "boxes")
+        if isinstance(dets, dict):
+            dets = self._named_boxes_as_results(dets, path)
         j = len(self.info.names)
         for i, d in enumerate(dets):
             where = f"boxes: {path}: detection {i} (image id {d['image_id']!r})"
@@ -234,6 +227,26 @@ class CocoPersons:
                 continue
             self.instances.append(dict(image_id=d["image_id"], file=img["file_name"], box=box, score=score,
                                        keypoints=np.zeros((j, 3)), area=float(box[2] * box[3])))
+
+    def _named_boxes_as_results(self, named: dict[str, list[list[Any]]], path: Path) -> list[dict[str, Any]]:
+        """``{"image.jpg": [[x, y, w, h(, score)], ...]}`` as COCO results of the person category,
+        the file names matched to the annotations' ``file_name`` (or its base name)."""
+        ids: dict[str, int] = {}
+        for img in self.coco.imgs.values():
+            ids.setdefault(str(img["file_name"]), img["id"])
+            ids.setdefault(Path(img["file_name"]).name, img["id"])
+        results = []
+        for name, items in named.items():
+            img_id = ids.get(name, ids.get(Path(name).name))
+            if img_id is None:
+                self._drop("boxes of an image not in the annotations (file names)", name)
+                continue
+            for i, b in enumerate(items):
+                where = f"boxes: {path}: {name!r} box {i}"
+                box = check_box(b[:4], where, "[x, y, w, h]")
+                score = check_number(b[4], where, "score") if len(b) > 4 else 1.0
+                results.append({"image_id": img_id, "category_id": self.category_id, "bbox": box, "score": score})
+        return results
 
     def load(self, index: int) -> tuple[Any, int, str]:
         inst = self.instances[index]
@@ -378,6 +391,29 @@ def open_coco(split: str, data_dir: str | os.PathLike[str] | None, boxes: str = 
         raise ValueError("--data-dir: the coco data set needs its folder (annotations/ and train2017/, val2017/)")
     ann, images = annotation_file(data_dir, split)
     return CocoPersons(ann, images, boxes=boxes, score_thr=score_thr)
+
+
+PERSON_BOXES_LAYOUTS = ('a COCO detection results list [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, '
+                        '...] or {"image.jpg": [[x, y, w, h(, score)], ...]}')
+
+
+def read_person_boxes(path: str | os.PathLike[str], what: str = "--person-boxes") -> list[dict[str, Any]] | dict[str, Any]:
+    """The JSON of ``--person-boxes`` (``tdaf eval`` and ``tdaf predict``), in either of its
+    layouts (:data:`PERSON_BOXES_LAYOUTS`): a detector's COCO results list, or a mapping from
+    image file names to boxes. Only the layout is checked here; each box is checked where it is used."""
+    p = Path(path)
+    try:
+        boxes = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no such file: {p}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what}: {p} is not JSON ({e})") from None
+    if isinstance(boxes, list) and all(isinstance(d, dict) and {"image_id", "bbox"} <= set(d) for d in boxes):
+        return boxes
+    if isinstance(boxes, dict) and all(isinstance(v, list) and all(isinstance(b, list) and len(b) in (4, 5) for b in v)
+                                       for v in boxes.values()):
+        return boxes
+    raise ValueError(f"{what}: {p}: expected {PERSON_BOXES_LAYOUTS}")
 
 
 def describe_drops(raw: CocoPersons) -> str:

@@ -16,49 +16,70 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
-from ..data.checks import check_box, check_number
+from ..data.checks import check_box, check_number, is_number
 from ..io.images import ImageList, open_image
 from ..io.outputs import Outputs
 from .codec import crop_to_image, flip_heatmaps
-from .data import KeypointInfo, TopDownTransform
+from .data import KeypointInfo, TopDownTransform, read_person_boxes
 from .metrics import heatmaps_to_keypoints
 
-__all__ = ["predict_poses", "read_box_file", "draw_poses", "pose_picture"]
+__all__ = ["predict_poses", "read_box_file", "boxes_of", "draw_poses", "pose_picture", "COCO_PERSON"]
 
 log = logging.getLogger("tdaf.predict")
 
+COCO_PERSON = 1  # the person category id of COCO (and of the bundled stick figures)
 
-def read_box_file(path: str | os.PathLike[str]) -> dict[str, list[list[float]]]:
-    """Person boxes per image file: ``{"name.jpg": [[x, y, w, h(, score)], ...], ...}`` (file
-    names as given, or their base names). Every box is checked as ``tdaf eval
-    --person-boxes`` checks a detector's: finite numbers, width and height above 0, a
-    finite score."""
+
+def read_box_file(path: str | os.PathLike[str], score_thr: float | None = None,
+                  category_id: int = COCO_PERSON) -> dict[str | int, list[list[float]]]:
+    """Person boxes per image, from either layout of ``--person-boxes``: a mapping
+    ``{"name.jpg": [[x, y, w, h(, score)], ...]}`` (file names as given, or their base names),
+    or a detector's COCO results list, whose ``image_id`` names the image whose file name is
+    that number (COCO's ``000000000139.jpg`` is image 139) and whose boxes of other categories
+    than ``category_id`` are left out. Every box is checked as ``tdaf eval --person-boxes``
+    checks it: finite numbers, width and height above 0, a finite score; with ``score_thr``,
+    boxes scoring at most that are left out (as in evaluation)."""
     p = Path(path)
-    try:
-        boxes = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--person-boxes: no such file: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"--person-boxes: {p} is not JSON ({e})") from None
-    if not isinstance(boxes, dict) or any(
-        not isinstance(v, list) or any(not isinstance(b, list) or len(b) not in (4, 5) for b in v)
-        for v in boxes.values()
-    ):
-        raise ValueError(f'--person-boxes: {p}: expected {{"image.jpg": [[x, y, w, h] or [x, y, w, h, score], ...]}}')
-    out: dict[str, list[list[float]]] = {}
+    boxes = read_person_boxes(p, "--person-boxes")
+    out: dict[str | int, list[list[float]]] = {}
+    if isinstance(boxes, list):
+        for i, d in enumerate(boxes):
+            where = f"--person-boxes: {p}: detection {i} (image id {d['image_id']!r})"
+            category, img_id = d.get("category_id", category_id), d["image_id"]
+            for name, v in (("category_id", category), ("image_id", img_id)):
+                if not is_number(v) or int(v) != v:
+                    raise ValueError(f"{where}: {name} {v!r}; allowed: a whole number")
+            if int(category) != category_id:
+                continue
+            box = check_box(d["bbox"], where)
+            score = check_number(d.get("score", 1.0), where, "score")
+            if score_thr is None or score > score_thr:
+                out.setdefault(int(img_id), []).append([*box, score])
+        return out
     for name, items in boxes.items():
         out[str(name)] = []
         for i, b in enumerate(items):
             where = f"--person-boxes: {p}: {name!r} box {i}"
             box = check_box(b[:4], where, "[x, y, w, h]")
             score = check_number(b[4], where, "score") if len(b) > 4 else 1.0
-            out[str(name)].append([*box, score])
+            if score_thr is None or score > score_thr:
+                out[str(name)].append([*box, score])
     return out
+
+
+def boxes_of(boxes: dict[str | int, list[list[float]]], path: str | os.PathLike[str]) -> list[list[float]]:
+    """The boxes :func:`read_box_file` read for the image at ``path``: by its path as given, its
+    file name, or the image id its file name spells (COCO's naming)."""
+    p = Path(path)
+    for key in (str(p), p.name, int(p.stem) if p.stem.isdigit() else None):
+        if key is not None and key in boxes:
+            return boxes[key]
+    return []
 
 
 @torch.no_grad()
 def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
-                  boxes: dict[str, list[list[float]]] | None = None, flip_test: bool = True,
+                  boxes: dict[str | int, list[list[float]]] | None = None, flip_test: bool = True,
                   device: torch.device | str = "cpu") -> tuple[list[dict[str, Any]], list[str]]:
     """``(results, skipped)``: per image its persons (``box``, ``score``, ``keypoints`` as
     ``[x, y, confidence]`` per joint in image pixels); without ``boxes`` the whole image is
@@ -82,7 +103,7 @@ def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
             person_boxes = [[0.0, 0.0, float(img.width), float(img.height), 1.0]]
         else:
             person_boxes = []
-            for b in boxes.get(str(path), boxes.get(Path(path).name, [])):
+            for b in boxes_of(boxes, path):
                 # as evaluation does: a box is clipped to the image, one wholly outside it is left out
                 inside = crop_to_image(b[:4], img.width, img.height)
                 if inside is None:
@@ -116,11 +137,11 @@ def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
     return results, skipped
 
 
-def pose_picture(image_path: str | os.PathLike[str], persons: Sequence[dict[str, Any]],
+def pose_picture(image: Image.Image | str | os.PathLike[str], persons: Sequence[dict[str, Any]],
                  skeleton: Sequence[Sequence[int]], conf_thr: float = 0.2) -> Image.Image:
-    """The image with each person's box and skeleton (joints scoring above ``conf_thr``)
-    drawn by torchvision."""
-    img = open_image(image_path)
+    """The image (or the image file) with each person's box and skeleton (joints scoring above
+    ``conf_thr``) drawn by torchvision: the pose task's one picture."""
+    img = image.convert("RGB") if isinstance(image, Image.Image) else open_image(image)
     canvas = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     if persons:
         boxes = torch.tensor([[p["box"][0], p["box"][1], p["box"][0] + p["box"][2], p["box"][1] + p["box"][3]]

@@ -4,22 +4,35 @@ COCO's keypoint AP."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
+from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import ImageList, open_image, unique_stems
+from ..io.outputs import Outputs, output_name
+from ..io.table import counts_line, format_table
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import list_models, unknown_model_error
 from .codec import flip_heatmaps
-from .data import TASK, Augment, CocoPersons, KeypointInfo, TopDownTransform, describe_drops, input_hw, pose_collate
-from .metrics import KeypointEvaluator, heatmap_loss
+from .data import (
+    PERSON_BOXES_LAYOUTS, TASK, Augment, CocoPersons, KeypointInfo, TopDownTransform, annotation_file, describe_drops,
+    input_hw, pose_collate,
+)
+from .metrics import STAT_NAMES, KeypointEvaluator, heatmap_loss
+from .predict import pose_picture, predict_poses, read_box_file
 from .models import HEATMAP_STRIDE
 
 __all__ = ["PoseTask", "pose_model_kwargs", "PoseData", "build_pose_data"]
+
+PERSON_BOXES_HELP = PERSON_BOXES_LAYOUTS.replace("%", "%%")  # argparse formats help with %
 
 
 def pose_model_kwargs(cfg: Any, num_joints: int) -> dict[str, Any]:
@@ -142,3 +155,124 @@ class PoseTask(Task):
             raise RuntimeError("pose evaluation needs its annotations: call build_data or set_eval_data first")
         return KeypointEvaluator(self.val.coco, self.val.category_id, self.val.info.sigmas, HEATMAP_STRIDE,
                                  img_ids=self.val_img_ids, nms=self.nms)
+
+    # ---- tdaf eval and tdaf predict
+    @classmethod
+    def add_eval_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--person-boxes", metavar="JSON", default=None,
+                           help=f"a detector's person boxes (Faster-RCNN / YOLO; OKS NMS applies): {PERSON_BOXES_HELP}; "
+                                f"default: ground-truth boxes")
+        group.add_argument("--person-score-thr", type=float, default=None,
+                           help="with --person-boxes: keep boxes scoring above this (default 0.0, the reference's)")
+        group.add_argument("--no-flip-test", action="store_true", default=None,
+                           help="no flip test (default: flip test on)")
+
+    def eval_data(self, checkpoint: CheckpointToEvaluate, options: EvalOptions) -> EvalData:
+        """COCO keypoint AP, AP50, AP75, AP_M, AP_L, AR with ground-truth boxes, or a detector's
+        (``person_boxes``: scoring above ``person_score_thr``, then OKS NMS), with the
+        checkpoint's crop size and normalisation."""
+        boxes, score_thr = options.option("person_boxes"), options.option("person_score_thr")
+        if score_thr is not None and boxes is None:
+            raise ValueError("--person-score-thr: only with --person-boxes (ground-truth boxes have no score)")
+        score_thr = 0.0 if score_thr is None else score_thr
+        if not 0.0 <= score_thr < 1.0:
+            raise ValueError(f"--person-score-thr: got {score_thr}; allowed: a number in [0, 1)")
+        data, meta, split = checkpoint.data, checkpoint.meta, options.split
+        spec = dataset_spec(data, TASK)
+        if spec.needs_dir:
+            if checkpoint.data_dir is None:
+                raise ValueError(f"--data-dir: evaluating on {data} needs its folder (the checkpoint records none)")
+            ann, images = annotation_file(checkpoint.data_dir, split)
+            raw = CocoPersons(ann, images, boxes="gt" if boxes is None else str(boxes), score_thr=score_thr,
+                              strict=options.strict)
+        else:  # a bundled set: where the run wrote it (its data_dir, else the default), written if missing
+            raw = spec.open(split, checkpoint.data_dir)
+            raw.strict = options.strict
+            ann = raw.ann_file
+            if boxes is not None:
+                raw = CocoPersons(ann, raw.image_dir, boxes=str(boxes), score_thr=score_thr, strict=options.strict)
+        trained = KeypointInfo.from_meta(meta)
+        if raw.info.names != trained.names:
+            raise ValueError(f"--data-dir: {ann} names {len(raw.info.names)} keypoints "
+                             f"({', '.join(raw.info.names[:3])}, ...), the checkpoint was trained on "
+                             f"{len(trained.names)} ({', '.join(trained.names[:3])}, ...)")
+        hw = (int(meta["input_size"][1]), int(meta["input_size"][2]))
+        _, dataset = build_pose_data(None, raw, hw, meta["mean"], meta["std"], val_subset=options.subset)
+        img_ids = None if options.subset is None else sorted({raw.instances[i]["image_id"] for i in dataset.indices})
+        self.flip_test = not options.option("no_flip_test", False)
+        self.set_eval_data(raw, img_ids, nms=boxes is not None)
+        return EvalData(dataset, pose_collate, {
+            "boxes": "ground truth" if boxes is None else str(boxes), "flip_test": self.flip_test,
+            "dropped": {k: len(v) for k, v in raw.dropped.items()}, "dropped_summary": describe_drops(raw)})
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        extra = [f"{int(result['persons'])} persons", "flip test" if result["flip_test"] else "no flip test"]
+        if result["skipped"]:
+            extra.append(f"{result['skipped']} unreadable images skipped")
+        if result["dropped_summary"]:
+            extra.append(f"left out: {result['dropped_summary']}")
+        return "\n".join([
+            f"{result['model']} on {result['data']}/{result['split']}, {result['boxes']} boxes ({', '.join(extra)})",
+            format_table(list(STAT_NAMES), [[f"{100 * result[k]:.1f}" for k in STAT_NAMES]])])
+
+    @classmethod
+    def add_predict_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--person-boxes", metavar="JSON", default=None,
+                           help=f"person boxes: {PERSON_BOXES_HELP}; a results list's image_id names the image whose "
+                                f"file name is that number (COCO's naming); default: the whole image is one person")
+        group.add_argument("--person-score-thr", type=float, default=None,
+                           help="with --person-boxes: keep boxes scoring above this (default: every box)")
+        group.add_argument("--skeleton-out", metavar="DIR", default=None,
+                           help="write each image with its skeletons here, as <image>_skeleton.png (may be the image "
+                                "folder: inputs are never written over, existing files only with --overwrite)")
+        group.add_argument("--no-flip-test", action="store_true", default=None,
+                           help="no flip test (default: flip test on)")
+
+    def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: ImageList,
+                        options: PredictOptions) -> dict[str, Any]:
+        """The joints of each person (the whole image, or the given boxes), optionally drawn."""
+        if meta.get("keypoint_names") is None:
+            raise ValueError(f"--checkpoint: {options.checkpoint} holds no keypoint names; is it a pose checkpoint?")
+        box_file, score_thr = options.option("person_boxes"), options.option("person_score_thr")
+        if score_thr is not None and box_file is None:
+            raise ValueError("--person-score-thr: only with --person-boxes (the whole image has no score)")
+        boxes = read_box_file(box_file, score_thr) if box_file else None
+        skeleton_out = options.option("skeleton_out")
+        outputs = Outputs(overwrite=options.overwrite)
+        outputs.protect(inputs.files, "image")
+        outputs.protect([options.checkpoint], "checkpoint")
+        outputs.protect([box_file], "person boxes")
+        targets: dict[str, Path] = {}
+        if skeleton_out:  # every name checked before the first image
+            outputs.claim_dir(skeleton_out, "--skeleton-out")
+            for f, stem in zip(inputs.files, unique_stems(inputs.files)):
+                targets[str(f)] = outputs.claim(Path(skeleton_out) / output_name(stem, "skeleton"), "--skeleton-out")
+        results, skipped = predict_poses(model, meta, inputs, boxes, flip_test=not options.option("no_flip_test", False),
+                                         device=options.device)
+        drawn: list[str] = []
+        with outputs:
+            for r in results if skeleton_out else []:
+                picture = self.draw_prediction(open_image(r["file"]), r, meta)
+                drawn.append(str(outputs.save_image(picture, targets[r["file"]])))
+        return {"keypoint_names": meta["keypoint_names"], "results": results, "skipped": skipped, "drawn": drawn}
+
+    def format_predictions(self, report: dict[str, Any], options: PredictOptions) -> str:
+        names = report["keypoint_names"]
+        rows: list[list[str]] = []
+        for r in report["results"]:
+            for i, p in enumerate(r["persons"]):
+                best = max(range(len(names)), key=lambda j: p["keypoints"][j][2])
+                seen = sum(k[2] > 0.2 for k in p["keypoints"])
+                rows.append([Path(r["file"]).name, str(i), ", ".join(f"{v:.0f}" for v in p["box"]),
+                             f"{seen}/{len(names)}",
+                             f"{names[best]} ({p['keypoints'][best][0]:.0f}, {p['keypoints'][best][1]:.0f})"])
+        lines = [format_table(["file", "person", "box x, y, w, h", "joints > 0.2", "most confident"], rows)] if rows else []
+        items = [f"{len(report['results'])} image(s)", f"{sum(len(r['persons']) for r in report['results'])} person(s)"]
+        counts = counts_line(items, len(report["skipped"]), report["ignored"])
+        if report["drawn"]:
+            counts += f", skeletons in {options.option('skeleton_out')}"
+        return "\n".join(lines + [f"{counts}; {options.described}"])
+
+    def draw_prediction(self, image: Image.Image, prediction: dict[str, Any],
+                        meta: dict[str, Any]) -> Image.Image:
+        return pose_picture(image, prediction["persons"], meta["skeleton"])

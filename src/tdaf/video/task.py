@@ -8,26 +8,45 @@ model's (its config's ``input_size``, 16 frames for Hara's models), the crop siz
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import collate_skip
+from ..data import collate_skip, subset_indices
 from ..data.registry import dataset_spec
+from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.table import counts_line, topk_table
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import unknown_model_error
-from .data import TASK, build_datasets
+from .data import TASK, VideoClips, build_datasets, open_split
 from .metrics import VideoEvaluator
 from .models import inflate_state_dict
-from .transforms import RECIPES
+from .predict import VideoList, collect_videos, predict_videos
+from .transforms import RECIPES, clip_transform
 
-__all__ = ["VideoTask", "model_kwargs", "clip_frames"]
+__all__ = ["VideoTask", "model_kwargs", "clip_frames", "check_meta"]
 
 log = logging.getLogger("tdaf.train")
+
+_META_KEYS = ("input_size", "mean", "std", "class_names")
+
+
+def check_meta(meta: dict[str, Any], checkpoint: Any) -> None:
+    """ValueError unless ``meta`` has what a video checkpoint written by ``tdaf train`` has."""
+    missing = [k for k in _META_KEYS if not meta.get(k)]
+    if missing:
+        raise ValueError(f"--checkpoint: {checkpoint}: meta lacks {', '.join(missing)}; a video checkpoint written "
+                         f"by tdaf train has them")
+    if len(meta["input_size"]) != 4:
+        raise ValueError(f"--checkpoint: {checkpoint}: input_size {meta['input_size']} is not [C, T, H, W]; is it a "
+                         f"video checkpoint?")
 
 
 def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
@@ -123,3 +142,74 @@ class VideoTask(Task):
 
     def evaluator(self) -> VideoEvaluator:
         return VideoEvaluator()
+
+    # ---- tdaf eval and tdaf predict
+    @classmethod
+    def add_eval_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--clips", type=int, default=None, metavar="K",
+                           help="uniformly spaced clips per video, their scores averaged (default: the checkpoint's; "
+                                "Kinetics 10, moving digits 3)")
+
+    def eval_data(self, checkpoint: CheckpointToEvaluate, options: EvalOptions) -> EvalData:
+        """Clip and video top-1 / top-5 on a split (``clips`` uniformly spaced clips per video,
+        default the checkpoint's), preprocessed with the checkpoint's meta; ``subset`` counts videos."""
+        clips = options.option("clips")
+        if clips is not None and clips < 1:
+            raise ValueError(f"--clips: got {clips}; allowed: >= 1")
+        data, meta = checkpoint.data, checkpoint.meta
+        check_meta(meta, checkpoint.path)
+        spec = dataset_spec(data, TASK)
+        raw = open_split(data, options.split, checkpoint.data_dir)
+        if raw.classes != list(meta["class_names"]):
+            raise ValueError(f"--data: {data} has classes {raw.classes[:5]}... ({len(raw.classes)}), the checkpoint "
+                             f"{list(meta['class_names'])[:5]}... ({len(meta['class_names'])}); they must match")
+        _, frames, _, size = meta["input_size"]
+        clips = int(clips or meta.get("clips") or spec.defaults["clips"])
+        dataset = VideoClips(raw, clip_transform("none", size, meta["mean"], meta["std"]), frames, clips,
+                             indices=subset_indices(len(raw), options.subset))
+        return EvalData(dataset, collate_skip, {"clips_per_video": clips})
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        extra = [f"{result['skipped']} unreadable clips skipped"] if result["skipped"] else []
+        if result["looped_videos"]:
+            extra.append(f"{result['looped_videos']} short videos looped")
+        return (f"{result['model']} on {result['data']}/{result['split']} ({result['videos']} videos, "
+                f"{result['clips']} clips, {result['clips_per_video']} per video{''.join(', ' + e for e in extra)}): "
+                f"clip top-1 {result['clip_top1']:.4f}  top-5 {result['clip_top5']:.4f} | video top-1 "
+                f"{result['video_top1']:.4f}  top-5 {result['video_top5']:.4f}  loss {result['loss']:.4f}")
+
+    @classmethod
+    def add_predict_args(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--clips-per-video", type=int, default=None, metavar="K",
+                           help="uniformly spaced clips per video, their scores averaged (default: the checkpoint's); "
+                                "the inputs are then video files (.mp4 ...) or frame folders (image_00001.jpg ...)")
+
+    def predict_inputs(self, paths: Sequence[str | os.PathLike[str]]) -> VideoList:
+        return collect_videos(paths)
+
+    def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: VideoList,
+                        options: PredictOptions) -> dict[str, Any]:
+        """The top-5 actions of each video, from the softmax scores averaged over its clips."""
+        check_meta(meta, options.checkpoint)
+        clips = options.option("clips_per_video", int(meta.get("clips") or 1))
+        if clips < 1:
+            raise ValueError(f"--clips-per-video: got {clips}; allowed: >= 1")
+        names = [str(n) for n in meta["class_names"]]
+        _, frames, _, size = meta["input_size"]
+        results, skipped = predict_videos(
+            model, inputs, clip_transform("none", size, meta["mean"], meta["std"]), names, frames=frames,
+            clips=clips, topk=5, batch_size=options.batch_size, device=options.device)
+        return {"topk": min(5, len(names)), "clips_per_video": clips, "clip": [frames, size, size],
+                "results": results, "skipped": skipped}
+
+    def format_predictions(self, report: dict[str, Any], options: PredictOptions) -> str:
+        lines = [topk_table(report["results"], report["topk"], "video")] if report["results"] else []
+        counts = counts_line([f"{len(report['results'])} video(s)"], len(report["skipped"]), report["ignored"],
+                             "unreadable")
+        looped = sum(r["looped"] for r in report["results"])
+        if looped:
+            counts += f", {looped} shorter than a clip (looped)"
+        frames, h, w = report["clip"]
+        return "\n".join(lines + [
+            f"{counts}; {options.described}, {report['clips_per_video']} clip(s) of {frames}x{h}x{w} per video, "
+            f"scores are softmax probabilities averaged over the clips"])
