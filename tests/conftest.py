@@ -55,6 +55,34 @@ def _tiny_train(out, **cfg):
 
 
 @pytest.fixture(scope="session")
+def classification_run(tmp_path_factory: pytest.TempPathFactory):
+    """(ImageFolder folder, checkpoint) of a 2-flow TDAF-ResNet18 (CIFAR stem) trained for one
+    epoch on 3 digit classes (greyscale PNG scans), its data named by a path relative to the
+    folder training ran in (the checkpoint must record it absolute)."""
+    import os
+
+    from PIL import Image
+
+    from tdaf.data.digits import digits_pixels
+
+    root = tmp_path_factory.mktemp("classification_run")
+    for split, n in (("train", 4), ("val", 2)):
+        images, labels = digits_pixels(split)
+        for c in range(3):
+            (root / "digits3" / split / f"digit{c}").mkdir(parents=True)
+            for k, i in enumerate((labels == c).nonzero()[0][:n]):
+                Image.fromarray(images[i], "L").save(root / "digits3" / split / f"digit{c}" / f"{k:03d}.png")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        result = _tiny_train("run", task="classification", model="tdaf_resnet18_cifar", flows=2, data="imagefolder",
+                             data_dir="digits3", input_size=32, recipe="cifar", batch_size=4, lr=0.01, lr_batch=16)
+    finally:
+        os.chdir(cwd)
+    return root / "digits3", root / result["last"]
+
+
+@pytest.fixture(scope="session")
 def detection_run(tmp_path_factory: pytest.TempPathFactory):
     """(scenes folder, checkpoint) of a 2-flow TDAF FCOS-ResNet18 trained for one step."""
     from tdaf.detection import write_digit_scenes

@@ -16,8 +16,8 @@ from ..engine.preflight import check_run_inputs
 from ..engine.trainer import TrainingDiverged, Trainer
 from ..r2dns import ATTENTION_INITS, SCRATCH_ATTENTION_INIT
 from ._common import (
-    add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_overwrite_arg, add_progress_arg,
-    add_threads_arg, apply_threads, input_size_hw,
+    add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg,
+    input_size_hw,
 )
 
 log = logging.getLogger("tdaf.train")

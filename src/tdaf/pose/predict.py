@@ -3,7 +3,6 @@ image coordinates, and drawn as a skeleton with torchvision's ``draw_keypoints``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
