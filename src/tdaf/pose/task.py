@@ -32,7 +32,16 @@ from .models import HEATMAP_STRIDE
 
 __all__ = ["PoseTask", "pose_model_kwargs", "PoseData", "build_pose_data"]
 
-PERSON_BOXES_HELP = PERSON_BOXES_LAYOUTS.replace("%", "%%")  # argparse formats help with %
+
+
+def _add_person_args(group: argparse._ArgumentGroup, boxes: str, boxes_default: str, thr_default: str) -> None:
+    """``--person-boxes`` (either layout), ``--person-score-thr`` and ``--no-flip-test``: the
+    same flags, read the same way, in ``tdaf eval`` and ``tdaf predict``."""
+    layouts = PERSON_BOXES_LAYOUTS.replace("%", "%%")  # argparse formats help with %
+    group.add_argument("--person-boxes", metavar="JSON", default=None, help=f"{boxes}: {layouts}; {boxes_default}")
+    group.add_argument("--person-score-thr", type=float, default=None,
+                       help=f"with --person-boxes: keep boxes scoring above this (default {thr_default})")
+    group.add_argument("--no-flip-test", action="store_true", default=None, help="no flip test (default: flip test on)")
 
 
 def pose_model_kwargs(cfg: Any, num_joints: int) -> dict[str, Any]:
@@ -159,13 +168,8 @@ class PoseTask(Task):
     # ---- tdaf eval and tdaf predict
     @classmethod
     def add_eval_args(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--person-boxes", metavar="JSON", default=None,
-                           help=f"a detector's person boxes (Faster-RCNN / YOLO; OKS NMS applies): {PERSON_BOXES_HELP}; "
-                                f"default: ground-truth boxes")
-        group.add_argument("--person-score-thr", type=float, default=None,
-                           help="with --person-boxes: keep boxes scoring above this (default 0.0, the reference's)")
-        group.add_argument("--no-flip-test", action="store_true", default=None,
-                           help="no flip test (default: flip test on)")
+        _add_person_args(group, "a detector's person boxes (Faster-RCNN / YOLO; OKS NMS applies)",
+                         "default: ground-truth boxes", "0.0, the reference's")
 
     def eval_data(self, checkpoint: CheckpointToEvaluate, options: EvalOptions) -> EvalData:
         """COCO keypoint AP, AP50, AP75, AP_M, AP_L, AR with ground-truth boxes, or a detector's
@@ -217,16 +221,11 @@ class PoseTask(Task):
 
     @classmethod
     def add_predict_args(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--person-boxes", metavar="JSON", default=None,
-                           help=f"person boxes: {PERSON_BOXES_HELP}; a results list's image_id names the image whose "
-                                f"file name is that number (COCO's naming); default: the whole image is one person")
-        group.add_argument("--person-score-thr", type=float, default=None,
-                           help="with --person-boxes: keep boxes scoring above this (default: every box)")
+        _add_person_args(group, "person boxes", "a results list's image_id names the image whose file name is that "
+                         "number (COCO's naming); default: the whole image is one person", "every box")
         group.add_argument("--skeleton-out", metavar="DIR", default=None,
                            help="write each image with its skeletons here, as <image>_skeleton.png (may be the image "
                                 "folder: inputs are never written over, existing files only with --overwrite)")
-        group.add_argument("--no-flip-test", action="store_true", default=None,
-                           help="no flip test (default: flip test on)")
 
     def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: ImageList,
                         options: PredictOptions) -> dict[str, Any]:
