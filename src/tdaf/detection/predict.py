@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,15 @@ def predict(
     progress: bool = False,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    draw: Callable[[Image.Image, dict[str, Any]], Image.Image] = draw_detections,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Detections above ``score_thresh`` for each image (``boxes`` as XYXY pixels of the
     original image); with ``out_dir``, ``<stem>_pred.png`` with the boxes drawn (and, with
     ``attention``, ``<stem>_attention.png``: the last flow's ANAR maps) and
     ``predictions.json``, by the rule of :class:`tdaf.io.Outputs`: never over an image or
     any other of ``inputs`` (so ``out_dir`` may be the image folder), over an existing file
-    only with ``overwrite``, all written when every image is done. Returns
+    only with ``overwrite``, all written when every image is done; ``draw(image, result)``
+    makes the picture (the task's ``draw_prediction``). Returns
     ``(results, skipped)``: undecodable images inside folders are skipped, a named file that
     cannot be decoded is an error."""
     if not 0 <= score_thresh <= 1:
@@ -94,15 +96,15 @@ def predict(
                 outputs.claim(out / output_name(stem, "attention"), "--out-dir")
         outputs.claim(out / "predictions.json", "--out-dir")
     with outputs:
-        results, skipped = _run(model, images, stems, class_names, out, outputs, attention, device, progress)
+        results, skipped = _run(model, images, stems, class_names, out, outputs, attention, device, progress, draw)
         if out is not None:
             outputs.write_text(json.dumps({"results": results, "skipped": skipped}, indent=1), out / "predictions.json")
     return results, skipped
 
 
 def _run(model: nn.Module, images: ImageList, stems: list[str], class_names: Sequence[str], out: Path | None,
-         outputs: Outputs, attention: bool, device: torch.device | str,
-         progress: bool) -> tuple[list[dict[str, Any]], list[str]]:
+         outputs: Outputs, attention: bool, device: torch.device | str, progress: bool,
+         draw: Callable[[Image.Image, dict[str, Any]], Image.Image]) -> tuple[list[dict[str, Any]], list[str]]:
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
     for path, stem, from_folder in tqdm(list(zip(images.files, stems, images.from_folder)),
@@ -128,7 +130,7 @@ def _run(model: nn.Module, images: ImageList, stems: list[str], class_names: Seq
             {"box": [round(v, 2) for v in b], "label": n, "category_id": int(c), "score": round(float(s), 4)}
             for b, n, c, s in zip(boxes.tolist(), names, labels.tolist(), scores.tolist())]}
         if out is not None:
-            picture = outputs.save_image(draw_detections(pil, result), out / output_name(stem, "pred"))
+            picture = outputs.save_image(draw(pil, result), out / output_name(stem, "pred"))
             result["picture"] = str(picture)
             if attention:
                 att = outputs.save_image(_attention_picture(img, maps), out / output_name(stem, "attention"))

@@ -208,7 +208,8 @@ class DetectionTask(Task):
                 names[c["id"]] = c["name"]
         results, skipped = predict(model, inputs, names, out_dir, score_thresh=thresh, attention=attention,
                                    device=options.device, progress=options.progress, overwrite=options.overwrite,
-                                   inputs=[options.checkpoint])
+                                   inputs=[options.checkpoint],
+                                   draw=lambda image, result: self.draw_prediction(image, result, meta))
         return {"score_thresh": thresh, "results": results, "skipped": skipped}
 
     def format_predictions(self, report: dict[str, Any], options: PredictOptions) -> str:

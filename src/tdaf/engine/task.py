@@ -176,8 +176,7 @@ class Task(ABC):
 
     def format_eval(self, result: dict[str, Any]) -> str:
         """``tdaf eval``'s text for ``result`` (without ``--json``)."""
-        metrics = "  ".join(f"{self.labels.get(k, k)} {v:.4f}" for k, v in result.items()
-                            if isinstance(v, float) and k not in ("epoch",))
+        metrics = "  ".join(f"{self.labels.get(k, k)} {v:.4f}" for k, v in result.items() if isinstance(v, float))
         return f"{result.get('model')} on {result.get('data')}/{result.get('split')}: {metrics}"
 
     @classmethod
