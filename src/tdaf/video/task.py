@@ -159,6 +159,8 @@ class VideoTask(Task):
         data, meta = checkpoint.data, checkpoint.meta
         check_meta(meta, checkpoint.path)
         spec = dataset_spec(data, TASK)
+        if options.data_dir is not None and not spec.needs_dir:
+            raise ValueError(f"--data-dir: {data} is built in and reads no folder; drop --data-dir")
         raw = open_split(data, options.split, checkpoint.data_dir)
         if raw.classes != list(meta["class_names"]):
             raise ValueError(f"--data: {data} has classes {raw.classes[:5]}... ({len(raw.classes)}), the checkpoint "
