@@ -14,7 +14,7 @@ the gates.
 Cells without a map are still drawn, so the grid always reads stages x flows:
 
 * flow 1 (the first flow) has no attention at all, by construction of Eq. 5: its cells
-  show the input alone, titled "input, no attention (first flow)";
+  show the input alone, titled "input, no attention";
 * flow n > 1 has no map at stage l when flow n-1 did not run stage l (Eq. 1: early
   flows are shorter); those cells show the input in grey, titled "not gated".
 
@@ -189,7 +189,7 @@ def attention_figure(
     cmap: str = "jet",
     alpha: float = 0.5,
     normalize: bool = False,
-    cell_inches: float = 1.9,
+    cell_inches: float = 2.0,
 ) -> tuple[Any, AttentionGrid]:
     """Build the stages x flows attention figure (paper Fig. 3b/c) for one image.
 
@@ -245,30 +245,30 @@ def attention_figure(
                 ax.imshow(picture, interpolation="bilinear")
                 ax.imshow(shown, cmap=cmap, norm=norm, alpha=alpha, interpolation="bilinear")
                 native = "x".join(str(s) for s in m.shape[2:])
-                ax.set_title(f"stage {stage}, flow {flow}\n{native} map, {lo:.2f}-{hi:.2f}", fontsize=7)
+                ax.set_title(f"stage {stage}, flow {flow}\n{native} map, {lo:.2f}-{hi:.2f}", fontsize=8)
             elif kind == "first":
                 ax.imshow(picture, interpolation="bilinear")
-                ax.set_title(f"stage {stage}, flow 1\ninput, no attention (first flow)", fontsize=7)
+                ax.set_title(f"stage {stage}, flow 1\ninput, no attention", fontsize=8)
             else:
                 ax.imshow(grey, interpolation="bilinear")
-                ax.set_title(f"stage {stage}, flow {flow}\nnot gated: flow {flow - 1} has no stage {stage}", fontsize=7)
+                ax.set_title(f"stage {stage}, flow {flow}\nnot gated: flow {flow - 1} has no stage {stage}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"stage {stage}", fontsize=9, fontweight="bold")
+                ax.set_ylabel(f"stage {stage}", fontsize=10, fontweight="bold")
     n_flows = grid.flows[-1]
     for j, flow in enumerate(grid.flows):
         # flow n sees the input down-sampled n_flows - n times by 2 (paper Eq. 2)
         res = "full res" if flow == n_flows else f"1/{2 ** (n_flows - flow)} res"
         fig.text((left + j * (cw + gap) + cw / 2) / fig_w, 1 - (top - 0.04) / fig_h, f"flow {flow} ({res})",
-                 ha="center", va="bottom", fontsize=9, fontweight="bold")
+                 ha="center", va="bottom", fontsize=10, fontweight="bold")
     grid_h = rows * (cell_title + ch) - cell_title
     bar_ax = fig.add_axes(((fig_w - right + 0.15) / fig_w, (bottom + 0.1 * grid_h) / fig_h, 0.15 / fig_w,
                            0.8 * grid_h / fig_h))
     bar_ax.set_label("<colorbar>")  # the label matplotlib gives a colour bar axes it makes itself
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
     bar.set_label("attention, each map stretched to its min..max" if normalize
-                  else "attention gate g(x), 0..1 (sigmoid)", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-    fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig_h, va="top")
+                  else "attention gate g(x), 0..1 (sigmoid)", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+    fig.suptitle(heading, fontsize=10, y=1 - 0.08 / fig_h, va="top")
     return fig, grid
 
 
