@@ -167,6 +167,8 @@ def test_low_score_joints_and_their_limbs_are_not_drawn():
 def test_skeleton_boxes_and_bad_input():
     img = draw_skeletons(Image.new("RGB", (64, 64)), [_person()], COCO_SKELETON, boxes=[[10, 4, 54, 62]])
     assert tuple(np.asarray(img)[200, 80]) == (255, 255, 0)  # the box's left edge at x = 10 * 8
+    nobody = draw_skeletons(Image.new("RGB", (64, 64)), [], [(0, 20)], boxes=np.zeros((0, 4)))
+    assert nobody.size == (512, 512) and not np.asarray(nobody).any()
     with pytest.raises(ValueError, match="persons"):
         draw_skeletons(Image.new("RGB", (64, 64)), [np.zeros((17, 2))], COCO_SKELETON)
     with pytest.raises(ValueError, match="skeleton"):

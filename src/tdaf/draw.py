@@ -262,7 +262,10 @@ def draw_skeletons(
     that end at them. ``boxes`` (optional, (P, 4) x1, y1, x2, y2) are drawn in yellow.
     The picture is upscaled first (see :func:`upscale`)."""
     kps = [np.asarray(p, dtype=np.float64) for p in persons]
-    k = kps[0].shape[0] if kps else len(names or COCO_KEYPOINT_NAMES)
+    if not kps:  # nobody to draw: the (upscaled) image and the boxes alone
+        k = len(names) if names is not None else 1 + max((int(j) for e in skeleton for j in e), default=0)
+    else:
+        k = kps[0].shape[0]
     for i, p in enumerate(kps):
         if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] != k:
             raise ValueError(f"persons: person {i} has keypoints of shape {p.shape}; expected ({k}, 3) [x, y, score]")
