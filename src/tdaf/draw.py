@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,13 +116,19 @@ def place_labels(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[int, in
         y = int(round(min(max(y, 0), max(H - h, 0))))
         return x, y, x + w, y + h
 
-    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
-        tries = [clamp(x, y, w, h) for x in (x1, x2 - w) for y in (y1 - h, y1, y2, y2 - h)]
+    def tries(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> Iterator[Rect]:
+        for x in (x1, x2 - w):
+            for y in (y1 - h, y1, y2, y2 - h):
+                yield clamp(x, y, w, h)
         step = max(1, h // 2)
         for k in range(1, 2 * (H // step) + 2):  # nearest first: +1, -1, +2, -2, ... steps
             dy = (k + 1) // 2 * step * (1 if k % 2 else -1)
-            tries += [clamp(x, y1 - h + dy, w, h) for x in (x1, x2 - w)]
-        free = next((r for r in tries if not any(_intersects(r, p) for p in placed)), tries[0])
+            for x in (x1, x2 - w):
+                yield clamp(x, y1 - h + dy, w, h)
+
+    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
+        first = clamp(x1, y1 - h, w, h)
+        free = next((r for r in tries(x1, y1, x2, y2, w, h) if not any(_intersects(r, p) for p in placed)), first)
         placed.append(free)
     return placed
 
