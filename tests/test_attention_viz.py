@@ -64,6 +64,12 @@ def test_grid_is_stages_by_flows_and_draws_the_upsampled_maps(tmp_path: Path) ->
         else:
             assert len(imgs) == 1  # no overlay where there is no attention
     assert "no attention" in titles[0] and "not gated" in titles[7]
+    # columns headed by flow and the resolution it sees, rows by stage, one bar with its range
+    headers = [t.get_text() for t in fig.texts]
+    assert {"flow 1 (1/4 res)", "flow 2 (1/2 res)", "flow 3 (full res)"} <= set(headers)
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()][:3] == ["stage 1", "stage 2", "stage 3"]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "0..1" in bars[0].get_ylabel() and bars[0].get_ylim() == (0.0, 1.0)
 
     path = save_attention_figure(x, maps, tmp_path / "fig.png", index=1, title="hello", metadata={"k": "v"})
     with Image.open(path) as im:

@@ -5,12 +5,16 @@ n = 1..N: the "top-down" direction of the paper runs along a row (flow 2's coars
 refined by the later flows, Fig. 3b) and the "bottom-up" direction down a column
 (stage 1's fine map to the deepest stage's coarse one, Fig. 3c). Each map, a sigmoid
 output in (0, 1) recorded with :func:`tdaf.record_attention`, is upsampled (bilinear)
-to the input's size and drawn over the de-normalised input with a colour map.
+to the input's size and drawn over the de-normalised input with a colour map. Each
+column is headed with its flow and the resolution that flow sees (flow N the full input,
+flow n one 2^(N-n)-th of it, Eq. 2), each row with its stage, each cell titled with its
+stage and flow, the map's own size and min-max; one colour bar gives the 0..1 scale of
+the gates.
 
 Cells without a map are still drawn, so the grid always reads stages x flows:
 
 * flow 1 (the first flow) has no attention at all, by construction of Eq. 5: its cells
-  show the input alone, titled "no attention (first flow)";
+  show the input alone, titled "input, no attention";
 * flow n > 1 has no map at stage l when flow n-1 did not run stage l (Eq. 1: early
   flows are shorter); those cells show the input in grey, titled "not gated".
 
@@ -185,7 +189,7 @@ def attention_figure(
     cmap: str = "jet",
     alpha: float = 0.5,
     normalize: bool = False,
-    cell_inches: float = 1.9,
+    cell_inches: float = 2.0,
 ) -> tuple[Any, AttentionGrid]:
     """Build the stages x flows attention figure (paper Fig. 3b/c) for one image.
 
@@ -218,7 +222,8 @@ def attention_figure(
     # A fixed layout in inches (matplotlib's constrained layout costs 2-3x the drawing time).
     cw, ch = cell_inches, cell_inches * h / w
     left, right, gap, cell_title, bottom = 0.35, 1.0, 0.12, 0.42, 0.1
-    top = 0.2 + 0.17 * (heading.count("\n") + 1)
+    header = 0.22  # the column headers: "flow n (1/2 res)"
+    top = 0.2 + 0.17 * (heading.count("\n") + 1) + header
     fig_w = left + cols * cw + (cols - 1) * gap + right
     fig_h = top + rows * (cell_title + ch) + bottom
     mpl = _matplotlib()
@@ -240,22 +245,30 @@ def attention_figure(
                 ax.imshow(picture, interpolation="bilinear")
                 ax.imshow(shown, cmap=cmap, norm=norm, alpha=alpha, interpolation="bilinear")
                 native = "x".join(str(s) for s in m.shape[2:])
-                ax.set_title(f"stage {stage}, flow {flow}\n{native} map, {lo:.2f}-{hi:.2f}", fontsize=7)
+                ax.set_title(f"stage {stage}, flow {flow}\n{native} map, {lo:.2f}-{hi:.2f}", fontsize=8)
             elif kind == "first":
                 ax.imshow(picture, interpolation="bilinear")
-                ax.set_title(f"stage {stage}, flow 1\nno attention (first flow)", fontsize=7)
+                ax.set_title(f"stage {stage}, flow 1\ninput, no attention", fontsize=8)
             else:
                 ax.imshow(grey, interpolation="bilinear")
-                ax.set_title(f"stage {stage}, flow {flow}\nnot gated: flow {flow - 1} has no stage {stage}", fontsize=7)
+                ax.set_title(f"stage {stage}, flow {flow}\nnot gated: flow {flow - 1} has no stage {stage}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"stage {stage}", fontsize=8)
+                ax.set_ylabel(f"stage {stage}", fontsize=10, fontweight="bold")
+    n_flows = grid.flows[-1]
+    for j, flow in enumerate(grid.flows):
+        # flow n sees the input down-sampled n_flows - n times by 2 (paper Eq. 2)
+        res = "full res" if flow == n_flows else f"1/{2 ** (n_flows - flow)} res"
+        fig.text((left + j * (cw + gap) + cw / 2) / fig_w, 1 - (top - 0.04) / fig_h, f"flow {flow} ({res})",
+                 ha="center", va="bottom", fontsize=10, fontweight="bold")
     grid_h = rows * (cell_title + ch) - cell_title
     bar_ax = fig.add_axes(((fig_w - right + 0.15) / fig_w, (bottom + 0.1 * grid_h) / fig_h, 0.15 / fig_w,
                            0.8 * grid_h / fig_h))
+    bar_ax.set_label("<colorbar>")  # the label matplotlib gives a colour bar axes it makes itself
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
-    bar.set_label("attention, per-map min..max" if normalize else "attention g(x)", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-    fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig_h, va="top")
+    bar.set_label("attention, each map stretched to its min..max" if normalize
+                  else "attention gate g(x), 0..1 (sigmoid)", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+    fig.suptitle(heading, fontsize=10, y=1 - 0.08 / fig_h, va="top")
     return fig, grid
 
 
