@@ -340,7 +340,7 @@ def test_train_a_few_iterations_then_eval_and_predict_commands(coco, tmp_path, c
     joints = np.array(persons["000000000200.jpg"][0]["keypoints"])
     assert joints.shape == (17, 3)
     drawn = Image.open(tmp_path / "drawn" / "000000000200_skeleton.png")
-    assert drawn.size == (200, 180)
+    assert drawn.size == (600, 540)  # enlarged 3x: the short side >= 512 (tdaf.draw)
 
 
 def test_config_errors_name_the_setting(coco):

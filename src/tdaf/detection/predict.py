@@ -1,5 +1,5 @@
 """``tdaf predict`` with a detector: boxes, labels and scores per image, as JSON and as
-pictures drawn with ``torchvision.utils.draw_bounding_boxes`` (optionally with the ANAR maps)."""
+pictures drawn by :mod:`tdaf.draw` (optionally with the ANAR maps)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes
 from tqdm.auto import tqdm
 
 from ..attention import record_attention
+from ..draw import attention_strip, draw_boxes
 from ..io.images import ImageList, open_image, unique_stems
 from ..io.outputs import Outputs, output_name
 from .models import backbone_of
@@ -24,30 +24,13 @@ from .models import backbone_of
 __all__ = ["predict", "draw_detections"]
 
 
-def _attention_picture(img: torch.Tensor, maps: dict[tuple[int, int], torch.Tensor]) -> Image.Image:
-    """The last flow's ANAR maps (one panel per stage), each resized to the image and laid
-    over its grey version: red where attention is high."""
-    last = max(n for _, n in maps)
-    h, w = img.shape[1:]
-    grey = img.float().mean(0) / 255
-    panels = []
-    for stage in sorted(s for s, n in maps if n == last):
-        m = torch.nn.functional.interpolate(maps[(stage, last)][:1].float(), size=(h, w), mode="bilinear")[0, 0]
-        m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-6)
-        rgb = torch.stack([0.5 * grey + 0.5 * m, 0.5 * grey, 0.5 * grey * (1 - m)])
-        panels.append((rgb.clamp(0, 1) * 255).byte())
-    return Image.fromarray(torch.cat(panels, dim=2).permute(1, 2, 0).numpy())
-
-
 def draw_detections(image: Image.Image, prediction: dict[str, Any]) -> Image.Image:
     """``image`` with the boxes of ``prediction`` (one of :func:`predict`'s results) drawn by
-    torchvision, each labelled with its class and score: the detection task's one picture."""
-    img = TF.pil_to_tensor(image.convert("RGB"))
+    :func:`tdaf.draw.draw_boxes` (a colour per class, labels that do not overlap, small
+    images enlarged first): the detection task's one picture."""
     dets = prediction["detections"]
-    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float).reshape(-1, 4)
-    drawn = draw_bounding_boxes(img, boxes, labels=[f"{d['label']} {d['score']:.2f}" for d in dets],
-                                colors="lime", width=max(1, round(min(img.shape[1:]) / 200)))
-    return Image.fromarray(drawn.permute(1, 2, 0).numpy())
+    return draw_boxes(image, [d["box"] for d in dets], [d["label"] for d in dets], [d["score"] for d in dets],
+                      classes=[d.get("category_id", d["label"]) for d in dets])
 
 
 @torch.inference_mode()
@@ -67,7 +50,7 @@ def predict(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Detections above ``score_thresh`` for each image (``boxes`` as XYXY pixels of the
     original image); with ``out_dir``, ``<stem>_pred.png`` with the boxes drawn (and, with
-    ``attention``, ``<stem>_attention.png``: the last flow's ANAR maps) and
+    ``attention``, ``<stem>_attention.png``: every stage's and flow's ANAR maps) and
     ``predictions.json``, by the rule of :class:`tdaf.io.Outputs`: never over an image or
     any other of ``inputs`` (so ``out_dir`` may be the image folder), over an existing file
     only with ``overwrite``, all written when every image is done; ``draw(image, result)``
@@ -133,7 +116,7 @@ def _run(model: nn.Module, images: ImageList, stems: list[str], class_names: Seq
             picture = outputs.save_image(draw(pil, result), out / output_name(stem, "pred"))
             result["picture"] = str(picture)
             if attention:
-                att = outputs.save_image(_attention_picture(img, maps), out / output_name(stem, "attention"))
+                att = outputs.save_image(attention_strip(pil, maps, title=Path(path).name), out / output_name(stem, "attention"))
                 result["attention"] = str(att)
         results.append(result)
     return results, skipped

@@ -1,5 +1,5 @@
 """Poses of the persons in image files: each box cropped as in evaluation, decoded to
-image coordinates, and drawn as a skeleton with torchvision's ``draw_keypoints``."""
+image coordinates, and drawn as a skeleton by :func:`tdaf.draw.draw_skeletons`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
 from ..data.checks import check_box, check_number, is_number
+from ..draw import draw_skeletons
 from ..io.images import ImageList, open_image
 from ..io.outputs import Outputs
 from .codec import crop_to_image, flip_heatmaps
@@ -137,20 +137,16 @@ def predict_poses(model: nn.Module, meta: dict[str, Any], images: ImageList,
 
 
 def pose_picture(image: Image.Image | str | os.PathLike[str], persons: Sequence[dict[str, Any]],
-                 skeleton: Sequence[Sequence[int]], conf_thr: float = 0.2) -> Image.Image:
+                 skeleton: Sequence[Sequence[int]], conf_thr: float = 0.2,
+                 names: Sequence[str] | None = None) -> Image.Image:
     """The image (or the image file) with each person's box and skeleton (joints scoring above
-    ``conf_thr``) drawn by torchvision: the pose task's one picture."""
+    ``conf_thr``) drawn by :func:`tdaf.draw.draw_skeletons` in COCO's per-limb colours
+    (``names``: the keypoint names that say each joint's side; 17 joints are COCO's): the
+    pose task's one picture."""
     img = image.convert("RGB") if isinstance(image, Image.Image) else open_image(image)
-    canvas = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-    if persons:
-        boxes = torch.tensor([[p["box"][0], p["box"][1], p["box"][0] + p["box"][2], p["box"][1] + p["box"][3]]
-                              for p in persons], dtype=torch.float)
-        canvas = draw_bounding_boxes(canvas, boxes, colors="yellow", width=2)
-        kpts = torch.tensor([[k[:2] for k in p["keypoints"]] for p in persons], dtype=torch.float)
-        vis = torch.tensor([[k[2] > conf_thr for k in p["keypoints"]] for p in persons])
-        canvas = draw_keypoints(canvas, kpts, connectivity=[tuple(e) for e in skeleton], colors="red", radius=3,
-                                width=2, visibility=vis)
-    return Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    return draw_skeletons(img, [np.asarray(p["keypoints"], dtype=float) for p in persons], skeleton, names=names,
+                          boxes=[[x, y, x + w, y + h] for x, y, w, h in (p["box"] for p in persons)],
+                          score_thr=conf_thr)
 
 
 def draw_poses(image_path: str | os.PathLike[str], persons: Sequence[dict[str, Any]],

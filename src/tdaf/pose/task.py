@@ -274,4 +274,4 @@ class PoseTask(Task):
 
     def draw_prediction(self, image: Image.Image, prediction: dict[str, Any],
                         meta: dict[str, Any]) -> Image.Image:
-        return pose_picture(image, prediction["persons"], meta["skeleton"])
+        return pose_picture(image, prediction["persons"], meta["skeleton"], names=meta.get("keypoint_names"))
