@@ -192,7 +192,7 @@ class DetectionTask(Task):
                                 "files only with --overwrite")
         group.add_argument("--score-thresh", type=float, default=None, help="lowest score kept (default 0.3)")
         group.add_argument("--attention", action="store_true", default=None,
-                           help="with --out-dir: also <image>_attention.png, the last flow's ANAR maps (TDAF models)")
+                           help="with --out-dir: also <image>_attention.png, the ANAR maps of every stage and flow (TDAF models)")
 
     def run_predictions(self, model: nn.Module, meta: dict[str, Any], inputs: ImageList,
                         options: PredictOptions) -> dict[str, Any]:
