@@ -2,6 +2,11 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser(s) with
 ``set_defaults(func=...)``; ``func(args)`` returns the exit status.
+
+Errors tell the truth: bad input (a :class:`tdaf.errors.UserError`, a missing optional
+package, a file the file system refuses) is one line naming the parameter or file, exit
+status 2; any other exception is a bug in tdaf: one line that says so (``-v``: the
+traceback), exit status 1.
 """
 
 from __future__ import annotations
@@ -9,20 +14,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import signal
 import sys
+import traceback
 
-from tdaf_cli import COMMANDS, top_level_parser
-
+from ..errors import UserError
 from ..io.optional import MissingDependency
+from ._commands import COMMANDS, top_level_parser
 
-# Sub-command modules (each registers one or more commands; the console script's
-# tdaf_cli.COMMANDS lists the commands and their help for the fast `tdaf --help`).
+__all__ = ["main", "build_parser", "UserError", "is_user_error", "COMMAND_MODULES"]
+
+# Sub-command modules (each registers one or more commands; _commands.COMMANDS lists the
+# commands and their help for the fast `tdaf --help`).
 COMMAND_MODULES = ("models", "profile", "train", "demo", "predict", "attention", "export")
 
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit status 2."""
+# A ValueError raised where input is checked names what it refuses first: a flag, a setting
+# or a file (``--data-dir: ...``, ``recipe: got ...``, ``image: x.png is ...``). Checks that
+# do not raise UserError yet are recognised by that; Python's, numpy's and torch's own
+# ValueErrors ("not enough values to unpack ...", "Expected more than 1 value ...") are not.
+_PARAMETER_FIRST = re.compile(r"^(--[\w-]+[:\s]|[\w.~/\\-]+: )")
 
 
 class Terminated(KeyboardInterrupt):
@@ -55,13 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, MissingDependency) as e:
-        print(f"tdaf {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:  # the file system said no (permissions, a full disk, ...): say where
-        where = f": {e.filename}" if e.filename else ""
-        print(f"tdaf {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        if e.strerror is None or not e.filename:  # raised with a message of its own (``--config: file not found``)
+            print(f"tdaf {args.command}: error: {e}", file=sys.stderr)
+        else:
+            print(f"tdaf {args.command}: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if is_user_error(e):
+            print(f"tdaf {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        return _internal_error(args, e)
     except Terminated:
         print(f"tdaf {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return 143
@@ -70,6 +85,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` reports bad input (one line, exit 2) rather than a bug in tdaf."""
+    if isinstance(e, (UserError, MissingDependency)):
+        return True
+    return type(e) is ValueError and bool(_PARAMETER_FIRST.match(str(e)))
+
+
+def _internal_error(args: argparse.Namespace, e: BaseException) -> int:
+    """A bug, not bad input: the traceback under -v, otherwise one line that says what it is."""
+    what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else '(no message)'}"
+    if args.verbose:
+        traceback.print_exception(e, file=sys.stderr)
+        print(f"tdaf {args.command}: internal error (a bug in tdaf, not in your input); please report it with "
+              f"the traceback above", file=sys.stderr)
+    else:
+        print(f"tdaf {args.command}: internal error: {what}. This is a bug in tdaf, not in your input; please "
+              f"report it (rerun with -v for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
