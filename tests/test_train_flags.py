@@ -96,6 +96,28 @@ def test_task_flag_drops_the_model_and_data_of_the_old_task():
     assert (cfg.model, cfg.flows) == ("tdaf_fcos_resnet18_fpn", 3)
 
 
+def test_init_from_and_pretrained_replace_each_other(tmp_path):
+    config = _yaml(tmp_path, "ft.yaml", "pretrained: weights/resnet18.pth\nlr: 0.01\n")
+    cfg = _cfg("--config", config, "--init-from", "runs/plain/best.pt")
+    assert (cfg.init_from, cfg.pretrained, cfg.lr) == ("runs/plain/best.pt", None, 0.01)
+    config = _yaml(tmp_path, "ft2.yaml", "init_from: runs/plain/best.pt\n")
+    assert _cfg("--config", config, "--pretrained", "w.pth").init_from is None
+    with pytest.raises(ValueError, match="give one of them"):  # both on one layer: still a contradiction
+        _cfg("--pretrained", "w.pth", "--init-from", "runs/plain/best.pt")
+
+
+def test_task_flag_drops_the_classifier_label_smoothing(tmp_path):
+    config = _yaml(tmp_path, "cls.yaml", "label_smoothing: 0.1\nmodel: resnet18_cifar\n")
+    cfg = _cfg("--config", config, "--task", "pose", "--data", "stick_figures", "--model", "simplebaseline_resnet18")
+    assert cfg.label_smoothing == 0.0  # the pose task refuses label smoothing: it has no labels
+
+
+def test_no_amp_drops_the_amp_dtype(tmp_path):
+    config = _yaml(tmp_path, "amp.yaml", "amp: true\namp_dtype: fp16\n")
+    assert _cfg("--config", config, "--no-amp").amp_dtype == DEFAULTS.amp_dtype
+    assert _cfg("--config", config).amp_dtype == "fp16"
+
+
 def test_a_base_file_is_overridden_the_same_way(tmp_path):
     _yaml(tmp_path, "base.yaml", "optimizer: sgd\nnesterov: true\nschedule: step\nepochs: 10\nmilestones: [5, 8]\n")
     child = _yaml(tmp_path, "child.yaml", "base: base.yaml\noptimizer: adam\nschedule: cosine\n")

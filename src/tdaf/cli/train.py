@@ -40,9 +40,10 @@ atomically), OUT/metrics.csv, OUT/tb/ (TensorBoard) and OUT/config.yaml. Values:
 that would change the architecture or the data are refused. A flag that changes a setting
 drops the file's settings that belong only to the old value (--schedule constant drops
 milestones and gamma; --optimizer adam drops momentum and nesterov; --data drops the data
-set's data-dir, recipe and input-size; --task drops the model and data; a plain --model
-drops the TDAF settings; --epochs drops the milestones); a flag the run would not use is
-refused (--milestones with --schedule cosine). --batch-size is the global batch over all
+set's data-dir, recipe and input-size; --task drops the model, data and label smoothing; a
+plain --model drops the TDAF settings; --epochs drops the milestones; --init-from drops
+--pretrained and the other way round); a flag the run would not use is refused
+(--milestones with --schedule cosine). --batch-size is the global batch over all
 processes; the learning rate is lr x batch-size / lr-batch (the paper's 0.1 x batch/256).
 A run that diverges (non-finite loss, weights, statistics or validation loss) stops with exit
 status 1 before saving anything, leaving the last good checkpoints as they were.

@@ -10,8 +10,8 @@ a setting drops the lower layers' settings that belong only to the old value (``
 constant`` drops the step schedule's ``milestones`` and ``gamma``; ``optimizer: adam`` drops
 SGD's ``momentum`` and ``nesterov``; another ``data`` drops the data set's folder, recipe and
 input size; another ``task`` drops the model and data; a plain ``model`` drops the TDAF
-settings; other ``epochs`` drop the milestones, which count epochs), so they return to their
-defaults. A setting that the final config does not use is refused when it is not the default.
+settings; other ``epochs`` drop the milestones, which count epochs; ``init_from`` drops
+``pretrained`` and the other way round), so they return to their defaults. A setting that the final config does not use is refused when it is not the default.
 
 The config is the same for every task; :meth:`TrainConfig.validate` checks what the
 engine itself uses, and the task (``task:``) checks the model and data names
@@ -52,10 +52,14 @@ OWNED_KEYS: dict[str, dict[Any, tuple[str, ...]]] = {
     "schedule": {"step": ("milestones", "gamma"), "cosine": (), "constant": ()},
     "optimizer": {"sgd": ("momentum", "nesterov"), "adam": (), "adamw": ()},
     "model": {True: tuple(TDAF_DEFAULTS), False: ()},  # flows, anar, eta, downsample, attention_init
-    "task": {None: ("model", "data", "pretrained", "init_from", *_DATA_SET_KEYS)},  # any other task
+    # any other task: its model, its data, and its loss's label smoothing
+    "task": {None: ("model", "data", "pretrained", "init_from", "label_smoothing", *_DATA_SET_KEYS)},
     "data": {None: _DATA_SET_KEYS},  # any other data set
     "epochs": {None: ("milestones",)},  # milestones are epoch numbers of one run length
+    "amp": {True: ("amp_dtype",), False: ()},
 }
+# Settings that replace each other: one given in a higher layer drops the other from the lower ones.
+ALTERNATIVE_KEYS = (("pretrained", "init_from"),)
 
 
 @dataclass
@@ -326,4 +330,8 @@ def override(lower: dict[str, Any], upper: dict[str, Any]) -> tuple[dict[str, An
         for key in belongs:
             if key in lower and key not in upper and key not in keep and key not in dropped:
                 dropped[key] = owner
+    for pair in ALTERNATIVE_KEYS:
+        for key, other in (pair, pair[::-1]):
+            if upper.get(key) is not None and lower.get(other) is not None and other not in upper:
+                dropped[other] = key
     return {**{k: v for k, v in lower.items() if k not in dropped}, **upper}, dropped
