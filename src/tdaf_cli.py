@@ -21,6 +21,8 @@ def _commands_module():  # noqa: ANN202 (a module)
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "cli" / "_commands.py"
+    if not path.is_file():  # an installation that is not plain files (a zip): take the slow path
+        return None
     file_spec = importlib.util.spec_from_file_location("_tdaf_commands", path)
     if file_spec is None or file_spec.loader is None:
         return None

@@ -37,12 +37,19 @@ def test_an_internal_error_says_it_is_a_bug(monkeypatch, tmp_path, capsys):
 
 def test_an_internal_error_under_verbose_prints_its_traceback(monkeypatch, tmp_path, capsys):
     _internal_failure(monkeypatch)
-    code = main(["-v", *TINY, "--out", str(tmp_path / "run")])
+    code = main([*TINY, "-v", "--out", str(tmp_path / "run")])  # after the command, as users type it
     err = capsys.readouterr().err
     assert code == 1
     assert "Traceback (most recent call last)" in err and "in forward" in err
     assert "ValueError: not enough values to unpack" in err
     assert err.strip().splitlines()[-1].startswith("tdaf train: internal error") and "bug in tdaf" in err
+
+
+def test_verbose_goes_before_or_after_the_command():
+    from tdaf.cli.main import build_parser
+    parser = build_parser()
+    assert parser.parse_args(["-v", "models"]).verbose and parser.parse_args(["models", "-v"]).verbose
+    assert not parser.parse_args(["models"]).verbose
 
 
 def test_a_non_value_error_is_a_bug_too(monkeypatch, tmp_path, capsys):

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = top_level_parser()
     for name in COMMAND_MODULES:
         importlib.import_module(f"tdaf.cli.{name}").register(sub)
+    for command in sub.choices.values():  # `tdaf train -v ...` as well as `tdaf -v train ...`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log debug messages, and print the traceback of an internal error")
     order = [name for name, _ in COMMANDS]
     sub._choices_actions.sort(key=lambda a: order.index(a.dest) if a.dest in order else len(order))
     return parser
