@@ -165,7 +165,7 @@ def claim_outputs(out: Path, seeds: int, overwrite: bool) -> Outputs:
             outputs.claim_dir(run, "--out")
             if (run / "last.pt").exists() and not overwrite:
                 raise UserError(f"--out: {run} holds an earlier run's checkpoints; pass --overwrite to replace "
-                                 f"them, or choose another --out")
+                                f"them, or choose another --out")
     return outputs
 
 

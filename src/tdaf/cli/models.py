@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.patterns)]
     if not names:
         raise UserError(f"PATTERN: no registered model matches {' '.join(args.patterns) or '*'}"
-                         f"{f' for task {args.task}' if args.task else ''}")
+                        f"{f' for task {args.task}' if args.task else ''}")
     rows = []
     for name in names:
         cfg = model_cfg(name)

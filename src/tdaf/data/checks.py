@@ -42,7 +42,7 @@ def check_box(box: Any, where: str, field: str = "bbox", positive: bool = True) 
         raise UserError(f"{where}: {field} {_show(box)}; allowed: [x, y, width, height], 4 finite numbers")
     if positive and not (box[2] > 0 and box[3] > 0):
         raise UserError(f"{where}: {field} {_show(box)} has width {box[2]:g} and height {box[3]:g}; allowed: "
-                         f"width > 0 and height > 0")
+                        f"width > 0 and height > 0")
     return [float(v) for v in box]
 
 
@@ -52,7 +52,7 @@ def check_keypoints(kpts: Any, joints: int, where: str, field: str = "keypoints"
     if not isinstance(kpts, (list, tuple)) or len(kpts) != 3 * joints:
         size = f"{len(kpts)} values" if isinstance(kpts, (list, tuple)) else type(kpts).__name__
         raise UserError(f"{where}: {field} has {size}; allowed: 3 x {joints} = {3 * joints} numbers "
-                         f"(x, y, visibility per joint of the category)")
+                        f"(x, y, visibility per joint of the category)")
     for k, v in enumerate(kpts):
         joint, part = divmod(k, 3)
         if not is_number(v) or not math.isfinite(v):
@@ -60,7 +60,7 @@ def check_keypoints(kpts: Any, joints: int, where: str, field: str = "keypoints"
             raise UserError(f"{where}: {field}[{k}] (joint {joint + 1} {name}) is {_show(v)}; allowed: a finite number")
         if part == 2 and v not in VISIBILITY:
             raise UserError(f"{where}: {field}[{k}] (joint {joint + 1} visibility) is {v!r}; allowed: 0 (not "
-                             f"labelled), 1 (labelled, hidden) or 2 (visible)")
+                            f"labelled), 1 (labelled, hidden) or 2 (visible)")
     return [float(v) for v in kpts]
 
 

@@ -105,7 +105,7 @@ def model_from_payload(ckpt: dict[str, Any], path: str | os.PathLike[str],
         model = build_from_spec(spec)
     except (ValueError, TypeError) as e:
         raise UserError(f"{what}: {path} names model {spec.get('name')!r} {spec.get('kwargs')}, which cannot "
-                         f"be built here ({first_line(e)})") from e
+                        f"be built here ({first_line(e)})") from e
     state = ckpt["state_dict"]
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:

@@ -11,7 +11,8 @@ constant`` drops the step schedule's ``milestones`` and ``gamma``; ``optimizer: 
 SGD's ``momentum`` and ``nesterov``; another ``data`` drops the data set's folder, recipe and
 input size; another ``task`` drops the model and data; a plain ``model`` drops the TDAF
 settings; other ``epochs`` drop the milestones, which count epochs; ``init_from`` drops
-``pretrained`` and the other way round), so they return to their defaults. A setting that the final config does not use is refused when it is not the default.
+``pretrained`` and the other way round), so they return to their defaults. A setting that
+the final config does not use is refused unless it is the default.
 
 The config is the same for every task; :meth:`TrainConfig.validate` checks what the
 engine itself uses, and the task (``task:``) checks the model and data names
@@ -44,19 +45,21 @@ AMP_DTYPE_NAMES = ("bf16", "fp16")
 # Keys that decide the architecture and the data of a run: a resumed run must keep them.
 MODEL_KEYS = ("task", "model", "flows", "anar", "eta", "downsample", "data")
 
-# The settings that mean something only for one value of another setting, by that setting's
-# value (schedule, optimizer) or kind of value (model: a TDAF model or a plain one). Another
-# value in a higher layer drops them from the lower layers (see :func:`override`).
+# The settings that mean something only for one value of another setting (schedule,
+# optimizer, amp), for one kind of value (model: a TDAF model or a plain one), or for each
+# value (ANY_VALUE: the task, the data set, the number of epochs). A higher layer that changes
+# the setting drops them from the lower layers (see :func:`override`).
+ANY_VALUE = "*"
 _DATA_SET_KEYS = ("data_dir", "recipe", "input_size")  # the folder, augmentation and size of one data set
 OWNED_KEYS: dict[str, dict[Any, tuple[str, ...]]] = {
     "schedule": {"step": ("milestones", "gamma"), "cosine": (), "constant": ()},
     "optimizer": {"sgd": ("momentum", "nesterov"), "adam": (), "adamw": ()},
-    "model": {True: tuple(TDAF_DEFAULTS), False: ()},  # flows, anar, eta, downsample, attention_init
-    # any other task: its model, its data, and its loss's label smoothing
-    "task": {None: ("model", "data", "pretrained", "init_from", "label_smoothing", *_DATA_SET_KEYS)},
-    "data": {None: _DATA_SET_KEYS},  # any other data set
-    "epochs": {None: ("milestones",)},  # milestones are epoch numbers of one run length
     "amp": {True: ("amp_dtype",), False: ()},
+    "model": {True: tuple(TDAF_DEFAULTS), False: ()},  # flows, anar, eta, downsample, attention_init
+    # the task's model and data, and its loss's label smoothing
+    "task": {ANY_VALUE: ("model", "data", "pretrained", "init_from", "label_smoothing", *_DATA_SET_KEYS)},
+    "data": {ANY_VALUE: _DATA_SET_KEYS},
+    "epochs": {ANY_VALUE: ("milestones",)},  # milestones are epoch numbers of one run length
 }
 # Settings that replace each other: one given in a higher layer drops the other from the lower ones.
 ALTERNATIVE_KEYS = (("pretrained", "init_from"),)
@@ -186,8 +189,8 @@ class TrainConfig:
             raise bad("attention_init", ", ".join(ATTENTION_INITS))
         if self.init_from is not None and self.pretrained is not None:
             raise UserError(f"{source}: init_from, pretrained: give one of them (init_from copies a whole trained "
-                             f"model, pretrained the plain backbone only); got {self.init_from!r} and "
-                             f"{self.pretrained!r}")
+                            f"model, pretrained the plain backbone only); got {self.init_from!r} and "
+                            f"{self.pretrained!r}")
         for key in ("epochs", "batch_size", "accum_steps", "lr_batch", "eval_every", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, "an integer >= 1")
@@ -296,35 +299,33 @@ def load_config_file(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ())
 
 
 def _owner_kind(owner: str, value: Any) -> Any:
-    """The key of :data:`OWNED_KEYS` ``[owner]`` that ``value`` falls under."""
+    """What :data:`OWNED_KEYS` ``[owner]`` is keyed by for ``value``: a model's kind (TDAF or
+    plain; None for a name not registered), otherwise the value itself."""
     if owner == "model":
         return bool(model_cfg(value).get("tdaf")) if isinstance(value, str) and is_model(value) else None
-    if owner in ("task", "data", "epochs"):
-        return None
     return value
 
 
 def override(lower: dict[str, Any], upper: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``upper``'s settings over ``lower``'s, and the keys of ``lower`` dropped (each with the
-    setting it belongs to) because they belong to a value of another setting that ``upper`` changes (:data:`OWNED_KEYS`):
-    ``--schedule constant`` over a file with ``milestones`` drops the milestones (and the
-    step schedule's ``gamma``) instead of keeping settings of a schedule no longer used.
-    ``upper``'s own settings are never dropped. Keys use underscores."""
+    """``upper``'s settings over ``lower``'s, and the keys of ``lower`` dropped, each with the
+    setting in ``upper`` that dropped it. A key of ``lower`` is dropped when it belongs to
+    the value of another setting that ``upper`` changes (:data:`OWNED_KEYS`; ``--schedule
+    constant`` over a file with ``milestones`` drops them and the step schedule's ``gamma``)
+    or when ``upper`` gives its alternative (:data:`ALTERNATIVE_KEYS`). ``upper``'s own
+    settings are never dropped. Keys use underscores."""
     defaults = TrainConfig()
     dropped: dict[str, str] = {}
     for owner, owned in OWNED_KEYS.items():
         if owner not in upper:
             continue
         old, new = lower.get(owner, getattr(defaults, owner)), upper[owner]
-        if old == new or (owner == "data" and old is None):  # a data set named for the first time
+        if owner == "data" and old is None:  # a data set named for the first time
             continue
         old_kind, new_kind = _owner_kind(owner, old), _owner_kind(owner, new)
-        if owner == "model" and None in (old_kind, new_kind):
-            continue  # an unknown name: the task's check reports it
-        if old_kind == new_kind and owner not in ("task", "data", "epochs"):
-            continue
-        keep = set(owned.get(new_kind, ())) if old_kind != new_kind else set()
-        belongs = list(owned.get(old_kind, ()))
+        if old_kind == new_kind or (owner == "model" and None in (old_kind, new_kind)):
+            continue  # the same value or kind (an unknown model name: the task's check reports it)
+        belongs = list(owned.get(old_kind, owned.get(ANY_VALUE, ())))
+        keep = set(owned.get(new_kind, ()))  # what the new value uses as well
         if owner == "task" and "model" not in upper:  # the old task's model goes, and its TDAF settings
             belongs += OWNED_KEYS["model"][True]
         for key in belongs:

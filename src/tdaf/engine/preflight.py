@@ -43,7 +43,7 @@ def check_run_inputs(out: Path, cfg: Any, config_file: str | os.PathLike[str] | 
             if flag == "--resume" and name in ("last.pt", "best.pt"):
                 continue
             raise UserError(f"{flag}: {path} is {out / name}, a file this run writes in --out {out}; tdaf never "
-                             f"writes over the inputs of a run: copy it elsewhere, or choose another --out")
+                            f"writes over the inputs of a run: copy it elsewhere, or choose another --out")
 
 
 @torch.no_grad()

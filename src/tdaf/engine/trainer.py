@@ -355,7 +355,7 @@ class Trainer:
             )
         if ckpt.get("meta", {}).get("data") != cfg.data:
             raise UserError(f"--resume: {cfg.resume} was trained on {ckpt.get('meta', {}).get('data')!r}, "
-                             f"this run uses --data {cfg.data}")
+                            f"this run uses --data {cfg.data}")
         problems = state_dict_mismatch(model.state_dict(), ckpt["state_dict"])
         if problems:
             raise UserError(f"--resume: {cfg.resume}: weights do not fit {name} {kwargs}: {problems}")
@@ -376,7 +376,7 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["state_dict"])
         elif "train_state_dict" in ckpt:
             raise UserError(f"--resume: {cfg.resume} was trained with an EMA of the weights; give --ema-decay "
-                             f"{ckpt.get('config', {}).get('ema_decay')} to resume it")
+                            f"{ckpt.get('config', {}).get('ema_decay')} to resume it")
         if "scaler" in ckpt and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         if "rng" in ckpt:

@@ -102,14 +102,14 @@ class Outputs:
             role, given = hit
             alias = "" if _key(given) == key and str(given) == str(p) else f" ({given})"
             raise UserError(f"{what}: {p} is the input {role}{alias} of this run; tdaf never writes over its "
-                             f"inputs, even with --overwrite: choose another file or folder")
+                            f"inputs, even with --overwrite: choose another file or folder")
         if key in self._claimed:
             raise UserError(f"{what}: {p} would be written twice in this run (also as {self._claimed[key][0]})")
         if p.is_dir():
             raise UserError(f"{what}: {p} is a folder; expected a file name")
         if p.exists() and not self.overwrite:
             raise UserError(f"{what}: {p} already exists; pass --overwrite to replace it (this run did not "
-                             f"write it), or choose another name")
+                            f"write it), or choose another name")
         self._check_folder(p.parent, what)
         self._claimed[key] = (what, p)
         return p
