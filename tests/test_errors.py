@@ -93,17 +93,40 @@ def test_the_shared_checks_raise_user_errors(tmp_path):
     assert issubclass(UserError, ValueError)  # `except ValueError` keeps catching it
 
 
-@pytest.mark.parametrize("error, user", [
-    (UserError("anything the checks say"), True),
-    (ValueError("--data-dir: /x does not exist; expected ..."), True),  # checks not yet raising UserError
-    (ValueError("recipe: got 'x'; allowed: digits, cifar"), True),
-    (ValueError("--config configs/a.yaml (with flags): model: got 'x'"), True),
-    (ValueError("not enough values to unpack (expected 2, got 1)"), False),
-    (ValueError("Expected more than 1 value per channel when training, got input size torch.Size([1, 8])"), False),
-    (ValueError("invalid literal for int() with base 10: 'x'"), False),
-    (json.JSONDecodeError("Expecting value", "", 0), False),
-    (KeyError("x"), False),
-    (RuntimeError("CUDA error: an illegal memory access"), False),
+def _raised(code: str, module: str, error: BaseException | None = None) -> BaseException:
+    """The exception that ``code`` (the body of a function of ``module``) raises."""
+    namespace = {"__name__": module}
+    exec("def fail(error):\n    " + code + "\n", namespace)
+    try:
+        namespace["fail"](error)
+    except BaseException as e:
+        return e
+    raise AssertionError("did not raise")
+
+
+@pytest.mark.parametrize("code, module, error, user", [
+    ("raise error", "tdaf.data.somewhere", UserError("anything the checks say"), True),
+    # checks that still raise a plain ValueError: one naming a parameter or file first ...
+    ("raise error", "tdaf.detection.data", ValueError("--data-dir: /x does not exist; expected ..."), True),
+    ("raise error", "tdaf.video.data", ValueError("recipe: got 'x'; allowed: motion, kinetics"), True),
+    ("raise error", "tdaf.data.cluttered", ValueError("train, val: got 0, 1; allowed: >= 1 sample each"), True),
+    # ... or any raised by a command module
+    ("raise error", "tdaf.cli.attention", ValueError("resnet18 has no TDAF attention"), True),
+    ("raise error", "tdaf.video.predict", ValueError("no video found in x"), True),
+    # a check of the library's own consistency, reached from a command: a bug
+    ("raise error", "tdaf.layers.anar", ValueError("ANAR channels must be >= 1, got 0"), False),
+    # raised by Python inside tdaf's code, even in a command module, even if it looked like a check
+    ("a, b = [1]", "tdaf.cli.export", None, False),
+    ("int('--x: y')", "tdaf.cli.train", None, False),
+    # raised outside tdaf
+    ("raise error", "numpy.core", ValueError("axis: out of range"), False),
+    ("raise error", "tdaf.cli.train", json.JSONDecodeError("Expecting value", "", 0), False),
+    ("raise error", "tdaf.cli.train", KeyError("x"), False),
+    ("raise error", "tdaf.cli.train", RuntimeError("CUDA error: an illegal memory access"), False),
 ])
-def test_what_counts_as_bad_input(error, user):
-    assert is_user_error(error) is user
+def test_what_counts_as_bad_input(code, module, error, user):
+    assert is_user_error(_raised(code, module, error)) is user
+
+
+def test_an_error_without_a_traceback_is_judged_by_its_class():
+    assert is_user_error(UserError("x")) and not is_user_error(ValueError("--data-dir: x"))

@@ -12,6 +12,7 @@ traceback), exit status 1.
 from __future__ import annotations
 
 import argparse
+import dis
 import importlib
 import logging
 import re
@@ -29,12 +30,15 @@ __all__ = ["main", "build_parser", "UserError", "is_user_error", "COMMAND_MODULE
 # commands and their help for the fast `tdaf --help`).
 COMMAND_MODULES = ("models", "profile", "train", "demo", "predict", "attention", "export")
 
-# A ValueError raised where input is checked names what it refuses first: a flag, a setting
-# or a file (``--data-dir: ...``, ``recipe: got ...``, ``image: x.png is ...``). Checks that
-# do not raise UserError yet are recognised by that; Python's, numpy's and torch's own
-# ValueErrors ("not enough values to unpack ...", "Expected more than 1 value ...") are not.
-_PARAMETER_FIRST = re.compile(r"^(--[\w-]+[:\s]|[\w.~/\\-]+: )")
-
+# Checks that do not raise UserError yet still raise a plain ValueError on purpose (a raise
+# statement in tdaf's code); such an error is bad input when it comes from a command module
+# (whose checks are of the user's input) or when its message names what it refuses first: a
+# flag, a setting or a file (``--data-dir: ...``, ``recipe: got ...``, ``image: x.png is ...``).
+# A ValueError that Python, numpy or torch raise, in their code or in tdaf's ("not enough
+# values to unpack", "invalid literal for int()"), is a bug.
+_PARAMETER_FIRST = re.compile(r"^(--[\w-]+[:\s]|[\w.~/\\-]+(, [\w.-]+)*: )")
+_COMMAND_MODULE = re.compile(r"^tdaf\.(cli|\w+\.(cli|predict|evaluate))(\.|$)")
+_RAISE = dis.opmap["RAISE_VARARGS"]
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what schedulers and ``kill`` send), handled like Ctrl-C: files being written
@@ -94,7 +98,24 @@ def is_user_error(e: BaseException) -> bool:
     """Whether ``e`` reports bad input (one line, exit 2) rather than a bug in tdaf."""
     if isinstance(e, (UserError, MissingDependency)):
         return True
-    return type(e) is ValueError and bool(_PARAMETER_FIRST.match(str(e)))
+    if type(e) is not ValueError:
+        return False
+    module = _raised_by_tdaf(e)
+    return module is not None and bool(_COMMAND_MODULE.match(module) or _PARAMETER_FIRST.match(str(e)))
+
+
+def _raised_by_tdaf(e: BaseException) -> str | None:
+    """The tdaf module whose ``raise`` statement raised ``e``; None when ``e`` was raised
+    elsewhere or by an operation (a call into Python, numpy or torch, an unpacking, ...)."""
+    tb = e.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    if not (module == "tdaf" or module.startswith("tdaf.")):
+        return None
+    return module if tb.tb_frame.f_code.co_code[tb.tb_lasti] == _RAISE else None
 
 
 def _internal_error(args: argparse.Namespace, e: BaseException) -> int:
