@@ -1,60 +1,42 @@
-"""The ``tdaf`` console script.
+"""The ``tdaf`` console script: :func:`tdaf.cli.main.main`, with ``tdaf``, ``tdaf --help``
+and ``tdaf --version`` answered before torch is imported.
 
-``tdaf``, ``tdaf --help`` and ``tdaf --version`` are answered here, from a static list of
-the commands, without importing torch (which takes seconds); every other command line
-goes to :func:`tdaf.cli.main.main`. ``tests/test_cli.py`` checks that this list matches the
-real parser.
+Importing anything inside the ``tdaf`` package runs ``tdaf/__init__``, which registers every
+task and model and so imports torch (seconds). The command list lives in the package
+(``tdaf/cli/_commands.py``, standard library only); this launcher runs that one file on its
+own for the three answers that need nothing else, and hands every other command line to
+``tdaf.cli.main``. It holds no command, option or text of its own, and nothing imports it.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import sys
-from importlib.metadata import PackageNotFoundError, version
-
-__all__ = ["main", "COMMANDS", "DESCRIPTION", "top_level_parser"]
-
-DESCRIPTION = ("Top-Down Attention Framework (TDAF) for PyTorch CNNs: build, profile, train, evaluate, visualise "
-               "and export TDAF models and their plain baselines, for every task of the paper.")
-
-# (command, one-line help), in the order --help lists them.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("models", "list the registered models (plain and TDAF), by task"),
-    ("profile", "parameters, GMACs and latency of a model (and its plain baseline)"),
-    ("train", "train a TDAF model or its baseline (one CPU, one GPU, or many processes)"),
-    ("eval", "evaluate a checkpoint on a data set split (the metrics of its task)"),
-    ("demo", "main job: ResNet-18 vs TDAF-ResNet-18 on cluttered digits over seeds, with an interval"),
-    ("predict", "predictions of a trained model for images (top-k labels of a classifier)"),
-    ("attention", "draw a TDAF model's attention maps over images (paper Fig. 3b/c)"),
-    ("export", "export a model to ONNX or TorchScript and check it against PyTorch"),
-)
+from pathlib import Path
 
 
-def _version() -> str:
-    try:
-        return version("tdaf")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "unknown"
-
-
-def top_level_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """The ``tdaf`` parser without its commands' options (``tdaf.cli.main`` adds them)."""
-    parser = argparse.ArgumentParser(prog="tdaf", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"tdaf {_version()}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+def _commands_module():  # noqa: ANN202 (a module)
+    """``tdaf/cli/_commands.py``, loaded as a standalone module (its package is not imported)."""
+    spec = importlib.util.find_spec("tdaf")  # a top-level find_spec runs no package code
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "cli" / "_commands.py"
+    if not path.is_file():  # an installation that is not plain files (a zip): take the slow path
+        return None
+    file_spec = importlib.util.spec_from_file_location("_tdaf_commands", path)
+    if file_spec is None or file_spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args or args[0] in ("-h", "--help", "--version"):
-        parser, sub = top_level_parser()
-        for name, text in COMMANDS:
-            sub.add_parser(name, help=text)
-        if not args:
-            parser.print_help()
-            return 2
-        parser.parse_args(args[:1])  # prints the help or the version and exits
+    commands = _commands_module()
+    status = commands.answer_without_commands(args) if commands is not None else None
+    if status is not None:
+        return status
     from tdaf.cli.main import main as run  # torch and the models load here
 
     return run(args)

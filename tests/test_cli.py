@@ -4,12 +4,13 @@ defaulted the same way in every command."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 
 import pytest
-import tdaf_cli
 
+from tdaf.cli import _commands
 from tdaf.cli.main import build_parser
 
 PARSER = build_parser()
@@ -25,22 +26,37 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
 
 
-def test_the_console_script_lists_exactly_the_real_commands():
-    assert [name for name, _ in tdaf_cli.COMMANDS] == [a.dest for a in SUB._choices_actions]
+def test_the_static_command_list_is_exactly_the_real_commands():
+    assert [name for name, _ in _commands.COMMANDS] == [a.dest for a in SUB._choices_actions]
     real_help = {a.dest: a.help for a in SUB._choices_actions}
-    assert dict(tdaf_cli.COMMANDS) == real_help
-    assert PARSER.description == tdaf_cli.DESCRIPTION
+    assert dict(_commands.COMMANDS) == real_help
+    assert PARSER.description == _commands.DESCRIPTION
 
 
-def test_top_level_help_does_not_import_torch():
+@pytest.mark.parametrize("argv, status, shown", [(["--help"], 0, "predict"), ([], 2, "train"),
+                                                 (["--version"], 0, "tdaf ")])
+def test_top_level_help_and_version_do_not_import_torch(argv, status, shown):
     code = ("import sys, contextlib, io, tdaf_cli\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-            "    try:\n        tdaf_cli.main(['--help'])\n    except SystemExit:\n        pass\n"
-            "assert 'train' in out.getvalue() and 'predict' in out.getvalue()\n"
-            "print('torch' in sys.modules)\n")
+            f"    status = tdaf_cli.main({argv!r})\n"
+            f"assert status == {status} and {shown!r} in out.getvalue(), (status, out.getvalue())\n"
+            "print('torch' in sys.modules, 'tdaf' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"
+
+
+def test_the_console_script_hands_every_command_to_tdaf_cli_main(capsys):
+    import tdaf_cli
+    assert tdaf_cli.main(["models", "resnet18_cifar"]) == 0
+    assert "resnet18_cifar" in capsys.readouterr().out
+
+
+def test_the_package_does_not_import_the_console_script():
+    from pathlib import Path
+    package = Path(_commands.__file__).resolve().parent.parent
+    importers = [p for p in package.rglob("*.py") if re.search(r"^\s*(import|from) tdaf_cli\b", p.read_text(), re.M)]
+    assert importers == []
 
 
 @pytest.mark.parametrize("flag", SHARED)

@@ -222,12 +222,13 @@ def test_export_of_a_video_checkpoint_and_failures_that_leave_nothing(video_run,
 
     failed = tmp_path / "failed.ts"
 
-    def broken(*args, **kwargs):
+    def broken(*args, **kwargs):  # a bug in the report printer, after the export
         raise ValueError("the report could not be made")
 
     monkeypatch.setattr(export_cli, "_describe", broken)
     code, _, err = run([*argv[:-1], failed], capsys)
-    assert code == 2 and not failed.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert code == 1 and "internal error" in err  # a bug is not reported as bad input
+    assert not failed.exists() and not list(tmp_path.glob(".*.tmp"))
     monkeypatch.undo()
     monkeypatch.setattr(ExportReport, "ok", lambda self, tol: False)
     code, _, err = run([*argv[:-1], failed], capsys)

@@ -9,6 +9,7 @@ from . import detection  # noqa: F401  (registers the detection task, its models
 from . import pose  # noqa: F401  (registers the pose task, its models and data sets)
 from . import video  # noqa: F401  (registers the video task, its models and data sets)
 from .attention import record_attention
+from .errors import UserError
 from .layers import (
     ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, SyncMultiFlowBatchNorm, convert_sync_batchnorm,
     convert_to_mfbn, create_anar, freeze_mfbn,
@@ -26,5 +27,5 @@ __all__ = [
     "SyncMultiFlowBatchNorm", "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "convert_sync_batchnorm",
     "freeze_mfbn", "create_anar", "create_model",
     "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "init_attention",
-    "ModelArgumentError", "__version__",
+    "ModelArgumentError", "UserError", "__version__",
 ]

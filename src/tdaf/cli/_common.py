@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..engine.distributed import resolve_device as _resolve_device
+from ..errors import UserError
 
 __all__ = [
     "add_device_arg", "resolve_device", "add_threads_arg", "apply_threads", "add_progress_arg", "add_amp_arg",
@@ -33,7 +34,7 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         return _resolve_device("auto" if name is None else name)
     except ValueError as e:
-        raise ValueError(f"--{e}") from None
+        raise UserError(f"--{e}") from None
 
 
 def add_threads_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
@@ -44,7 +45,7 @@ def add_threads_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppre
 def apply_threads(n: int | None) -> None:
     if n is not None:
         if n < 1:
-            raise ValueError(f"--threads: got {n}; allowed: >= 1")
+            raise UserError(f"--threads: got {n}; allowed: >= 1")
         torch.set_num_threads(n)
 
 
@@ -82,5 +83,5 @@ def input_size_hw(values: Sequence[int] | None, what: str = "--input-size") -> t
     if isinstance(values, int):
         values = [values]
     if not 1 <= len(values) <= 2 or any(v < 1 for v in values):
-        raise ValueError(f"{what}: got {' '.join(map(str, values))}; allowed: H or H W, positive integers")
+        raise UserError(f"{what}: got {' '.join(map(str, values))}; allowed: H or H W, positive integers")
     return (values[0], values[-1])

@@ -31,6 +31,7 @@ from ..engine.checkpoint import model_from_checkpoint
 from ..engine.config import TrainConfig
 from ..engine.evaluate import EvalOptions, open_checkpoint
 from ..engine.trainer import Trainer
+from ..errors import UserError
 from ..evidence import bootstrap_paired, format_pm, mean_std, paired_difference, verdict
 from ..io.files import atomic_write_bytes, json_safe
 from ..io.outputs import Outputs
@@ -100,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
-        raise ValueError(f"--seeds: got {args.seeds}; allowed: >= 1 (>= 2 for an interval)")
+        raise UserError(f"--seeds: got {args.seeds}; allowed: >= 1 (>= 2 for an interval)")
     apply_threads(args.threads)
     out = Path(args.out)
     outputs = claim_outputs(out, args.seeds, args.overwrite)  # every name checked before any training
@@ -163,8 +164,8 @@ def claim_outputs(out: Path, seeds: int, overwrite: bool) -> Outputs:
             run = out / f"{name}_seed{seed}"
             outputs.claim_dir(run, "--out")
             if (run / "last.pt").exists() and not overwrite:
-                raise ValueError(f"--out: {run} holds an earlier run's checkpoints; pass --overwrite to replace "
-                                 f"them, or choose another --out")
+                raise UserError(f"--out: {run} holds an earlier run's checkpoints; pass --overwrite to replace "
+                                f"them, or choose another --out")
     return outputs
 
 

@@ -6,6 +6,7 @@ import argparse
 import fnmatch
 import json
 
+from ..errors import UserError
 from ..models import list_models, model_cfg
 from ._table import format_table
 
@@ -29,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     if args.patterns:
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.patterns)]
     if not names:
-        raise ValueError(f"PATTERN: no registered model matches {' '.join(args.patterns) or '*'}"
-                         f"{f' for task {args.task}' if args.task else ''}")
+        raise UserError(f"PATTERN: no registered model matches {' '.join(args.patterns) or '*'}"
+                        f"{f' for task {args.task}' if args.task else ''}")
     rows = []
     for name in names:
         cfg = model_cfg(name)

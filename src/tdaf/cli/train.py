@@ -1,4 +1,6 @@
-"""``tdaf train``: train a model of any task with the paper's recipes (``tdaf eval``: :mod:`tdaf.cli.eval`)."""
+"""``tdaf train``: train a model of any registered task with the paper's recipes (``tdaf eval``:
+:mod:`tdaf.cli.eval`). The tasks, their data sets and default models in ``--help`` come from
+the task and data set registries."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..classification.data import RECIPES, dataset_list
+from ..data.registry import dataset_names, dataset_spec
 from ..engine.checkpoint import load_checkpoint
-from ..engine.config import AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
-from ..engine.task import task_for_config, task_names, with_task_defaults
+from ..engine.config import (
+    AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, OWNED_KEYS, SCHEDULES, TrainConfig, load_config_file, override,
+)
+from ..engine.task import get_task, task_for_config, task_names, with_task_defaults
+from ..errors import UserError
+from ..models import is_model
 from ..engine.preflight import check_run_inputs
 from ..engine.trainer import TrainingDiverged, Trainer
 from ..r2dns import ATTENTION_INITS, SCRATCH_ATTENTION_INIT
@@ -25,22 +31,73 @@ log = logging.getLogger("tdaf.train")
 _S = argparse.SUPPRESS
 _BOOL = argparse.BooleanOptionalAction
 
-TRAIN_EPILOG = """\
-examples:
-  tdaf train --data digits --model tdaf_resnet18_cifar --epochs 2 --batch-size 64 --seed 0 --out runs/d
-  tdaf train --epochs 4 --resume runs/d/last.pt   (the checkpoint holds the rest of the config)
-  tdaf train --config configs/tab2_cifar10_tdaf_resnet50_anar3.yaml --data-dir ~/data/cifar-10-batches-py
-  tdaf train --config configs/tab3a_imagenet_tdaf_resnet50_anar3_3f.yaml --data-dir /data/imagenet
-  torchrun --nproc-per-node 8 -m tdaf train --config ... (data-parallel; see docs/training.md)
-
+TRAIN_NOTES = """\
 Writes OUT/best.pt on a new best validation metric, then OUT/last.pt every epoch (both
 atomically), OUT/metrics.csv, OUT/tb/ (TensorBoard) and OUT/config.yaml. Values: defaults <
 --config file < flags; with --resume the checkpoint's config replaces the defaults, and flags
-that would change the architecture or the data are refused. --batch-size is the global batch
-over all processes; the learning rate is lr x batch-size / lr-batch (the paper's 0.1 x batch/256).
+that would change the architecture or the data are refused. A flag that changes a setting
+drops the file's settings that belong only to the old value (--schedule constant drops
+milestones and gamma; --optimizer adam drops momentum and nesterov; --data drops the data
+set's data-dir, recipe and input-size; --task drops the model, data and label smoothing; a
+plain --model drops the TDAF settings; --epochs drops the milestones; --init-from drops
+--pretrained and the other way round); a flag the run would not use is refused
+(--milestones with --schedule cosine). --batch-size is the global batch over all
+processes; the learning rate is lr x batch-size / lr-batch (the paper's 0.1 x batch/256).
 A run that diverges (non-finite loss, weights, statistics or validation loss) stops with exit
 status 1 before saving anything, leaving the last good checkpoints as they were.
 """
+
+
+def _default_data(task: str) -> str:
+    return get_task(task).defaults.get("data") or dataset_names(task)[0]
+
+
+def _example_model(task: str) -> str:
+    """The TDAF version of the task's default model (the default itself if it has none)."""
+    model = get_task(task).defaults.get("model", "")
+    return f"tdaf_{model}" if is_model(f"tdaf_{model}") else model
+
+
+def _data_set_lines(task: str) -> list[str]:
+    lines = []
+    for name in dataset_names(task):
+        spec = dataset_spec(name, task)
+        marks = ("*" if name == _default_data(task) else "") + (" (--data-dir)" if spec.needs_dir else "")
+        recipe = spec.defaults.get("recipe")
+        size = spec.defaults.get("size")
+        extra = ", ".join(([f"recipe {recipe}"] if recipe else []) + ([f"size {size}"] if size else []))
+        lines.append(f"    {name}{marks}: {spec.help}" + (f" [{extra}]" if extra else ""))
+    return lines
+
+
+def train_epilog() -> str:
+    """``tdaf train --help``'s epilog: every registered task with its data sets (from the
+    registries) and example command lines per task."""
+    lines = ["tasks (--task), their data sets (--data; * the default, (--data-dir) read from disk) and",
+             "default models (--model):"]
+    for task in task_names():
+        lines.append(f"  {task}: default model {get_task(task).defaults.get('model', '-')}")
+        lines += _data_set_lines(task)
+    lines += ["", "examples:"]
+    for task in task_names():
+        bundled = [n for n in dataset_names(task) if not dataset_spec(n, task).needs_dir]
+        on_disk = [n for n in dataset_names(task) if dataset_spec(n, task).needs_dir]
+        lines.append(f"  {task}:")
+        if bundled:
+            lines.append(f"    tdaf train --task {task} --data {bundled[0]} --model {_example_model(task)} "
+                         f"--epochs 2 --out runs/{task}")
+        if on_disk:
+            lines.append(f"    tdaf train --task {task} --data {on_disk[0]} --data-dir DIR --model "
+                         f"{_example_model(task)} --out runs/{task}_{on_disk[0]}")
+    lines += [
+        "  any task:",
+        "    tdaf train --config configs/tab2_cifar10_tdaf_resnet50_anar3.yaml --data-dir ~/data/cifar-10-batches-py",
+        "    tdaf train --config configs/detection/digit_scenes_tdaf_fcos_resnet18_fpn.yaml --schedule constant",
+        "    tdaf train --epochs 4 --resume runs/classification/last.pt   (the checkpoint holds the rest of the config)",
+        "    torchrun --nproc-per-node 8 -m tdaf train --config ... (data-parallel; see docs/training.md)",
+        "",
+    ]
+    return "\n".join(lines) + "\n" + TRAIN_NOTES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,15 +107,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a TDAF model or its baseline (one CPU, one GPU, or many processes)",
-        description="Train a classifier with the recipes of the paper (§4.1): SGD, momentum 0.9, weight decay "
-        "1e-4, lr 0.1 x batch/256, ImageNet scale augmentation or CIFAR pad-crop-flip. A baseline and its "
-        "TDAF model train with identical settings.",
-        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=_S,
+        description=f"Train a model of a task ({', '.join(task_names())}) with the recipes of the paper "
+        "(§4.1-4.4; configs/ holds them per task): by default SGD, momentum 0.9, weight decay 1e-4, lr 0.1 x "
+        "batch/256, a step schedule, each data set's augmentation recipe. A baseline and its TDAF model train "
+        "with identical settings.",
+        epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=_S,
     )
     p.add_argument("--config", metavar="YAML", help="a config file (see configs/); flags override its values")
-    p.add_argument("--task", help=f"the task: {', '.join(task_names())} (default classification)")
+    p.add_argument("--task", help=f"the task: {', '.join(task_names())} (default classification); it picks the "
+                   "default model and data set (listed below)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="registered model, e.g. resnet18_cifar, tdaf_resnet50 (default resnet18_cifar)")
+    g.add_argument("--model", help="a registered model of the task (tdaf models lists them); default: "
+                   + ", ".join(f"{t} {get_task(t).defaults.get('model', '-')}" for t in task_names()))
     g.add_argument("--flows", type=int, help="TDAF flows N (default 3)")
     g.add_argument("--anar", help="TDAF attention module: anar2 | anar3 | anar5 | anar7 (default anar3)")
     g.add_argument("--eta", type=float, help="half-scale residual of Eq. 5 (default 0.5)")
@@ -73,17 +133,16 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "flow's BatchNorm statistics, starts new ANARs as the identity (attention-init auto)")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="NAME",
-                   help=f"data set of the task; classification: {', '.join(dataset_list())} (default digits: built "
-                   "in, no download)")
+                   help="a data set of the task: " + "; ".join(f"{t}: {', '.join(dataset_names(t))}"
+                                                                for t in task_names())
+                   + " (default: " + ", ".join(f"{t} {_default_data(t)}" for t in task_names()) + ")")
     g.add_argument("--data-dir", metavar="PATH",
-                   help="cifar10: the cifar-10-batches-py folder (or its parent); imagefolder: a folder with "
-                   "train/CLASS/*.jpg and val/CLASS/*.jpg")
-    add_input_size_arg(g, "training crop size (default: 32 for digits/cifar10, 224 for imagefolder; square)",
-                       suppress=True)
+                   help="the folder of a data set read from disk (marked (--data-dir) below; the layout each "
+                   "expects is listed there); built-in data sets read none")
+    add_input_size_arg(g, "training crop size (default: the data set's or the task's; square)", suppress=True)
     g.add_argument("--recipe", metavar="NAME",
-                   help=f"training augmentation of the task; classification: {', '.join(RECIPES)} (default: digits "
-                   "-> digits (pad-crop), cifar10 -> cifar (pad-crop-flip), imagefolder -> imagenet (scale 256-480, "
-                   "crop, flip)); see each task's guide for its own")
+                   help="training augmentation of the task (default: the data set's, listed below); see each "
+                   "task's guide (docs/) for its recipes")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random subset of N images")
     g.add_argument("--val-subset", type=int, metavar="N", help="validate on a fixed random subset of N images")
     g.add_argument("--workers", type=int, help="data loader processes per training process (default: automatic)")
@@ -144,24 +203,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """
     values: dict[str, Any] = {}
     source = "command line"
+    file_source = None
     config = getattr(args, "config", None)
     if config:
         values = load_config_file(config)
         source = f"--config {config} (with flags)"
-        TrainConfig.from_dict(values, f"--config {config}")  # report file errors against the file
+        file_source = f"--config {config}"
+        TrainConfig.from_dict(values, file_source)  # report file errors against the file
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
     if "input_size" in flags:
         h, w = input_size_hw(flags["input_size"])  # type: ignore[misc]
         if h != w:
-            raise ValueError(f"--input-size: got {h} {w}; training crops are square: give one number")
+            raise UserError(f"--input-size: got {h} {w}; training crops are square: give one number")
         flags["input_size"] = h
-    values.update(flags)
+    values, dropped = override(values, flags)
+    if dropped:  # say so: the run differs from the file in more than the flags given
+        by_owner: dict[str, list[str]] = {}
+        for key, owner in dropped.items():
+            by_owner.setdefault(owner, []).append(key)
+        log.info("%s: dropped %s (back to the defaults)", file_source, "; ".join(
+            f"{', '.join(keys)}: set for the {owner} that --{owner.replace('_', '-')} {flags[owner]} replaces"
+            for owner, keys in by_owner.items()))
     resume = values.get("resume")
     if resume:
         saved = load_checkpoint(resume, "--resume").get("config", {})
         for key in MODEL_KEYS:
             if key in values and saved.get(key) is not None and values[key] != saved[key]:
-                raise ValueError(
+                raise UserError(
                     f"--{key.replace('_', '-')}: got {values[key]!r}, but {resume} was trained with "
                     f"{saved[key]!r}; a resumed run keeps the task, model and data of the run that wrote it "
                     f"(drop the flag, or start a new run in another --out folder)")
@@ -169,9 +237,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if "out" not in values:
             values["out"] = str(Path(resume).expanduser().parent)
     cfg = TrainConfig.from_dict(values, source)
-    task = task_for_config(cfg)
-    cfg = with_task_defaults(cfg, task)
-    task.check_config(cfg, source)
+    try:  # a task refuses settings it cannot run with a ValueError naming them (Task.check_config)
+        task = task_for_config(cfg)
+        cfg = with_task_defaults(cfg, task)
+        task.check_config(cfg, source)
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from e
     return cfg
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = ["is_number", "check_number", "check_box", "check_keypoints", "check_size", "VISIBILITY"]
 
 # COCO keypoint visibility: 0 not labelled, 1 labelled but hidden, 2 labelled and visible.
@@ -28,7 +30,7 @@ def _show(v: Any, limit: int = 60) -> str:
 def check_number(v: Any, where: str, field: str, finite: bool = True) -> float:
     """``v`` as a float; ValueError unless it is a (finite) number."""
     if not is_number(v) or (finite and not math.isfinite(v)):
-        raise ValueError(f"{where}: {field} {_show(v)}; allowed: a finite number")
+        raise UserError(f"{where}: {field} {_show(v)}; allowed: a finite number")
     return float(v)
 
 
@@ -37,10 +39,10 @@ def check_box(box: Any, where: str, field: str = "bbox", positive: bool = True) 
     width and height above 0) as floats."""
     if (not isinstance(box, (list, tuple)) or len(box) != 4 or not all(is_number(v) for v in box)
             or not all(math.isfinite(v) for v in box)):
-        raise ValueError(f"{where}: {field} {_show(box)}; allowed: [x, y, width, height], 4 finite numbers")
+        raise UserError(f"{where}: {field} {_show(box)}; allowed: [x, y, width, height], 4 finite numbers")
     if positive and not (box[2] > 0 and box[3] > 0):
-        raise ValueError(f"{where}: {field} {_show(box)} has width {box[2]:g} and height {box[3]:g}; allowed: "
-                         f"width > 0 and height > 0")
+        raise UserError(f"{where}: {field} {_show(box)} has width {box[2]:g} and height {box[3]:g}; allowed: "
+                        f"width > 0 and height > 0")
     return [float(v) for v in box]
 
 
@@ -49,16 +51,16 @@ def check_keypoints(kpts: Any, joints: int, where: str, field: str = "keypoints"
     visibility ``v`` 0, 1 or 2."""
     if not isinstance(kpts, (list, tuple)) or len(kpts) != 3 * joints:
         size = f"{len(kpts)} values" if isinstance(kpts, (list, tuple)) else type(kpts).__name__
-        raise ValueError(f"{where}: {field} has {size}; allowed: 3 x {joints} = {3 * joints} numbers "
-                         f"(x, y, visibility per joint of the category)")
+        raise UserError(f"{where}: {field} has {size}; allowed: 3 x {joints} = {3 * joints} numbers "
+                        f"(x, y, visibility per joint of the category)")
     for k, v in enumerate(kpts):
         joint, part = divmod(k, 3)
         if not is_number(v) or not math.isfinite(v):
             name = ("x", "y", "visibility")[part]
-            raise ValueError(f"{where}: {field}[{k}] (joint {joint + 1} {name}) is {_show(v)}; allowed: a finite number")
+            raise UserError(f"{where}: {field}[{k}] (joint {joint + 1} {name}) is {_show(v)}; allowed: a finite number")
         if part == 2 and v not in VISIBILITY:
-            raise ValueError(f"{where}: {field}[{k}] (joint {joint + 1} visibility) is {v!r}; allowed: 0 (not "
-                             f"labelled), 1 (labelled, hidden) or 2 (visible)")
+            raise UserError(f"{where}: {field}[{k}] (joint {joint + 1} visibility) is {v!r}; allowed: 0 (not "
+                            f"labelled), 1 (labelled, hidden) or 2 (visible)")
     return [float(v) for v in kpts]
 
 
@@ -66,6 +68,6 @@ def check_size(width: Any, height: Any, where: str) -> tuple[int, int]:
     """An image entry's ``width`` and ``height``: positive whole numbers."""
     for name, v in (("width", width), ("height", height)):
         if not is_number(v) or not math.isfinite(v) or v < 1 or int(v) != v:
-            raise ValueError(f"{where}: {name} {_show(v)}; allowed: a whole number >= 1 (pixels)")
+            raise UserError(f"{where}: {name} {_show(v)}; allowed: a whole number >= 1 (pixels)")
     return int(width), int(height)
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = ["DatasetSpec", "register_dataset", "dataset_spec", "dataset_names"]
 
 
@@ -55,5 +57,5 @@ def dataset_spec(name: str, task: str, what: str = "--data") -> DatasetSpec:
         names = dataset_names(task)
         close = difflib.get_close_matches(str(name), names, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"{what}: got {name!r}{hint}; allowed for task {task}: {', '.join(names) or 'none'}")
+        raise UserError(f"{what}: got {name!r}{hint}; allowed for task {task}: {', '.join(names) or 'none'}")
     return spec

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from ..io.files import atomic_save, first_line, load_state_dict_file, safe_load
 from ..models import create_model
 from ..r2dns import TDAF_ARCH_KEYS
@@ -48,13 +49,13 @@ def load_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> d
     obj = safe_load(path, what)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
+        raise UserError(
             f"{what}: {path} is not a tdaf checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r}); "
             f"for plain torchvision/timm weights use pretrained= instead"
         )
     spec = obj.get("model")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(obj.get("state_dict"), dict):
-        raise ValueError(f"{what}: {path} is a damaged tdaf checkpoint (no model name or no state_dict)")
+        raise UserError(f"{what}: {path} is a damaged tdaf checkpoint (no model name or no state_dict)")
     return obj
 
 
@@ -103,12 +104,12 @@ def model_from_payload(ckpt: dict[str, Any], path: str | os.PathLike[str],
     try:
         model = build_from_spec(spec)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{what}: {path} names model {spec.get('name')!r} {spec.get('kwargs')}, which cannot "
-                         f"be built here ({first_line(e)})") from e
+        raise UserError(f"{what}: {path} names model {spec.get('name')!r} {spec.get('kwargs')}, which cannot "
+                        f"be built here ({first_line(e)})") from e
     state = ckpt["state_dict"]
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
-        raise ValueError(f"{what}: {path}: weights do not fit {spec['name']} {spec.get('kwargs', {})}: {problems}")
+        raise UserError(f"{what}: {path}: weights do not fit {spec['name']} {spec.get('kwargs', {})}: {problems}")
     model.load_state_dict(state, strict=True)
     model.eval()
     meta = dict(ckpt.get("meta", {}))

@@ -5,6 +5,15 @@ name a ``base:`` file (relative to itself) whose keys it overrides. The configs 
 ``configs/`` use one base per recipe, so a baseline and its TDAF model share every
 setting but the model (paper §4.1: "trained with identical optimization scheme").
 
+Each layer overrides the one below it consistently (:func:`override`): a layer that changes
+a setting drops the lower layers' settings that belong only to the old value (``schedule:
+constant`` drops the step schedule's ``milestones`` and ``gamma``; ``optimizer: adam`` drops
+SGD's ``momentum`` and ``nesterov``; another ``data`` drops the data set's folder, recipe and
+input size; another ``task`` drops the model and data; a plain ``model`` drops the TDAF
+settings; other ``epochs`` drop the milestones, which count epochs; ``init_from`` drops
+``pretrained`` and the other way round), so they return to their defaults. A setting that
+the final config does not use is refused unless it is the default.
+
 The config is the same for every task; :meth:`TrainConfig.validate` checks what the
 engine itself uses, and the task (``task:``) checks the model and data names
 (:meth:`tdaf.engine.task.Task.check_config`).
@@ -24,15 +33,36 @@ from typing import Any
 
 import yaml
 
+from ..errors import UserError
+from ..models import is_model, model_cfg
 from ..r2dns import ATTENTION_INITS, TDAF_DEFAULTS
 
-__all__ = ["TrainConfig", "load_config_file", "SCHEDULES", "OPTIMIZERS", "MODEL_KEYS"]
+__all__ = ["TrainConfig", "load_config_file", "override", "SCHEDULES", "OPTIMIZERS", "MODEL_KEYS", "OWNED_KEYS"]
 
 SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AMP_DTYPE_NAMES = ("bf16", "fp16")
 # Keys that decide the architecture and the data of a run: a resumed run must keep them.
 MODEL_KEYS = ("task", "model", "flows", "anar", "eta", "downsample", "data")
+
+# The settings that mean something only for one value of another setting (schedule,
+# optimizer, amp), for one kind of value (model: a TDAF model or a plain one), or for each
+# value (ANY_VALUE: the task, the data set, the number of epochs). A higher layer that changes
+# the setting drops them from the lower layers (see :func:`override`).
+ANY_VALUE = "*"
+_DATA_SET_KEYS = ("data_dir", "recipe", "input_size")  # the folder, augmentation and size of one data set
+OWNED_KEYS: dict[str, dict[Any, tuple[str, ...]]] = {
+    "schedule": {"step": ("milestones", "gamma"), "cosine": (), "constant": ()},
+    "optimizer": {"sgd": ("momentum", "nesterov"), "adam": (), "adamw": ()},
+    "amp": {True: ("amp_dtype",), False: ()},
+    "model": {True: tuple(TDAF_DEFAULTS), False: ()},  # flows, anar, eta, downsample, attention_init
+    # the task's model and data, and its loss's label smoothing
+    "task": {ANY_VALUE: ("model", "data", "pretrained", "init_from", "label_smoothing", *_DATA_SET_KEYS)},
+    "data": {ANY_VALUE: _DATA_SET_KEYS},
+    "epochs": {ANY_VALUE: ("milestones",)},  # milestones are epoch numbers of one run length
+}
+# Settings that replace each other: one given in a higher layer drops the other from the lower ones.
+ALTERNATIVE_KEYS = (("pretrained", "init_from"),)
 
 
 @dataclass
@@ -107,7 +137,7 @@ class TrainConfig:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ValueError(f"{source}: unknown key {raw_key!r}{hint}; allowed: {', '.join(known)}")
+                raise UserError(f"{source}: unknown key {raw_key!r}{hint}; allowed: {', '.join(known)}")
             clean[key] = _coerce(key, value, hints[key], source)
         cfg = cls(**clean)
         cfg.validate(source)
@@ -135,8 +165,8 @@ class TrainConfig:
         return sorted({max(1, round(self.epochs * 0.5)), max(1, round(self.epochs * 0.75))})
 
     def validate(self, source: str = "config") -> None:
-        def bad(key: str, allowed: str) -> ValueError:
-            return ValueError(f"{source}: {key}: got {getattr(self, key)!r}; allowed: {allowed}")
+        def bad(key: str, allowed: str) -> UserError:
+            return UserError(f"{source}: {key}: got {getattr(self, key)!r}; allowed: {allowed}")
 
         for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing", "eta",
                     "clip_grad_norm", "ema_decay"):
@@ -158,9 +188,9 @@ class TrainConfig:
         if self.attention_init is not None and self.attention_init not in ATTENTION_INITS:
             raise bad("attention_init", ", ".join(ATTENTION_INITS))
         if self.init_from is not None and self.pretrained is not None:
-            raise ValueError(f"{source}: init_from, pretrained: give one of them (init_from copies a whole trained "
-                             f"model, pretrained the plain backbone only); got {self.init_from!r} and "
-                             f"{self.pretrained!r}")
+            raise UserError(f"{source}: init_from, pretrained: give one of them (init_from copies a whole trained "
+                            f"model, pretrained the plain backbone only); got {self.init_from!r} and "
+                            f"{self.pretrained!r}")
         for key in ("epochs", "batch_size", "accum_steps", "lr_batch", "eval_every", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, "an integer >= 1")
@@ -188,6 +218,16 @@ class TrainConfig:
             raise bad("batch_size", f"a multiple of accum_steps={self.accum_steps} (batch_size is the global batch)")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise bad("device", "auto, cpu, cuda or cuda:N")
+        # A setting the run would ignore is a mistake in the command or the file, unless it is
+        # the default (every saved config.yaml lists every key).
+        defaults = TrainConfig()
+        for owner in ("schedule", "optimizer"):
+            used = OWNED_KEYS[owner][getattr(self, owner)]
+            for key in {k for keys in OWNED_KEYS[owner].values() for k in keys} - set(used):
+                if getattr(self, key) != getattr(defaults, key):
+                    users = [v for v, keys in OWNED_KEYS[owner].items() if key in keys]
+                    raise bad(key, f"only with {owner} {' or '.join(users)}; this run's {owner} is "
+                              f"{getattr(self, owner)} (drop {key}, or set {owner})")
 
 
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
@@ -197,17 +237,17 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{source}: {key}: got null; allowed: a value of type {_type_name(hint)}")
+        raise UserError(f"{source}: {key}: got null; allowed: a value of type {_type_name(hint)}")
     base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
     origin = typing.get_origin(base)
     if origin is list:
         (item,) = typing.get_args(base)
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{source}: {key}: got {value!r}; allowed: a list of {item.__name__}")
+            raise UserError(f"{source}: {key}: got {value!r}; allowed: a list of {item.__name__}")
         return [_coerce(key, v, item, source) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{source}: {key}: got {value!r}; allowed: a mapping")
+            raise UserError(f"{source}: {key}: got {value!r}; allowed: a mapping")
         return dict(value)
     if base is bool:
         if isinstance(value, bool):
@@ -226,7 +266,7 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     elif base is str:
         if isinstance(value, (str, os.PathLike)):
             return str(value)
-    raise ValueError(f"{source}: {key}: got {value!r} ({type(value).__name__}); allowed: {_type_name(hint)}")
+    raise UserError(f"{source}: {key}: got {value!r} ({type(value).__name__}); allowed: {_type_name(hint)}")
 
 
 def _type_name(hint: Any) -> str:
@@ -239,20 +279,60 @@ def load_config_file(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ())
     if not p.exists():
         raise FileNotFoundError(f"--config: file not found: {p}")
     if p.is_dir():
-        raise ValueError(f"--config: {p} is a folder; expected a YAML file (see configs/)")
+        raise UserError(f"--config: {p} is a folder; expected a YAML file (see configs/)")
     if p.resolve() in _seen:
-        raise ValueError(f"--config: {p}: 'base' chain loops back to itself")
+        raise UserError(f"--config: {p}: 'base' chain loops back to itself")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"--config: {p} is not valid YAML ({str(e).splitlines()[0]})") from e
+        raise UserError(f"--config: {p} is not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"--config: {p} must hold a mapping of keys to values, found {type(data).__name__}")
+        raise UserError(f"--config: {p} must hold a mapping of keys to values, found {type(data).__name__}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     base = data.pop("base", None)
     if base is None:
         return data
     if not isinstance(base, str):
-        raise ValueError(f"--config: {p}: base: got {base!r}; allowed: a path to another YAML file")
+        raise UserError(f"--config: {p}: base: got {base!r}; allowed: a path to another YAML file")
     parent = load_config_file(p.parent / base, (*_seen, p.resolve()))
-    return {**parent, **data}
+    return override(parent, data)[0]
+
+
+def _owner_kind(owner: str, value: Any) -> Any:
+    """What :data:`OWNED_KEYS` ``[owner]`` is keyed by for ``value``: a model's kind (TDAF or
+    plain; None for a name not registered), otherwise the value itself."""
+    if owner == "model":
+        return bool(model_cfg(value).get("tdaf")) if isinstance(value, str) and is_model(value) else None
+    return value
+
+
+def override(lower: dict[str, Any], upper: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``upper``'s settings over ``lower``'s, and the keys of ``lower`` dropped, each with the
+    setting in ``upper`` that dropped it. A key of ``lower`` is dropped when it belongs to
+    the value of another setting that ``upper`` changes (:data:`OWNED_KEYS`; ``--schedule
+    constant`` over a file with ``milestones`` drops them and the step schedule's ``gamma``)
+    or when ``upper`` gives its alternative (:data:`ALTERNATIVE_KEYS`). ``upper``'s own
+    settings are never dropped. Keys use underscores."""
+    defaults = TrainConfig()
+    dropped: dict[str, str] = {}
+    for owner, owned in OWNED_KEYS.items():
+        if owner not in upper:
+            continue
+        old, new = lower.get(owner, getattr(defaults, owner)), upper[owner]
+        if owner == "data" and old is None:  # a data set named for the first time
+            continue
+        old_kind, new_kind = _owner_kind(owner, old), _owner_kind(owner, new)
+        if old_kind == new_kind or (owner == "model" and None in (old_kind, new_kind)):
+            continue  # the same value or kind (an unknown model name: the task's check reports it)
+        belongs = list(owned.get(old_kind, owned.get(ANY_VALUE, ())))
+        keep = set(owned.get(new_kind, ()))  # what the new value uses as well
+        if owner == "task" and "model" not in upper:  # the old task's model goes, and its TDAF settings
+            belongs += OWNED_KEYS["model"][True]
+        for key in belongs:
+            if key in lower and key not in upper and key not in keep and key not in dropped:
+                dropped[key] = owner
+    for pair in ALTERNATIVE_KEYS:
+        for key, other in (pair, pair[::-1]):
+            if upper.get(key) is not None and lower.get(other) is not None and other not in upper:
+                dropped[other] = key
+    return {**{k: v for k, v in lower.items() if k not in dropped}, **upper}, dropped

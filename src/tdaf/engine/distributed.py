@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 __all__ = [
     "DistEnv", "setup", "teardown", "all_reduce_sum", "all_gather_objects", "broadcast_object", "broadcast_buffers",
     "resolve_device",
@@ -41,15 +43,15 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device: got {device!r}, but CUDA is not available here; allowed: cpu, auto")
+            raise UserError(f"device: got {device!r}, but CUDA is not available here; allowed: cpu, auto")
         if device == "cuda":
             device = f"cuda:{local_rank}"
         index = torch.device(device).index or 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device: got {device!r}; this machine has {torch.cuda.device_count()} GPU(s)")
+            raise UserError(f"device: got {device!r}; this machine has {torch.cuda.device_count()} GPU(s)")
         torch.cuda.set_device(index)
     elif device != "cpu":
-        raise ValueError(f"device: got {device!r}; allowed: auto, cpu, cuda, cuda:N")
+        raise UserError(f"device: got {device!r}; allowed: auto, cpu, cuda, cuda:N")
     return torch.device(device)
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data import ShardSampler
+from ..errors import UserError
 from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
 from .options import CheckpointToEvaluate, EvalData, EvalOptions
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-class UnreadableInputError(ValueError):
+class UnreadableInputError(UserError):
     """A sample (image, video, annotation) could not be read and ``--strict`` asks to stop."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..io.files import load_state_dict_file, safe_load
 from ..layers.mfbn import FLOW_NORMS, _per_flow_statistics
 from ..r2dns import R2DNS, resolve_attention_init
@@ -174,7 +175,7 @@ def init_from(
         adapt = task.adapt_init_state if task is not None else (lambda s, m, t: s)
     adapted = adapt(state, model, source_task)
     if adapted is None:
-        raise ValueError(
+        raise UserError(
             f"{what}: {path} is a {source_task} checkpoint ({source_model}); this run's task is {task_name}: "
             f"--init-from takes a checkpoint of the same task (or a state dict)")
     norms = _flow_norms(model)
@@ -194,7 +195,7 @@ def init_from(
     fitted = {k: v for k, v in state.items() if k in own and k not in shapes}
     if not any(not k.endswith("num_batches_tracked") for k in fitted):
         file_keys = _names(list(state)) if state else "none"
-        raise ValueError(
+        raise UserError(
             f"{what}: nothing in {path} fits {_model_name(model)}: no tensor with a name and shape of the model "
             f"(file keys: {file_keys}; model keys: {_names(list(own))}). --init-from takes a checkpoint of this "
             f"task's plain model or a state dict in its names (or a torchvision/timm ResNet's); a plain backbone "
@@ -260,7 +261,7 @@ def _refuse_clashes(path: Any, what: str, model: nn.Module, state: dict[str, tor
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mine = {k: cfg[k] for k in ("flows", "anar") if k in cfg}
     shown = [f"{k} {shapes[k][0]} vs {shapes[k][1]}" if k in shapes else k for k in stats + attention]
-    raise ValueError(
+    raise UserError(
         f"{what}: {path}{settings} holds per-flow statistics or ANARs that do not fit {_model_name(model)} "
         f"{mine or '(a plain model)'}: {_names(shown)}. --init-from copies a plain model into a TDAF one, or a "
         f"TDAF model with the same flows and ANAR")

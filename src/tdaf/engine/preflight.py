@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .task import Task
 
 __all__ = ["check_batch_norm_batch", "check_run_inputs", "same_file", "RUN_OUTPUTS"]
@@ -41,8 +42,8 @@ def check_run_inputs(out: Path, cfg: Any, config_file: str | os.PathLike[str] | 
                 continue
             if flag == "--resume" and name in ("last.pt", "best.pt"):
                 continue
-            raise ValueError(f"{flag}: {path} is {out / name}, a file this run writes in --out {out}; tdaf never "
-                             f"writes over the inputs of a run: copy it elsewhere, or choose another --out")
+            raise UserError(f"{flag}: {path} is {out / name}, a file this run writes in --out {out}; tdaf never "
+                            f"writes over the inputs of a run: copy it elsewhere, or choose another --out")
 
 
 @torch.no_grad()
@@ -93,7 +94,7 @@ def check_batch_norm_batch(model: nn.Module, dataset: Any, collate: Any, task: T
     single = [(name, shape) for name, (n, shape) in seen.items() if n <= 1]
     if single:
         name, shape = single[0]
-        raise ValueError(
+        raise UserError(
             f"--batch-size: got {batch_size}, which gives each process {micro_batch} sample per step; BatchNorm "
             f"layer {name} then sees one value per channel (input {list(shape)}) and cannot normalise it in "
             f"training; the smallest --batch-size that works is {2 * parts}"

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data import GlobalBatchSampler, ShardSampler
+from ..errors import UserError
 from ..io.files import atomic_save, atomic_write_text, clean_stale_temporaries, deferred_interrupts, ensure_writable_dir
 from ..r2dns import overlap_flows
 from .checkpoint import architecture, build_from_spec, checkpoint_payload, load_checkpoint, state_dict_mismatch
@@ -187,13 +188,13 @@ class Trainer:
                 log.info("removed %s, left by an interrupted save", stale)
             resumed_here = self.cfg.resume and any(same_file(self.cfg.resume, out / n) for n in ("last.pt", "best.pt"))
             if self.cfg.resume and not resumed_here and (out / "last.pt").exists() and not self.cfg.overwrite:
-                raise ValueError(
+                raise UserError(
                     f"--out: {out} already holds a checkpoint (last.pt) of another run than --resume "
                     f"{self.cfg.resume}; resume into that run's own folder (leave out --out), choose another "
                     f"--out, or pass --overwrite to replace its files")
             if not self.cfg.resume and (out / "last.pt").exists():
                 if not self.cfg.overwrite:
-                    raise ValueError(
+                    raise UserError(
                         f"--out: {out} already holds a checkpoint (last.pt) of another run; continue it with "
                         f"--resume {out / 'last.pt'}, or pass --overwrite to start over in this folder"
                     )
@@ -344,23 +345,23 @@ class Trainer:
         cfg = self.cfg
         ckpt = load_checkpoint(cfg.resume, "--resume")
         if "optimizer" not in ckpt or "epoch" not in ckpt:
-            raise ValueError(f"--resume: {cfg.resume} holds weights but no training state (optimizer, epoch)")
+            raise UserError(f"--resume: {cfg.resume} holds weights but no training state (optimizer, epoch)")
         spec = ckpt["model"]
         saved_task = ckpt.get("task", self.task.name)
         if saved_task != self.task.name:
-            raise ValueError(f"--resume: {cfg.resume} is a {saved_task} checkpoint; this run's task is {self.task.name}")
+            raise UserError(f"--resume: {cfg.resume} is a {saved_task} checkpoint; this run's task is {self.task.name}")
         if spec["name"] != name or (spec.get("kwargs", {}) != kwargs and
                                     architecture(build_from_spec(spec, "meta")) != architecture(model)):
-            raise ValueError(
+            raise UserError(
                 f"--resume: {cfg.resume} holds {spec['name']} {spec.get('kwargs')}, but this run builds "
                 f"{name} {kwargs}; a resumed run keeps the architecture of the run that wrote it"
             )
         if ckpt.get("meta", {}).get("data") != cfg.data:
-            raise ValueError(f"--resume: {cfg.resume} was trained on {ckpt.get('meta', {}).get('data')!r}, "
-                             f"this run uses --data {cfg.data}")
+            raise UserError(f"--resume: {cfg.resume} was trained on {ckpt.get('meta', {}).get('data')!r}, "
+                            f"this run uses --data {cfg.data}")
         problems = state_dict_mismatch(model.state_dict(), ckpt["state_dict"])
         if problems:
-            raise ValueError(f"--resume: {cfg.resume}: weights do not fit {name} {kwargs}: {problems}")
+            raise UserError(f"--resume: {cfg.resume}: weights do not fit {name} {kwargs}: {problems}")
         saved = ckpt.get("config", {})
         recipe_keys = ("epochs", "batch_size", "lr", "lr_batch", "momentum", "weight_decay", "schedule",
                        "milestones", "gamma", "warmup_epochs", "seed", "recipe", "input_size", "train_subset",
@@ -374,11 +375,11 @@ class Trainer:
         optimizer.load_state_dict(ckpt["optimizer"])
         if self.ema is not None:
             if "train_state_dict" not in ckpt:
-                raise ValueError(f"--resume: {cfg.resume} was trained without --ema-decay; resume it without it")
+                raise UserError(f"--resume: {cfg.resume} was trained without --ema-decay; resume it without it")
             self.ema.module.load_state_dict(ckpt["state_dict"])
         elif "train_state_dict" in ckpt:
-            raise ValueError(f"--resume: {cfg.resume} was trained with an EMA of the weights; give --ema-decay "
-                             f"{ckpt.get('config', {}).get('ema_decay')} to resume it")
+            raise UserError(f"--resume: {cfg.resume} was trained with an EMA of the weights; give --ema-decay "
+                            f"{ckpt.get('config', {}).get('ema_decay')} to resume it")
         if "scaler" in ckpt and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         if "rng" in ckpt:

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 __all__ = [
     "safe_load", "load_state_dict_file", "atomic_save", "atomic_write_text", "ensure_writable_dir",
     "clean_stale_temporaries", "first_line", "TEMP_SUFFIX", "deferred_interrupts", "json_safe",
@@ -66,20 +68,20 @@ def safe_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     if not p.exists():
         raise FileNotFoundError(f"{what}: file not found: {p}")
     if p.is_dir():
-        raise ValueError(f"{what}: {p} is a directory, expected a file")
+        raise UserError(f"{what}: {p} is a directory, expected a file")
     try:
         size = p.stat().st_size
     except OSError as e:
-        raise ValueError(f"{what}: cannot read {p} ({first_line(e)})") from e
+        raise UserError(f"{what}: cannot read {p} ({first_line(e)})") from e
     if size == 0:
-        raise ValueError(f"{what}: {p} is empty (0 bytes): a save was interrupted or the file was truncated")
+        raise UserError(f"{what}: {p} is empty (0 bytes): a save was interrupted or the file was truncated")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file  # optional dependency, only for this format
 
         try:
             return load_file(str(p), device="cpu")
         except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{what}: {p} is not a readable safetensors file ({first_line(e)})") from e
+            raise UserError(f"{what}: {p} is not a readable safetensors file ({first_line(e)})") from e
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -88,15 +90,15 @@ def safe_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
             # A well-formed pickle that names functions or classes beyond tensors and plain
             # containers: the weights_only unpickler refused to import them.
             detail = next((ln.strip() for ln in message.splitlines() if "global" in ln.lower()), first_line(e))
-            raise ValueError(
+            raise UserError(
                 f"{what}: refused to load {p}: it contains Python objects beyond tensors and plain containers, "
                 f"and loading it could run code from the file (weights_only=True). Re-save it as a plain "
                 f"state dict. Details: {detail}"
             ) from e
         detail = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), first_line(e))
-        raise ValueError(f"{what}: {p} is not a PyTorch file (not a pickle torch can read: {detail})") from e
+        raise UserError(f"{what}: {p} is not a PyTorch file (not a pickle torch can read: {detail})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
-        raise ValueError(f"{what}: {p} is truncated or not a PyTorch file ({first_line(e)})") from e
+        raise UserError(f"{what}: {p} is truncated or not a PyTorch file ({first_line(e)})") from e
 
 
 def load_state_dict_file(path: str | os.PathLike[str], what: str = "pretrained") -> dict[str, torch.Tensor]:
@@ -109,7 +111,7 @@ def load_state_dict_file(path: str | os.PathLike[str], what: str = "pretrained")
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{what}: {path} does not hold a state dict (a mapping of names to tensors)")
+        raise UserError(f"{what}: {path} does not hold a state dict (a mapping of names to tensors)")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -226,16 +228,16 @@ def ensure_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Pa
     cannot be written."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        raise ValueError(f"{what}: {p} is a file, expected a folder (or a path where one can be created)")
+        raise UserError(f"{what}: {p} is a file, expected a folder (or a path where one can be created)")
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"{what}: cannot create {p}: {parent} is a file, not a folder")
+                raise UserError(f"{what}: cannot create {p}: {parent} is a file, not a folder")
             break
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"{what}: cannot write in {p} ({_os_reason(e)})") from e
+        raise UserError(f"{what}: cannot write in {p} ({_os_reason(e)})") from e
     probe_writable(p, p, what)
     return p
 
@@ -253,4 +255,4 @@ def probe_writable(folder: Path, shown: Path, what: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ValueError(f"{what}: cannot write in {shown} ({_os_reason(e)})") from e
+        raise UserError(f"{what}: cannot write in {shown} ({_os_reason(e)})") from e

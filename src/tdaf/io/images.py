@@ -25,6 +25,8 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import UserError
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageList", "collect_images", "open_image", "unique_stems", "to_rgb"]
 
 
@@ -62,7 +64,7 @@ def collect_images(paths: Sequence[str | os.PathLike[str]], what: str = "IMAGE")
     to read is found; ``what`` names the argument in messages.
     """
     if not paths:
-        raise ValueError(f"{what}: give at least one image file or folder")
+        raise UserError(f"{what}: give at least one image file or folder")
     out = ImageList()
     for raw in paths:
         p = Path(raw).expanduser()
@@ -77,7 +79,7 @@ def collect_images(paths: Sequence[str | os.PathLike[str]], what: str = "IMAGE")
             out.files.append(p)
             out.from_folder.append(False)
     if not out.files:
-        raise ValueError(
+        raise UserError(
             f"{what}: found no image files in {', '.join(map(str, paths))} "
             f"(looked for {', '.join(IMAGE_EXTENSIONS)}; {out.ignored} other file(s) ignored)"
         )
@@ -109,20 +111,20 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     except FileNotFoundError:
         raise FileNotFoundError(f"image: no such file: {p}") from None
     except IsADirectoryError:
-        raise ValueError(f"image: {p} is a folder, expected an image file") from None
+        raise UserError(f"image: {p} is a folder, expected an image file") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"image: {p} is too large to decode safely ({e})") from None
+        raise UserError(f"image: {p} is too large to decode safely ({e})") from None
     except Image.UnidentifiedImageError:
-        raise ValueError(
+        raise UserError(
             f"image: {p} is not an image file PIL can read; supported: {', '.join(IMAGE_EXTENSIONS)}"
         ) from None
     except (OSError, ValueError, SyntaxError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"image: {p} is damaged or truncated and cannot be decoded ({detail})") from None
+        raise UserError(f"image: {p} is damaged or truncated and cannot be decoded ({detail})") from None
     try:
         return to_rgb(img)
     except (OSError, ValueError) as e:
-        raise ValueError(f"image: {p} has mode {img.mode!r}, which cannot be converted to RGB ({e})") from None
+        raise UserError(f"image: {p} has mode {img.mode!r}, which cannot be converted to RGB ({e})") from None
 
 
 def unique_stems(files: Iterable[Path]) -> list[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from ..errors import UserError
 from .files import TEMP_SUFFIX, deferred_interrupts, first_line, probe_writable
 
 __all__ = ["Outputs", "output_name"]
@@ -100,15 +101,15 @@ class Outputs:
         if hit is not None:
             role, given = hit
             alias = "" if _key(given) == key and str(given) == str(p) else f" ({given})"
-            raise ValueError(f"{what}: {p} is the input {role}{alias} of this run; tdaf never writes over its "
-                             f"inputs, even with --overwrite: choose another file or folder")
+            raise UserError(f"{what}: {p} is the input {role}{alias} of this run; tdaf never writes over its "
+                            f"inputs, even with --overwrite: choose another file or folder")
         if key in self._claimed:
-            raise ValueError(f"{what}: {p} would be written twice in this run (also as {self._claimed[key][0]})")
+            raise UserError(f"{what}: {p} would be written twice in this run (also as {self._claimed[key][0]})")
         if p.is_dir():
-            raise ValueError(f"{what}: {p} is a folder; expected a file name")
+            raise UserError(f"{what}: {p} is a folder; expected a file name")
         if p.exists() and not self.overwrite:
-            raise ValueError(f"{what}: {p} already exists; pass --overwrite to replace it (this run did not "
-                             f"write it), or choose another name")
+            raise UserError(f"{what}: {p} already exists; pass --overwrite to replace it (this run did not "
+                            f"write it), or choose another name")
         self._check_folder(p.parent, what)
         self._claimed[key] = (what, p)
         return p
@@ -125,12 +126,12 @@ class Outputs:
         file is created and removed in the nearest existing folder (``os.access`` says yes to
         root even where the file system says no)."""
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{what}: {folder} is a file, expected a folder (or a path where one can be created)")
+            raise UserError(f"{what}: {folder} is a file, expected a folder (or a path where one can be created)")
         for q in (folder, *folder.parents):
             if not q.exists():
                 continue
             if not q.is_dir():
-                raise ValueError(f"{what}: cannot create {folder}: {q} is a file, not a folder")
+                raise UserError(f"{what}: cannot create {folder}: {q} is a file, not a folder")
             if _key(q) in self._writable:
                 return
             probe_writable(q, folder, what)

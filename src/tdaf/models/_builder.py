@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UserError
 from ..r2dns import TDAF_DEFAULTS, R2DNS, StageNet, Stride, resolve_attention_init
 from .classifier import TDAFClassifier
 
@@ -18,10 +19,11 @@ __all__ = ["build_model", "paired_cfgs", "split_tdaf_kwargs", "tdaf_settings", "
            "with_attention_init", "ModelArgumentError", "take_tdaf_kwargs", "reject_unknown", "argument_hint"]
 
 
-class ModelArgumentError(TypeError, ValueError):
+class ModelArgumentError(TypeError, UserError):
     """A keyword argument that a model builder does not take: a ``TypeError``, as Python and
-    timm answer an unknown argument (timm's model tests check it), and a ``ValueError``, the
-    error of every other bad setting in tdaf (which the command line reports in one line)."""
+    timm answer an unknown argument (timm's model tests check it), and a :class:`UserError`
+    (a ``ValueError``), the error of every other bad setting in tdaf (which the command line
+    reports in one line)."""
 
 
 def paired_cfgs(name: str, cfg: dict[str, Any], tdaf_name: str | None = None) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from ...errors import UserError
 from ...io.images import to_rgb
 
 __all__ = [
@@ -75,7 +76,7 @@ def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
 def _check_meta(meta: dict[str, Any]) -> None:
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"checkpoint meta: missing {', '.join(missing)}; a classifier checkpoint needs "
             f"{', '.join(_META_KEYS)} and resize (written by tdaf train)"
         )
