@@ -7,6 +7,7 @@ of Tab. 3a (the softmax of the 10 crops averaged per image).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..data import collate_skip
 from ..data.registry import dataset_spec
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
 from ..models import create_model, is_model
 from ..models._registry import unknown_model_error
 from .data import TASK, RECIPES, build_datasets
@@ -101,3 +102,13 @@ class ClassificationTask(Task):
     def evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator(probs=self.ten_crop)
 
+    # --- attention / export / profile
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """The image preprocessed as ``tdaf eval`` does (resize + centre crop of the
+        checkpoint's meta), or resized straight to ``size``."""
+        from ..io.images import open_image
+        from .data import eval_transform
+
+        meta = dict(meta, input_size=list(size), resize=None) if size else dict(meta)
+        return eval_transform(meta)(open_image(item.paths[0]))[None]

@@ -4,6 +4,7 @@ training mode (torchvision's detector contract), COCOeval box AP at validation."
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
 from ..models import create_model, is_model, list_models, model_cfg
 from ..models._registry import unknown_model_error
 from .data import RECIPES, CocoDetection, apply_pair, collate_detection, eval_transform, train_transform
@@ -126,3 +127,36 @@ class DetectionTask(Task):
                                "(or use tdaf.detection.evaluate_checkpoint)")
         return CocoEvaluator(self.gt)
 
+    # --- attention / export / profile
+    def inference_meta(self, meta: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+        """The detector's own resizing and normalisation (``model.transform``): inputs of
+        ``[3, min_size, max_size]`` (a landscape image at its largest, 800x1333 for COCO)."""
+        t = model.transform
+        min_size, max_size = int(t.min_size[-1]), int(t.max_size)
+        return dict(meta, input_size=[3, min_size, max_size], min_size=[min_size], max_size=max_size,
+                    mean=[float(v) for v in t.image_mean], std=[float(v) for v in t.image_std])
+
+    def network(self, model: nn.Module) -> nn.Module:
+        """Backbone + FPN + head (:class:`tdaf.detection.network.FCOSNetwork`): resizing,
+        box decoding and NMS are left out (:func:`tdaf.detection.network.decode_detections`)."""
+        from .network import FCOSNetwork
+
+        return FCOSNetwork(model)
+
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """The whole image as the detector sees it: shorter side ``min_size`` (longer side at
+        most ``max_size``) and normalised, without batch padding; or resized straight to ``size``."""
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+        from torchvision.transforms.v2 import functional as TF
+
+        from ..io.images import open_image
+        from .network import preprocess
+
+        img = TF.to_dtype(TF.pil_to_tensor(open_image(item.paths[0])), torch.float32, scale=True)
+        if size:
+            img = TF.resize(img, [int(s) for s in size[-2:]], antialias=True)
+            return TF.normalize(img, list(meta["mean"]), list(meta["std"]))[None]
+        transform = GeneralizedRCNNTransform(int(meta["min_size"][-1]), int(meta["max_size"]), list(meta["mean"]),
+                                             list(meta["std"]))
+        return preprocess(transform, img)[None]

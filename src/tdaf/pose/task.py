@@ -4,6 +4,7 @@ COCO's keypoint AP."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,9 +12,10 @@ from torch import nn
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import list_models, unknown_model_error
+from ..r2dns import R2DNS
 from .codec import flip_heatmaps
 from .data import TASK, Augment, CocoPersons, KeypointInfo, TopDownTransform, describe_drops, input_hw, pose_collate
 from .metrics import KeypointEvaluator, heatmap_loss
@@ -142,3 +144,29 @@ class PoseTask(Task):
             raise RuntimeError("pose evaluation needs its annotations: call build_data or set_eval_data first")
         return KeypointEvaluator(self.val.coco, self.val.category_id, self.val.info.sigmas, HEATMAP_STRIDE,
                                  img_ids=self.val_img_ids, nms=self.nms)
+
+    # --- attention / export / profile
+    def attention_r2dns(self, model: nn.Module) -> R2DNS | None:
+        """The R2DNS of the deconvolution head (TDAF SimpleBaseline, paper §4.3), else that
+        of the backbone (``tdaf_backbone=True`` with a plain head)."""
+        for part in (getattr(model, "head", None), getattr(model, "backbone", None)):
+            if isinstance(part, R2DNS) and part.anar_name is not None:
+                return part
+        return super().attention_r2dns(model)
+
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """The whole image as one person crop, as ``tdaf predict`` crops it without
+        ``--person-boxes``: the box of the whole image, widened to the input's aspect ratio
+        (x1.25), warped to ``input_size`` (or ``size``) and normalised."""
+        import numpy as np
+
+        from ..io.images import open_image
+
+        img = open_image(item.paths[0])
+        h, w = (int(s) for s in (size or meta["input_size"])[-2:])
+        # No augmentation and no flip: the transform never reads the joint names.
+        transform = TopDownTransform((h, w), None, None, meta["mean"], meta["std"])  # type: ignore[arg-type]
+        crop, _ = transform((img, dict(image_id=0, box=[0.0, 0.0, float(img.width), float(img.height)], score=1.0,
+                                       area=float(img.width * img.height), keypoints=np.zeros((1, 3)))))
+        return crop[None]
