@@ -25,7 +25,7 @@ from ._load import LoadedModel, add_model_args, load_model
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attention",
-        help="draw a TDAF model's attention maps over images or videos (paper Fig. 3b/c)",
+        help="draw a TDAF model's attention maps over images (paper Fig. 3b/c)",
         description="For each input, write OUT/STEM.attention.png: one row per stage with an ANAR "
         "(1..L-1), one column per flow (1..N); each ANAR map g(x) is upsampled (bilinear) to the input "
         "size and drawn over the input. Flow 1 has no attention (its cells show the input alone) and a "
