@@ -133,6 +133,7 @@ def test_export_on_every_task(task, fmt, request, tmp_path, capsys):
     text = capsys.readouterr().out
     dims = ["T", "H", "W"][-(len(meta["input_size"]) - 1):]
     assert f"input (B, 3, {', '.join(dims)})" in text and "ok: tolerance" in text
+    assert ("outputs: cls_logits, bbox_regression, bbox_ctrness" in text) == (task == "detection")
     given, size = EXPORT_SIZES[task]
     assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(out), "--overwrite", "--json",
                  "--input-size", *given]) == 0
@@ -150,7 +151,11 @@ def test_export_on_every_task(task, fmt, request, tmp_path, capsys):
     if fmt == "onnx":
         from tdaf.export import run_onnx
 
+        import onnxruntime as ort
+
         got = [torch.from_numpy(a) for a in run_onnx(out, x)]
+        names = [o.name for o in ort.InferenceSession(str(out)).get_outputs()]
+        assert names == (["cls_logits", "bbox_regression", "bbox_ctrness"] if task == "detection" else ["output"])
     else:
         got = torch.jit.load(str(out))(x)
         got = list(got) if isinstance(got, tuple) else [got]

@@ -84,7 +84,7 @@ def clip_attention_figure(
             shown = (up - lo) / (hi - lo) if normalize and hi > lo else up
             ax.imshow(pictures[j], interpolation="bilinear")
             ax.imshow(np.asarray(shown), cmap=cmap, norm=norm, alpha=alpha, interpolation="bilinear")
-            ax.set_title(f"frame {f}" + (f", stage {stage}" if j == 0 else ""), fontsize=7)
+            ax.set_title(f"frame {f}", fontsize=7)
             if j == 0:
                 ax.set_ylabel(f"stage {stage}", fontsize=8)
     grid_h = rows * (cell_title + ch) - cell_title

@@ -66,7 +66,8 @@ def _metadata(loaded: LoadedModel, meta: dict[str, Any], network: Any) -> dict[s
     return out
 
 
-def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_bytes: int) -> str:
+def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_bytes: int,
+              outputs: Any = None) -> str:
     how = f"ONNX opset {report.opset}, {report.exporter} exporter" if report.format == "onnx" else "TorchScript (traced)"
     c, *dims = report.input_size
     names = ("T", "H", "W")[-len(dims):]  # (C, H, W) for images, (C, T, H, W) for video
@@ -77,6 +78,9 @@ def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_
         + ("dynamic" if report.dynamic_hw else f"fixed at {'x'.join(map(str, dims))}"),
         f"parity vs PyTorch ({'onnxruntime' if report.format == 'onnx' else 'torch.jit.load'}), random inputs:",
     ]
+    if outputs:  # a part of the model (detection's network): say what comes out and what is left to do
+        lines.insert(2, f"outputs: {', '.join(outputs)} (the {loaded.task} network; docs/export.md#every-task says "
+                        f"how to post-process them)")
     for p in report.parity:
         where = f"  batch {p.batch} @ {'x'.join(map(str, p.size))}: "
         lines.append(where + (f"FAILED to run ({p.error})" if p.error else
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             text = json.dumps(dict(report.to_dict(), ok=ok, tolerance=args.tolerance, written=ok))
         else:
-            text = _describe(report, loaded, args.tolerance, size_bytes)
+            text = _describe(report, loaded, args.tolerance, size_bytes, getattr(network, "output_names", None))
         if not ok:
             outputs.discard()  # a failed check leaves nothing behind (a rerun is not refused by it)
     print(text)
