@@ -249,3 +249,25 @@ def test_cli_and_tasks_do_not_import_each_other():
         tree = ast.parse((src / task / "task.py").read_text())
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [n for n in names if "cli" in n.split(".")], task
+
+
+def test_pose_attention_on_person_boxes(request, tmp_path, capsys):
+    path, ckpt = _input("pose", request)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({path.name: [[20, 10, 60, 90, 0.9], [5000, 5000, 10, 10]]}))
+    out = tmp_path / "attn"
+    assert main(["attention", "--checkpoint", str(ckpt), str(path), "--out", str(out), "--person-boxes", str(boxes),
+                 "--save-maps", "npz", "--no-progress", "--dpi", "30"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(out / f"{path.stem}_person0.attention.png"),
+                                    str(out / f"{path.stem}_person0.maps.npz")]
+    assert "box 1 lies outside" in captured.err
+    # the crop of the box, not the whole image: other maps than without --person-boxes
+    assert main(["attention", "--checkpoint", str(ckpt), str(path), "--out", str(out), "--save-maps", "npz",
+                 "--no-progress", "--dpi", "30"]) == 0
+    person, whole = np.load(out / f"{path.stem}_person0.maps.npz"), np.load(out / f"{path.stem}.maps.npz")
+    assert not np.allclose(person["stage1_flow3"], whole["stage1_flow3"])
+    _, other = _input("classification", request)
+    assert main(["attention", "--checkpoint", str(other), str(path), "--out", str(tmp_path / "x"), "--person-boxes",
+                 str(boxes)]) == 2
+    assert "--person-boxes: only for pose models; this is a classification model" in capsys.readouterr().err

@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-maps", choices=MAP_FORMATS, default=None,
                    help="also save the raw maps at their own resolution: npy (one file per map), npz, or pt "
                    "(a dict of tensors)")
+    p.add_argument("--person-boxes", metavar="JSON", default=None,
+                   help='pose models: one figure per person box, STEM_personI.attention.png; the box file of '
+                   '`tdaf predict --person-boxes` ({"img.jpg": [[x, y, w, h(, score)], ...]}); default: the whole '
+                   'image as one person')
     p.add_argument("--frame", type=int, default=None, help="video models: draw every flow's maps of this clip frame (0..T-1) instead of the strip of "
                    "the last flow's maps over the frames")
     p.add_argument("--cmap", default="jet", help="matplotlib colour map (default jet)")
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{loaded.name} runs 1 flow, so it has no attention maps; use --flows 2 or more")
     meta = task.inference_meta(loaded.meta, loaded.model)
     size = task.example_size(meta, args.input_size) if args.input_size else None
-    items = task.attention_items(args.images, meta)
+    items = task.attention_items(args.images, meta, person_boxes=args.person_boxes)
     video = r2dns.dims == 3
     if video:
         for item in items:

@@ -84,12 +84,13 @@ class AttentionItem:
     of image files read as the frames of one clip; ``stem`` names its figure, ``frames``
     is the clip length a video input will have (None for an image), ``from_folder`` says
     that it was found inside a folder named on the command line (then an unreadable one is
-    skipped, not fatal)."""
+    skipped, not fatal), ``box`` an ``[x, y, w, h]`` region of the image (a person box)."""
 
     stem: str
     paths: list[Path]
     from_folder: bool = False
     frames: int | None = None
+    box: list[float] | None = None
 
 
 class Evaluator(ABC):
@@ -213,12 +214,16 @@ class Task(ABC):
         found = [m for m in model.modules() if isinstance(m, R2DNS)]
         return found[0] if len(found) == 1 else None
 
-    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any]) -> list[AttentionItem]:
+    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
+                        person_boxes: str | None = None) -> list[AttentionItem]:
         """The inputs named on ``tdaf attention``'s command line (``meta``: the model's, from
-        :meth:`inference_meta`), checked before anything is written. Default: image files
-        and folders of images (recursive), one item each."""
+        :meth:`inference_meta`; ``person_boxes``: ``--person-boxes``, pose only), checked
+        before anything is written. Default: image files and folders of images (recursive),
+        one item each."""
         from ..io.images import collect_images, unique_stems
 
+        if person_boxes is not None:
+            raise ValueError(f"--person-boxes: only for pose models; this is a {self.name} model")
         images = collect_images(paths)
         return [AttentionItem(stem, [path], from_folder)
                 for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files))]

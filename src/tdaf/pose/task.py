@@ -154,10 +154,51 @@ class PoseTask(Task):
                 return part
         return super().attention_r2dns(model)
 
+    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
+                        person_boxes: str | None = None) -> list[AttentionItem]:
+        """Images, one person crop each (the whole image); with ``person_boxes`` (a box file
+        as ``tdaf predict --person-boxes`` takes it) one item per box, ``STEM_person{i}``,
+        each box clipped to the image as evaluation does (a box wholly outside is left out,
+        an image without boxes too, both said on stderr)."""
+        import sys
+        from pathlib import Path
+
+        from PIL import Image
+
+        from .codec import crop_to_image
+        from .predict import read_box_file
+
+        items = super().attention_items(paths, meta)
+        if person_boxes is None:
+            return items
+        boxes = read_box_file(person_boxes)
+        out: list[AttentionItem] = []
+        for item in items:
+            path = item.paths[0]
+            given = boxes.get(str(path), boxes.get(Path(path).name, []))
+            if not given:
+                print(f"--person-boxes: no box for {path}; skipped", file=sys.stderr)
+                continue
+            try:
+                with Image.open(path) as img:
+                    width, height = img.size
+            except OSError:  # unreadable: attention_input names it (skipped inside folders)
+                width = height = None
+            for i, b in enumerate(given):
+                inside = crop_to_image(b[:4], width, height) if width is not None else list(b[:4])
+                if inside is None:
+                    print(f"--person-boxes: {path} box {i} lies outside the {width}x{height} image; left out",
+                          file=sys.stderr)
+                    continue
+                out.append(AttentionItem(f"{item.stem}_person{i}", [path], item.from_folder, box=list(inside)))
+        if not out:
+            raise ValueError(f"--person-boxes: {person_boxes} has no box inside the images given")
+        return out
+
     def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
                         size: Sequence[int] | None = None) -> torch.Tensor:
-        """The whole image as one person crop, as ``tdaf predict`` crops it without
-        ``--person-boxes``: the box of the whole image, widened to the input's aspect ratio
+        """The person crop of ``item.box`` (default: the whole image, as ``tdaf predict``
+        crops it without ``--person-boxes``): the box widened to the input's aspect ratio
         (x1.25), warped to ``input_size`` (or ``size``) and normalised."""
         import numpy as np
 
@@ -167,6 +208,7 @@ class PoseTask(Task):
         h, w = (int(s) for s in (size or meta["input_size"])[-2:])
         # No augmentation and no flip: the transform never reads the joint names.
         transform = TopDownTransform((h, w), None, None, meta["mean"], meta["std"])  # type: ignore[arg-type]
-        crop, _ = transform((img, dict(image_id=0, box=[0.0, 0.0, float(img.width), float(img.height)], score=1.0,
-                                       area=float(img.width * img.height), keypoints=np.zeros((1, 3)))))
+        box = item.box or [0.0, 0.0, float(img.width), float(img.height)]
+        crop, _ = transform((img, dict(image_id=0, box=box, score=1.0, area=float(box[2] * box[3]),
+                                       keypoints=np.zeros((1, 3)))))
         return crop[None]

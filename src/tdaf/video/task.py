@@ -139,7 +139,8 @@ class VideoTask(Task):
             return [size[0], *(int(v) for v in given)]
         return [size[0], size[1], int(given[0]), int(given[-1])]
 
-    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any]) -> list[AttentionItem]:
+    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
+                        person_boxes: str | None = None) -> list[AttentionItem]:
         """Video files (.mp4 ...) and Hara frame folders (``image_00001.jpg`` ...), named or
         found in the folders named, one clip of the model's T frames each (uniformly spaced
         over the video, as ``tdaf predict`` takes them); otherwise the image files given
@@ -147,6 +148,8 @@ class VideoTask(Task):
         from ..io.images import collect_images, unique_stems
         from .predict import collect_videos
 
+        if person_boxes is not None:
+            raise ValueError(f"--person-boxes: only for pose models; this is a {self.name} model")
         try:
             videos = collect_videos(paths)
         except ValueError as video_error:
