@@ -19,7 +19,8 @@ from ..data.registry import dataset_spec
 from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
 from ..models import create_model, is_model
 from ..models._registry import unknown_model_error
-from .data import TASK, RECIPES, build_datasets
+from ..io.images import open_image
+from .data import TASK, RECIPES, build_datasets, eval_transform
 from .metrics import ClassificationEvaluator
 
 __all__ = ["ClassificationTask", "model_kwargs"]
@@ -107,8 +108,5 @@ class ClassificationTask(Task):
                         size: Sequence[int] | None = None) -> torch.Tensor:
         """The image preprocessed as ``tdaf eval`` does (resize + centre crop of the
         checkpoint's meta), or resized straight to ``size``."""
-        from ..io.images import open_image
-        from .data import eval_transform
-
         meta = dict(meta, input_size=list(size), resize=None) if size else dict(meta)
         return eval_transform(meta)(open_image(item.paths[0]))[None]

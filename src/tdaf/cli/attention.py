@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..engine.task import AttentionItem, Task
+from ..engine.task import AttentionItem, Task, get_task, task_names
 from ..io.outputs import Outputs
 from ..r2dns import R2DNS
 from ..viz import MAP_FORMATS, figure_title, save_attention_figure, save_maps
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{loaded.name} runs 1 flow, so it has no attention maps; use --flows 2 or more")
     meta = task.inference_meta(loaded.meta, loaded.model)
     size = task.example_size(meta, args.input_size) if args.input_size else None
+    if args.person_boxes is not None and not task.attention_person_boxes:
+        takers = [n for n in task_names() if get_task(n).attention_person_boxes]
+        raise ValueError(f"--person-boxes: only for {' and '.join(takers)} models; this is a {task.name} model")
     items = task.attention_items(args.images, meta, person_boxes=args.person_boxes)
     video = r2dns.dims == 3
     if video:

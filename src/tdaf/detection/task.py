@@ -10,15 +10,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.transforms.v2 import functional as TF
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import open_image
 from ..models import create_model, is_model, list_models, model_cfg
 from ..models._registry import unknown_model_error
 from .data import RECIPES, CocoDetection, apply_pair, collate_detection, eval_transform, train_transform
 from .metrics import COCO_METRICS, CocoEvaluator
 from .models import TASK
+from .network import FCOSNetwork, preprocess
 
 __all__ = ["DetectionTask", "open_split", "model_kwargs", "recipe_sizes"]
 
@@ -139,20 +143,12 @@ class DetectionTask(Task):
     def network(self, model: nn.Module) -> nn.Module:
         """Backbone + FPN + head (:class:`tdaf.detection.network.FCOSNetwork`): resizing,
         box decoding and NMS are left out (:func:`tdaf.detection.network.decode_detections`)."""
-        from .network import FCOSNetwork
-
         return FCOSNetwork(model)
 
     def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
                         size: Sequence[int] | None = None) -> torch.Tensor:
         """The whole image as the detector sees it: shorter side ``min_size`` (longer side at
         most ``max_size``) and normalised, without batch padding; or resized straight to ``size``."""
-        from torchvision.models.detection.transform import GeneralizedRCNNTransform
-        from torchvision.transforms.v2 import functional as TF
-
-        from ..io.images import open_image
-        from .network import preprocess
-
         img = TF.to_dtype(TF.pil_to_tensor(open_image(item.paths[0])), torch.float32, scale=True)
         if size:
             img = TF.resize(img, [int(s) for s in size[-2:]], antialias=True)

@@ -26,8 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from ..data.loading import Batch
+from ..io.images import collect_images, open_image, unique_stems
 from ..r2dns import R2DNS
 
 __all__ = [
@@ -187,6 +189,8 @@ class Task(ABC):
     # looks like (``inference_meta``, ``example_size``), where its R2DNS is, and how to read
     # and preprocess an input file for the attention maps.
 
+    attention_person_boxes: bool = False  # ``tdaf attention --person-boxes`` crops persons (top-down pose)
+
     def inference_meta(self, meta: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
         """``meta`` (a checkpoint's, or a registered model's config) with what the commands
         need: ``input_size`` of :meth:`network`'s input, ``[C, H, W]`` or ``[C, T, H, W]``,
@@ -217,13 +221,9 @@ class Task(ABC):
     def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
                         person_boxes: str | None = None) -> list[AttentionItem]:
         """The inputs named on ``tdaf attention``'s command line (``meta``: the model's, from
-        :meth:`inference_meta`; ``person_boxes``: ``--person-boxes``, pose only), checked
-        before anything is written. Default: image files and folders of images (recursive),
-        one item each."""
-        from ..io.images import collect_images, unique_stems
-
-        if person_boxes is not None:
-            raise ValueError(f"--person-boxes: only for pose models; this is a {self.name} model")
+        :meth:`inference_meta`; ``person_boxes``: the ``--person-boxes`` file, given only to
+        tasks whose :attr:`attention_person_boxes` is set), checked before anything is
+        written. Default: image files and folders of images (recursive), one item each."""
         images = collect_images(paths)
         return [AttentionItem(stem, [path], from_folder)
                 for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files))]
@@ -234,10 +234,6 @@ class Task(ABC):
         naming the file when it cannot be read). ``size`` (``[C, *size]`` from
         ``--input-size``): resize straight to it instead of the task's preprocessing.
         Default: the image resized to ``meta["input_size"]`` and normalised."""
-        from torchvision.transforms.v2 import functional as TF
-
-        from ..io.images import open_image
-
         img = TF.to_dtype(TF.pil_to_tensor(open_image(item.paths[0])), torch.float32, scale=True)
         hw = [int(s) for s in (size or meta["input_size"])[-2:]]
         x = TF.resize(img, hw, antialias=True)

@@ -4,22 +4,28 @@ COCO's keypoint AP."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import open_image
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import list_models, unknown_model_error
 from ..r2dns import R2DNS
-from .codec import flip_heatmaps
+from .codec import crop_to_image, flip_heatmaps
 from .data import TASK, Augment, CocoPersons, KeypointInfo, TopDownTransform, describe_drops, input_hw, pose_collate
 from .metrics import KeypointEvaluator, heatmap_loss
 from .models import HEATMAP_STRIDE
+from .predict import read_box_file
 
 __all__ = ["PoseTask", "pose_model_kwargs", "PoseData", "build_pose_data"]
 
@@ -62,6 +68,7 @@ class PoseTask(Task):
     the validation annotations, which :meth:`build_data` (or :meth:`set_eval_data`) sets."""
 
     name = TASK
+    attention_person_boxes = True
     main_metric = "AP"
     log_metrics = ("loss", "AP", "AP50", "AP75", "AP_M", "AP_L", "AR")
     defaults = {"model": "simplebaseline_resnet50", "data": "coco", "input_size": 256}
@@ -160,14 +167,6 @@ class PoseTask(Task):
         as ``tdaf predict --person-boxes`` takes it) one item per box, ``STEM_person{i}``,
         each box clipped to the image as evaluation does (a box wholly outside is left out,
         an image without boxes too, both said on stderr)."""
-        import sys
-        from pathlib import Path
-
-        from PIL import Image
-
-        from .codec import crop_to_image
-        from .predict import read_box_file
-
         items = super().attention_items(paths, meta)
         if person_boxes is None:
             return items
@@ -200,10 +199,6 @@ class PoseTask(Task):
         """The person crop of ``item.box`` (default: the whole image, as ``tdaf predict``
         crops it without ``--person-boxes``): the box widened to the input's aspect ratio
         (x1.25), warped to ``input_size`` (or ``size``) and normalised."""
-        import numpy as np
-
-        from ..io.images import open_image
-
         img = open_image(item.paths[0])
         h, w = (int(s) for s in (size or meta["input_size"])[-2:])
         # No augmentation and no flip: the transform never reads the joint names.

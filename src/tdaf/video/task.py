@@ -12,18 +12,23 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from ..data import collate_skip
 from ..data.registry import dataset_spec
 from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import collect_images, open_image, unique_stems
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import unknown_model_error
 from .data import TASK, build_datasets
+from .io import VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames
 from .metrics import VideoEvaluator
 from .models import inflate_state_dict
+from .predict import collect_videos
 from .transforms import RECIPES
 
 __all__ = ["VideoTask", "model_kwargs", "clip_frames"]
@@ -145,11 +150,6 @@ class VideoTask(Task):
         found in the folders named, one clip of the model's T frames each (uniformly spaced
         over the video, as ``tdaf predict`` takes them); otherwise the image files given
         (or found in the folders given) are the frames of one clip, in order."""
-        from ..io.images import collect_images, unique_stems
-        from .predict import collect_videos
-
-        if person_boxes is not None:
-            raise ValueError(f"--person-boxes: only for pose models; this is a {self.name} model")
         try:
             videos = collect_videos(paths)
         except ValueError as video_error:
@@ -169,12 +169,6 @@ class VideoTask(Task):
         video is shorter) or the item's image files, each resized (shorter side) and
         centre-cropped to the model's H x W as ``tdaf eval`` does, or resized straight to
         ``size``'s H x W; normalised with the checkpoint's mean and std."""
-        import numpy as np
-        from torchvision.transforms.v2 import functional as TF
-
-        from ..io.images import open_image
-        from .io import VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames
-
         path = item.paths[0]
         if len(item.paths) == 1 and (is_video_file(path) or is_frame_folder(path)):
             try:
