@@ -115,7 +115,6 @@ def test_tasks_do_not_import_each_other():
 
 # Commands of other branches of issue 22 that still import a task package by name (they move to
 # the task registry there); empty this set as they are merged.
-NOT_YET_ON_THE_REGISTRY = {"tdaf.cli.attention"}  # until the attention command is on the task interface
 
 
 def _in(module: str, packages: tuple[str, ...]) -> bool:
@@ -125,7 +124,7 @@ def _in(module: str, packages: tuple[str, ...]) -> bool:
 def test_the_cli_and_the_tasks_do_not_import_each_other():
     # The commands find tasks through the task registry; tasks know nothing of the commands.
     wrong = [f"{m} -> {t}" for m, edges in GRAPH.items() for t, _ in edges
-             if (_in(m, ("tdaf.cli",)) and _in(t, TASK_PACKAGES) and m not in NOT_YET_ON_THE_REGISTRY)
+             if (_in(m, ("tdaf.cli",)) and _in(t, TASK_PACKAGES))
              or (_in(m, TASK_PACKAGES) and _in(t, ("tdaf.cli",)))]
     assert wrong == []
     assert [p for p in PACKAGE.glob("*/cli.py")] == []  # no task keeps a command module of its own

@@ -3,7 +3,6 @@ frozen MFBN, up-sampling stages (SimpleBaseline's head) and 3-D inputs end to en
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest

@@ -149,6 +149,15 @@ def _outputs(out: Any) -> list[torch.Tensor]:
     )
 
 
+def _output_names(model: nn.Module, n_out: int) -> list[str]:
+    """The model's own ``output_names`` (e.g. FCOS's head outputs) when it has one per output,
+    else ``output`` / ``output0``, ``output1``, ..."""
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) == n_out:
+        return names
+    return [OUTPUT_NAME] if n_out == 1 else [f"{OUTPUT_NAME}{i}" for i in range(n_out)]
+
+
 def _check_sizes(model: nn.Module, sizes: Sequence[Sequence[int]], what: str) -> None:
     min_size = model_min_size(model)
     for size in sizes:
@@ -197,7 +206,7 @@ def export_onnx(
     spatial_dims = len(input_size) - 1
     with torch.no_grad():
         n_out = len(_outputs(model(example)))
-    out_names = [OUTPUT_NAME] if n_out == 1 else [f"{OUTPUT_NAME}{i}" for i in range(n_out)]
+    out_names = _output_names(model, n_out)
     with warnings.catch_warnings():
         # Both exporters warn about their own deprecations and tracer details on every call.
         warnings.simplefilter("ignore")
@@ -375,6 +384,9 @@ def export_model(
     model = model.eval().cpu()
     channels = int(input_size[0])
     size = tuple(int(s) for s in input_size[1:])
+    if check_size is not None and len(check_size) != len(size):
+        raise ValueError(f"--check-size: got {_fmt(check_size)}; give {len(size)} numbers, as the input size "
+                         f"{_fmt(size)} has")
     other = tuple(int(s) for s in check_size) if check_size is not None else second_size(size, model_min_size(model))
     _check_sizes(model, [size], "--input-size")
     if dynamic_hw:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,12 +18,12 @@ from torch import nn
 from ..data import TransformedDataset, collate_skip, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
-from ..io.images import ImageList
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import ImageList, open_image
 from ..io.table import counts_line, topk_table
 from ..models import create_model, is_model
 from ..models._registry import unknown_model_error
-from .data import TASK, RECIPES, build_datasets, eval_transform, open_split, ten_crop_transform
+from .data import RECIPES, TASK, build_datasets, eval_transform, open_split, ten_crop_transform
 from .metrics import ClassificationEvaluator
 from .predict import predict
 
@@ -178,3 +179,10 @@ class ClassificationTask(Task):
         counts = counts_line([f"{len(report['results'])} image(s)"], len(report["skipped"]), report["ignored"])
         return "\n".join(lines + [f"{counts}; {options.described}, scores are softmax probabilities"])
 
+    # --- attention / export / profile
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """The image preprocessed as ``tdaf eval`` does (resize + centre crop of the
+        checkpoint's meta), or resized straight to ``size``."""
+        meta = dict(meta, input_size=list(size), resize=None) if size else dict(meta)
+        return eval_transform(meta)(open_image(item.paths[0]))[None]

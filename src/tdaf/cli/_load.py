@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..attention import find_r2dns
-from ..engine.checkpoint import model_from_checkpoint
+from ..engine.checkpoint import load_checkpoint, model_from_payload
+from ..engine.task import Task, get_task
 from ..models import create_model, model_cfg
 from ..r2dns import R2DNS
 
@@ -30,14 +29,17 @@ class LoadedModel:
     trained: bool
     source: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+
+    def task_object(self) -> Task:
+        """The model's task (``tdaf.engine.task``), found through the task registry."""
+        return get_task(self.task, f"{self.source}: task")()
 
     @property
     def r2dns(self) -> R2DNS | None:
-        """The model's R2DNS (also the attention-free one of the multi-scale ablation), or None."""
-        try:
-            return find_r2dns(self.model)
-        except ValueError:
-            return None
+        """The model's R2DNS (also the attention-free one of the multi-scale ablation) as its
+        task finds it, or None."""
+        return self.task_object().attention_r2dns(self.model)
 
     @property
     def is_classifier(self) -> bool:
@@ -72,9 +74,11 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
                 raise ValueError(
                     f"--{opt.replace('_', '-')}: only with --model; a checkpoint already fixes the architecture"
                 )
-        model, meta = model_from_checkpoint(ckpt, what="--checkpoint")
+        payload = load_checkpoint(ckpt, "--checkpoint")
+        model, meta = model_from_payload(payload, ckpt, "--checkpoint")
         return LoadedModel(model=model, meta=meta, name=str(meta.get("model_name", "?")), trained=True,
-                           source=f"checkpoint {Path(ckpt).name}", kwargs=dict(meta.get("model_kwargs", {})))
+                           source=f"checkpoint {Path(ckpt).name}", kwargs=dict(meta.get("model_kwargs", {})),
+                           task=str(payload.get("task") or meta.get("task") or "classification"))
     name = args.model
     cfg = model_cfg(name)
     kwargs = {k: v for k in ("num_classes", "flows", "anar") if (v := getattr(args, k, None)) is not None}
@@ -88,4 +92,5 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
         "model_name": name,
         "model_kwargs": kwargs,
     }
-    return LoadedModel(model=model, meta=meta, name=name, trained=False, source="untrained", kwargs=kwargs)
+    return LoadedModel(model=model, meta=meta, name=name, trained=False, source="untrained", kwargs=kwargs,
+                       task=str(cfg.get("task", "classification")))

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
 from ..io.outputs import Outputs
-from ._common import add_input_size_arg, add_threads_arg, apply_threads, input_size_hw
+from ._common import add_input_size_arg, add_threads_arg, apply_threads
 from ._load import LoadedModel, add_model_args, load_model
 
 
@@ -24,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "inputs at the export size and at a second, odd size with another batch size, and the max absolute "
         "difference to PyTorch is printed; the command fails (exit 1) if it exceeds --tolerance (relative to "
         "the output's scale when that exceeds 1). The file records the model name, class names, mean, std "
-        "and input size (ONNX metadata_props; TorchScript extra file tdaf.json). Export runs on the CPU (the "
+        "and input size (ONNX metadata_props; TorchScript extra file tdaf.json). Every task's model: "
+        "classifiers and video models whole; pose models whole (heat-maps out); detectors as their network "
+        "(backbone + FPN + head: cls_logits, bbox_regression, bbox_ctrness), without the resizing and the "
+        "box decoding + NMS (docs/export.md says how to apply them). Export runs on the CPU (the "
         "files are device-independent), so the command has no --device.",
         epilog="example: tdaf export --checkpoint runs/digits/best.pt --format onnx --out digits.onnx",
     )
@@ -34,11 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output file (e.g. model.onnx, model.pt); an existing file is kept unless --overwrite")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out file (never the input checkpoint)")
-    add_input_size_arg(p, "example input height and width, or T H W for a video model (default: the "
-                       "checkpoint's / model's input size)")
-    p.add_argument("--check-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="second size for the parity check (default: an odd size ~1.4x H, 1.15x W, e.g. 45x37 "
-                   "for 32x32)")
+    add_input_size_arg(p, "example input height and width (video models: T H W, or H W with the model's clip "
+                       "length; default: the checkpoint's / model's input size; detection: min_size x max_size)")
+    p.add_argument("--check-size", type=int, nargs="+", metavar=("H", "W"), default=None,
+                   help="second size for the parity check, H W (video: T H W; default: an odd size ~1.4x H, "
+                   "1.15x W, e.g. 45x37 for 32x32, and 1.5x T)")
     p.add_argument("--static-hw", action="store_true", help="fix height and width to --input-size (batch stays dynamic)")
     p.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="torchscript",
                    help="torch.onnx exporter: torchscript (default; fast) or dynamo (torch.export + onnxscript, "
@@ -52,16 +55,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _metadata(loaded: LoadedModel) -> dict[str, Any]:
-    meta = loaded.meta
-    keys = ("class_names", "mean", "std", "input_size", "resize", "data")
-    out: dict[str, Any] = {"model": loaded.name, "model_kwargs": loaded.kwargs, "trained": loaded.trained,
-                           "source": loaded.source}
+def _metadata(loaded: LoadedModel, meta: dict[str, Any], network: Any) -> dict[str, Any]:
+    keys = ("class_names", "categories", "mean", "std", "input_size", "resize", "min_size", "max_size", "data",
+            "keypoint_names", "heatmap_stride")
+    out: dict[str, Any] = {"model": loaded.name, "task": loaded.task, "model_kwargs": loaded.kwargs,
+                           "trained": loaded.trained, "source": loaded.source}
     out.update({k: meta[k] for k in keys if k in meta})
+    if getattr(network, "output_names", None):  # a network of several named outputs (detection's head)
+        out["outputs"] = list(network.output_names)
     return out
 
 
-def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_bytes: int) -> str:
+def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_bytes: int,
+              outputs: Any = None) -> str:
     how = f"ONNX opset {report.opset}, {report.exporter} exporter" if report.format == "onnx" else "TorchScript (traced)"
     c, *dims = report.input_size
     names = ("T", "H", "W")[-len(dims):]  # (C, H, W) for images, (C, T, H, W) for video
@@ -72,8 +78,11 @@ def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_
         + ("dynamic" if report.dynamic_hw else f"fixed at {'x'.join(map(str, dims))}"),
         f"parity vs PyTorch ({'onnxruntime' if report.format == 'onnx' else 'torch.jit.load'}), random inputs:",
     ]
+    if outputs:  # a part of the model (detection's network): say what comes out and what is left to do
+        lines.insert(2, f"outputs: {', '.join(outputs)} (the {loaded.task} network; docs/export.md#every-task says "
+                        f"how to post-process them)")
     for p in report.parity:
-        where = f"  batch {p.batch} @ {p.size[0]}x{p.size[1]}: "
+        where = f"  batch {p.batch} @ {'x'.join(map(str, p.size))}: "
         lines.append(where + (f"FAILED to run ({p.error})" if p.error else
                               f"max abs diff {p.max_abs_diff:.2e} (outputs up to {p.max_abs_ref:.3g})"))
     lines += [f"note: {n}" for n in report.notes]
@@ -92,17 +101,6 @@ def _check_out(out: Path, args: argparse.Namespace) -> Outputs:
     return outputs
 
 
-def _example_size(given: list[int] | None, meta_size: list[int]) -> list[int]:
-    """``--input-size`` against the model's own input size: H [W] for images, T H W for video."""
-    if not given:
-        return [int(s) for s in meta_size[1:]]
-    if len(meta_size) == 4:
-        if len(given) != 3 or any(v < 1 for v in given):
-            raise ValueError(f"--input-size: got {' '.join(map(str, given))}; a video model takes T H W")
-        return list(given)
-    return list(input_size_hw(given) or ())
-
-
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     if args.tolerance <= 0:
@@ -115,17 +113,19 @@ def run(args: argparse.Namespace) -> int:
     if names is not None and isinstance(classes, int) and classes > 0 and len(names) != classes:
         raise ValueError(f"--checkpoint: {args.checkpoint} names {len(names)} classes but its model has "
                          f"{classes} outputs; the exported file would label its outputs wrongly")
-    meta_size = list(loaded.meta.get("input_size") or [])
-    if len(meta_size) not in (3, 4):
+    task = loaded.task_object()
+    meta = task.inference_meta(loaded.meta, loaded.model)
+    if len(meta.get("input_size") or []) not in (3, 4):
         raise ValueError(f"{loaded.source}: no input_size [C, H, W] recorded; give --input-size H W")
-    size = [int(meta_size[0]), *_example_size(args.input_size, meta_size)]
+    size = task.example_size(meta, args.input_size)
+    network = task.network(loaded.model)
     with outputs:
         # Exported to a temporary beside --out and checked there; --out gets it only when the
         # export, the parity check and the report all succeeded.
         tmp = outputs.temporary(out)
         report = export_model(
-            loaded.model, tmp, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
-            exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded),
+            network, tmp, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
+            exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded, meta, network),
         )
         size_bytes = Path(report.path).stat().st_size
         report.path = out
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             text = json.dumps(dict(report.to_dict(), ok=ok, tolerance=args.tolerance, written=ok))
         else:
-            text = _describe(report, loaded, args.tolerance, size_bytes)
+            text = _describe(report, loaded, args.tolerance, size_bytes, getattr(network, "output_names", None))
         if not ok:
             outputs.discard()  # a failed check leaves nothing behind (a rerun is not refused by it)
     print(text)

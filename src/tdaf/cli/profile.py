@@ -8,11 +8,15 @@ import json
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from ..engine.checkpoint import model_from_checkpoint
+from ..engine.task import get_task
 from ..models import create_model, list_models, model_cfg
+from ..models._builder import split_tdaf_kwargs
 from ..profile import profile_model
-from ._common import add_device_arg, add_input_size_arg, add_threads_arg, apply_threads, input_size_hw, resolve_device
+from ._common import add_device_arg, add_input_size_arg, add_threads_arg, apply_threads, resolve_device
 from ._table import format_table
 
 
@@ -21,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "profile",
         help="parameters, GMACs and latency of a model (and its plain baseline)",
         description="Count parameters and GMACs (torch.utils.flop_counter; MACs = FLOPs/2, as the paper "
-        "counts) and time the forward pass on this machine. For a tdaf_ model the plain baseline is "
-        "profiled too and the overhead shown, like the paper's Tab. 3a.",
+        "counts) and time the forward pass on this machine, for a model of any task at its input size "
+        "(classifiers, pose and video models whole; detectors as backbone + FPN + head, without the resizing "
+        "and the box decoding + NMS). For a tdaf_ model the plain baseline is profiled too and the overhead "
+        "shown, like the paper's Tab. 3a-6.",
         epilog="examples: tdaf profile tdaf_resnet50 --flows 3 --anar anar3 --input-size 224 224; "
                "tdaf profile --all --markdown > zoo.md (every registered model); "
                "tdaf profile --all 'tdaf_vgg*'; tdaf profile tdaf_timm/efficientnet_b0 timm/efficientnet_b0",
@@ -34,8 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--anar", default=None, help="anar2 | anar3 | anar5 | anar7 (tdaf_ models; default anar3)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
     p.add_argument("--model", default=None, metavar="NAME", help="the model to profile (or give names as MODEL ...)")
-    add_input_size_arg(p, "input height and width (default: the model's, e.g. 224 224; video models keep their "
-                       "clip length, e.g. 16 frames)")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="profile the model of a checkpoint written by `tdaf train` (any task) at the input size it "
+                   "was trained for, and its plain baseline")
+    add_input_size_arg(p, "input height and width (default: the model's, e.g. 224 224; detectors: min_size x "
+                       "max_size, 800 1333; video models: H W keeps the clip length, e.g. 16 frames, or T H W)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for the latency measurement (default 1)")
     p.add_argument("--iters", type=int, default=5, help="timed forward passes (median is reported; default 5)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing (params and GMACs only)")
@@ -52,26 +61,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any]) -> dict[str, Any]:
+def _parts(name: str, model: nn.Module, args: argparse.Namespace,
+           meta: dict[str, Any] | None = None) -> tuple[nn.Module, list[int], dict[str, Any]]:
+    """What is profiled of the model ``name`` (its task's network: the detector without its
+    resizing and NMS), the input size ``[C, ...]`` (the model's, --input-size replacing H and
+    W, or T H W for video) and the flows / ANAR of its R2DNS, found through its task."""
     cfg = model_cfg(name)
-    channels = cfg["input_size"][0]
-    size = _input_size(cfg, args)
-    model = create_model(name, num_classes=args.num_classes, **tdaf_args)
+    task = get_task(cfg.get("task", "classification"), f"{name}: task")()
+    meta = task.inference_meta(meta if meta is not None else {"input_size": list(cfg["input_size"])}, model)
+    size = task.example_size(meta, args.input_size)
+    r2dns = task.attention_r2dns(model)
+    info: dict[str, Any] = {}
+    if r2dns is not None and (cfg.get("tdaf") or cfg.get("tdaf_args")):  # TDAF models, the multi-scale ablation
+        info["flows"] = r2dns.flows
+        if cfg.get("tdaf"):
+            info["anar"] = r2dns.anar_name
+    return task.network(model), size, info
+
+
+def _profile(name: str, args: argparse.Namespace, tdaf_args: dict[str, Any], model: nn.Module | None = None,
+             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    if model is None:
+        model = create_model(name, num_classes=args.num_classes, **tdaf_args)
+    network, size, info = _parts(name, model, args, meta)
     result = profile_model(
-        model, (channels, *size), batch_size=args.batch_size, latency=not args.no_latency, iters=args.iters,
+        network, tuple(size), batch_size=args.batch_size, latency=not args.no_latency, iters=args.iters,
         device=resolve_device(args.device),
     )
     result["model"] = name
-    if cfg.get("tdaf"):
-        result.update(flows=model.backbone.flows, anar=model.backbone.anar_name)
+    result.update(info)
     return result
 
 
-def _input_size(cfg: dict[str, Any], args: argparse.Namespace) -> tuple[int, ...]:
-    """The model's input size without channels; --input-size replaces H and W (video models keep T)."""
-    default = tuple(cfg["input_size"][1:])
-    hw = input_size_hw(args.input_size)
-    return default[:-2] + hw if hw else default
+def _checkpoint_rows(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The checkpoint's model at the input size it was trained for (its task's inference
+    size), and its plain baseline with the same non-TDAF arguments (classes, sizes)."""
+    if args.model or args.all or any(getattr(args, k) is not None for k in ("flows", "anar", "num_classes")):
+        raise ValueError("--checkpoint: give it alone (a checkpoint fixes the model, its flows, ANAR and classes)")
+    model, meta = model_from_checkpoint(args.checkpoint, what="--checkpoint")
+    name = str(meta["model_name"])
+    result = _profile(name, args, {}, model, meta)
+    cfg = model_cfg(name)
+    if not cfg.get("baseline") or args.no_baseline:
+        return result, None
+    _, rest = split_tdaf_kwargs(dict(meta.get("model_kwargs", {})))
+    return result, _profile(cfg["baseline"], args, {}, create_model(cfg["baseline"], **rest), meta)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     args.model = ([args.model] if args.model else []) + list(args.names)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
+    if args.checkpoint:
+        result, baseline = _checkpoint_rows(args)
+        return _report(args, result, baseline)
     if args.all or len(args.model) > 1:
         return _run_zoo(args)
     if not args.model:
@@ -90,6 +127,11 @@ def run(args: argparse.Namespace) -> int:
     baseline = None
     if cfg.get("tdaf") and cfg.get("baseline") and not args.no_baseline:
         baseline = _profile(cfg["baseline"], args, {})
+    return _report(args, result, baseline)
+
+
+def _report(args: argparse.Namespace, result: dict[str, Any], baseline: dict[str, Any] | None) -> int:
+    if baseline is not None:
         result["baseline"] = baseline
         result["overhead"] = {
             "params": result["params"] / baseline["params"] - 1,
@@ -140,16 +182,13 @@ def _zoo_row(name: str, args: argparse.Namespace, cache: dict[str, dict[str, Any
     kwargs: dict[str, Any] = {}
     if cfg.get("tdaf"):
         kwargs = {k: v for k, v in (("flows", args.flows), ("anar", args.anar)) if v is not None}
-    size = _input_size(cfg, args)
     # Parameters and MACs need shapes only: the meta device skips weight init and memory.
     with torch.device("meta"):
         model = create_model(name, num_classes=args.num_classes, **kwargs)
-        row = profile_model(model, (cfg["input_size"][0], *size), latency=False)
+        network, size, info = _parts(name, model, args)
+        row = profile_model(network, tuple(size), latency=False)
     row["model"] = name
-    if cfg.get("tdaf") or cfg.get("tdaf_args"):  # TDAF models and the multi-scale ablation have flows
-        row["flows"] = model.backbone.flows
-    if cfg.get("tdaf"):
-        row["anar"] = model.backbone.anar_name
+    row.update(info)
     if cfg.get("baseline"):
         base = _zoo_row(cfg["baseline"], args, cache)
         row["baseline_model"] = base["model"]

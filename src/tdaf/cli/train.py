@@ -13,7 +13,7 @@ from typing import Any
 from ..data.registry import dataset_names, dataset_spec
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import (
-    AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, OWNED_KEYS, SCHEDULES, TrainConfig, load_config_file, override,
+    AMP_DTYPE_NAMES, MODEL_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file, override,
 )
 from ..engine.task import get_task, task_for_config, task_names, with_task_defaults
 from ..errors import UserError

@@ -6,18 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.transforms.v2 import functional as TF
 
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
-from ..io.images import ImageList
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import ImageList, open_image
 from ..io.outputs import Outputs
 from ..io.table import counts_line, format_table
 from ..models import create_model, is_model, list_models, model_cfg
@@ -25,6 +28,7 @@ from ..models._registry import unknown_model_error
 from .data import RECIPES, CocoDetection, apply_pair, collate_detection, eval_transform, train_transform
 from .metrics import COCO_METRICS, CocoEvaluator
 from .models import TASK
+from .network import FCOSNetwork, preprocess
 from .predict import draw_detections, predict
 
 __all__ = ["DetectionTask", "open_split", "model_kwargs", "recipe_sizes"]
@@ -226,3 +230,28 @@ class DetectionTask(Task):
                         meta: dict[str, Any]) -> Image.Image:
         return draw_detections(image, prediction)
 
+    # --- attention / export / profile
+    def inference_meta(self, meta: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+        """The detector's own resizing and normalisation (``model.transform``): inputs of
+        ``[3, min_size, max_size]`` (a landscape image at its largest, 800x1333 for COCO)."""
+        t = model.transform
+        min_size, max_size = int(t.min_size[-1]), int(t.max_size)
+        return dict(meta, input_size=[3, min_size, max_size], min_size=[min_size], max_size=max_size,
+                    mean=[float(v) for v in t.image_mean], std=[float(v) for v in t.image_std])
+
+    def network(self, model: nn.Module) -> nn.Module:
+        """Backbone + FPN + head (:class:`tdaf.detection.network.FCOSNetwork`): resizing,
+        box decoding and NMS are left out (:func:`tdaf.detection.network.decode_detections`)."""
+        return FCOSNetwork(model)
+
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """The whole image as the detector sees it: shorter side ``min_size`` (longer side at
+        most ``max_size``) and normalised, without batch padding; or resized straight to ``size``."""
+        img = TF.to_dtype(TF.pil_to_tensor(open_image(item.paths[0])), torch.float32, scale=True)
+        if size:
+            img = TF.resize(img, [int(s) for s in size[-2:]], antialias=True)
+            return TF.normalize(img, list(meta["mean"]), list(meta["std"]))[None]
+        transform = GeneralizedRCNNTransform(int(meta["min_size"][-1]), int(meta["max_size"]), list(meta["mean"]),
+                                             list(meta["std"]))
+        return preprocess(transform, img)[None]

@@ -20,22 +20,25 @@ import dataclasses
 import difflib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from ..data.loading import Batch
-from ..io.images import collect_images
+from ..io.images import collect_images, open_image, unique_stems
+from ..r2dns import R2DNS
 from .options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 
 __all__ = [
-    "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "register_task", "get_task",
-    "task_names", "task_for_config", "with_task_defaults", "move_to", "task_flags",
+    "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "AttentionItem", "register_task",
+    "get_task", "task_names", "task_for_config", "with_task_defaults", "move_to", "task_flags",
 ]
 
 
@@ -82,6 +85,21 @@ class BuiltModel:
     model: nn.Module
     name: str
     kwargs: dict[str, Any]
+
+
+@dataclass
+class AttentionItem:
+    """One input of ``tdaf attention``: an image, a video file, a frame folder, or a list
+    of image files read as the frames of one clip; ``stem`` names its figure, ``frames``
+    is the clip length a video input will have (None for an image), ``from_folder`` says
+    that it was found inside a folder named on the command line (then an unreadable one is
+    skipped, not fatal), ``box`` an ``[x, y, w, h]`` region of the image (a person box)."""
+
+    stem: str
+    paths: list[Path]
+    from_folder: bool = False
+    frames: int | None = None
+    box: list[float] | None = None
 
 
 class Evaluator(ABC):
@@ -219,6 +237,62 @@ class Task(ABC):
         if best is None:
             return True
         return value > best if self.greater_is_better else value < best
+
+    # --- attention / export / profile
+    # ``tdaf attention``, ``tdaf export`` and ``tdaf profile`` are written once over these:
+    # a task says what part of its model takes one tensor (``network``), what an input of it
+    # looks like (``inference_meta``, ``example_size``), where its R2DNS is, and how to read
+    # and preprocess an input file for the attention maps.
+
+    attention_person_boxes: bool = False  # ``tdaf attention --person-boxes`` crops persons (top-down pose)
+
+    def inference_meta(self, meta: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+        """``meta`` (a checkpoint's, or a registered model's config) with what the commands
+        need: ``input_size`` of :meth:`network`'s input, ``[C, H, W]`` or ``[C, T, H, W]``,
+        and the ``mean`` / ``std`` it is normalised with. Default: ``meta`` as it is."""
+        return dict(meta)
+
+    def example_size(self, meta: Mapping[str, Any], given: Sequence[int] | None = None) -> list[int]:
+        """``[C, *size]`` of an input of :meth:`network`: ``meta["input_size"]``, with its
+        height and width replaced by ``given`` (``--input-size H W``, or ``H`` for a square)."""
+        size = [int(s) for s in meta["input_size"]]
+        if not given:
+            return size
+        if not 1 <= len(given) <= 2 or any(int(v) < 1 for v in given):
+            raise ValueError(f"--input-size: got {' '.join(map(str, given))}; allowed: H or H W, positive integers")
+        return [*size[:-2], int(given[0]), int(given[-1])]
+
+    def network(self, model: nn.Module) -> nn.Module:
+        """The part of ``model`` that takes one normalised tensor of :meth:`example_size` and
+        returns a tensor or a tuple of tensors: what ``tdaf export`` writes, ``tdaf profile``
+        counts and ``tdaf attention`` runs. Default: the model itself."""
+        return model
+
+    def attention_r2dns(self, model: nn.Module) -> R2DNS | None:
+        """The R2DNS whose ANAR maps ``tdaf attention`` draws, or None (a plain model)."""
+        found = [m for m in model.modules() if isinstance(m, R2DNS)]
+        return found[0] if len(found) == 1 else None
+
+    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
+                        person_boxes: str | None = None) -> list[AttentionItem]:
+        """The inputs named on ``tdaf attention``'s command line (``meta``: the model's, from
+        :meth:`inference_meta`; ``person_boxes``: the ``--person-boxes`` file, given only to
+        tasks whose :attr:`attention_person_boxes` is set), checked before anything is
+        written. Default: image files and folders of images (recursive), one item each."""
+        images = collect_images(paths)
+        return [AttentionItem(stem, [path], from_folder)
+                for path, from_folder, stem in zip(images.files, images.from_folder, unique_stems(images.files))]
+
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """``item`` read and preprocessed for :meth:`network` as a batch of one (ValueError
+        naming the file when it cannot be read). ``size`` (``[C, *size]`` from
+        ``--input-size``): resize straight to it instead of the task's preprocessing.
+        Default: the image resized to ``meta["input_size"]`` and normalised."""
+        img = TF.to_dtype(TF.pil_to_tensor(open_image(item.paths[0])), torch.float32, scale=True)
+        hw = [int(s) for s in (size or meta["input_size"])[-2:]]
+        x = TF.resize(img, hw, antialias=True)
+        return TF.normalize(x, list(meta["mean"]), list(meta["std"]))[None]
 
 
 def move_to(obj: Any, device: torch.device, memory_format: torch.memory_format | None = None) -> Any:

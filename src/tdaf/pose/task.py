@@ -5,9 +5,12 @@ COCO's keypoint AP."""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -15,20 +18,21 @@ from torch import nn
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
 from ..io.images import ImageList, open_image, unique_stems
 from ..io.outputs import Outputs, output_name
 from ..io.table import counts_line, format_table
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import list_models, unknown_model_error
-from .codec import flip_heatmaps
+from ..r2dns import R2DNS
+from .codec import crop_to_image, flip_heatmaps
 from .data import (
     PERSON_BOXES_LAYOUTS, TASK, Augment, CocoPersons, KeypointInfo, TopDownTransform, annotation_file, describe_drops,
     input_hw, pose_collate,
 )
 from .metrics import STAT_NAMES, KeypointEvaluator, heatmap_loss
-from .predict import pose_picture, predict_poses, read_box_file
 from .models import HEATMAP_STRIDE
+from .predict import boxes_of, pose_picture, predict_poses, read_box_file
 
 __all__ = ["PoseTask", "pose_model_kwargs", "PoseData", "build_pose_data"]
 
@@ -82,6 +86,7 @@ class PoseTask(Task):
     the validation annotations, which :meth:`build_data` (or :meth:`set_eval_data`) sets."""
 
     name = TASK
+    attention_person_boxes = True
     main_metric = "AP"
     log_metrics = ("loss", "AP", "AP50", "AP75", "AP_M", "AP_L", "AR")
     defaults = {"model": "simplebaseline_resnet50", "data": "coco", "input_size": 256}
@@ -275,3 +280,59 @@ class PoseTask(Task):
     def draw_prediction(self, image: Image.Image, prediction: dict[str, Any],
                         meta: dict[str, Any]) -> Image.Image:
         return pose_picture(image, prediction["persons"], meta["skeleton"], names=meta.get("keypoint_names"))
+
+    # --- attention / export / profile
+    def attention_r2dns(self, model: nn.Module) -> R2DNS | None:
+        """The R2DNS of the deconvolution head (TDAF SimpleBaseline, paper §4.3), else that
+        of the backbone (``tdaf_backbone=True`` with a plain head)."""
+        for part in (getattr(model, "head", None), getattr(model, "backbone", None)):
+            if isinstance(part, R2DNS) and part.anar_name is not None:
+                return part
+        return super().attention_r2dns(model)
+
+    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
+                        person_boxes: str | None = None) -> list[AttentionItem]:
+        """Images, one person crop each (the whole image); with ``person_boxes`` (a box file
+        as ``tdaf eval`` and ``tdaf predict`` take it: a COCO results json or a mapping) one item per box, ``STEM_person{i}``,
+        each box clipped to the image as evaluation does (a box wholly outside is left out,
+        an image without boxes too, both said on stderr)."""
+        items = super().attention_items(paths, meta)
+        if person_boxes is None:
+            return items
+        boxes = read_box_file(person_boxes)
+        out: list[AttentionItem] = []
+        for item in items:
+            path = item.paths[0]
+            given = boxes_of(boxes, path)
+            if not given:
+                print(f"--person-boxes: no box for {path}; skipped", file=sys.stderr)
+                continue
+            try:
+                with Image.open(path) as img:
+                    width, height = img.size
+            except OSError:  # unreadable: attention_input names it (skipped inside folders)
+                width = height = None
+            for i, b in enumerate(given):
+                inside = crop_to_image(b[:4], width, height) if width is not None else list(b[:4])
+                if inside is None:
+                    print(f"--person-boxes: {path} box {i} lies outside the {width}x{height} image; left out",
+                          file=sys.stderr)
+                    continue
+                out.append(AttentionItem(f"{item.stem}_person{i}", [path], item.from_folder, box=list(inside)))
+        if not out:
+            raise ValueError(f"--person-boxes: {person_boxes} has no box inside the images given")
+        return out
+
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """The person crop of ``item.box`` (default: the whole image, as ``tdaf predict``
+        crops it without ``--person-boxes``): the box widened to the input's aspect ratio
+        (x1.25), warped to ``input_size`` (or ``size``) and normalised."""
+        img = open_image(item.paths[0])
+        h, w = (int(s) for s in (size or meta["input_size"])[-2:])
+        # No augmentation and no flip: the transform never reads the joint names.
+        transform = TopDownTransform((h, w), None, None, meta["mean"], meta["std"])  # type: ignore[arg-type]
+        box = item.box or [0.0, 0.0, float(img.width), float(img.height)]
+        crop, _ = transform((img, dict(image_id=0, box=box, score=1.0, area=float(box[2] * box[3]),
+                                       keypoints=np.zeros((1, 3)))))
+        return crop[None]

@@ -11,21 +11,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from ..data import collate_skip, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
-from ..engine.task import BuiltModel, StepOutput, Task, TaskData, register_task
+from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
+from ..io.images import collect_images, open_image, unique_stems
 from ..io.table import counts_line, topk_table
 from ..models import create_model, is_model, model_cfg
 from ..models._registry import unknown_model_error
 from .data import TASK, VideoClips, build_datasets, open_split
+from .io import VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames
 from .metrics import VideoEvaluator
 from .models import inflate_state_dict
 from .predict import VideoList, collect_videos, predict_videos
@@ -215,3 +219,64 @@ class VideoTask(Task):
         return "\n".join(lines + [
             f"{counts}; {options.described}, {report['clips_per_video']} clip(s) of {frames}x{h}x{w} per video, "
             f"scores are softmax probabilities averaged over the clips"])
+
+    # --- attention / export / profile
+    def example_size(self, meta: Mapping[str, Any], given: Sequence[int] | None = None) -> list[int]:
+        """``[C, T, H, W]``: the model's clip, or ``--input-size T H W``, or ``--input-size
+        H W`` (one number: a square) with the model's clip length T."""
+        size = [int(s) for s in meta["input_size"]]
+        if not given:
+            return size
+        if not 1 <= len(given) <= 3 or any(int(v) < 1 for v in given):
+            raise ValueError(f"--input-size: got {' '.join(map(str, given))}; allowed for a video model: T H W, or "
+                             f"H W (or H, a square) with the model's {size[1]} frames, positive integers")
+        if len(given) == 3:
+            return [size[0], *(int(v) for v in given)]
+        return [size[0], size[1], int(given[0]), int(given[-1])]
+
+    def attention_items(self, paths: Sequence[str], meta: Mapping[str, Any],
+                        person_boxes: str | None = None) -> list[AttentionItem]:
+        """Video files (.mp4 ...) and Hara frame folders (``image_00001.jpg`` ...), named or
+        found in the folders named, one clip of the model's T frames each (uniformly spaced
+        over the video, as ``tdaf predict`` takes them); otherwise the image files given
+        (or found in the folders given) are the frames of one clip, in order."""
+        try:
+            videos = collect_videos(paths)
+        except ValueError as video_error:
+            try:
+                images = collect_images(paths)
+            except ValueError as image_error:
+                raise ValueError(f"{image_error}; nor a video: {video_error}") from None
+            return [AttentionItem(f"{unique_stems(images.files[:1])[0]}_clip", list(images.files),
+                                  frames=len(images.files))]
+        frames = int(meta["input_size"][1])
+        return [AttentionItem(stem, [path], from_folder, frames)
+                for path, from_folder, stem in zip(videos.files, videos.from_folder, unique_stems(videos.files))]
+
+    def attention_input(self, item: AttentionItem, meta: Mapping[str, Any],
+                        size: Sequence[int] | None = None) -> torch.Tensor:
+        """One clip ``(1, C, T, H, W)``: T frames of a video (uniformly spaced, looped when the
+        video is shorter) or the item's image files, each resized (shorter side) and
+        centre-cropped to the model's H x W as ``tdaf eval`` does, or resized straight to
+        ``size``'s H x W; normalised with the checkpoint's mean and std."""
+        path = item.paths[0]
+        if len(item.paths) == 1 and (is_video_file(path) or is_frame_folder(path)):
+            try:
+                t = int((size or meta["input_size"])[1])
+                frames, _ = read_frames(path, eval_clip_indices(count_frames(path), t, 1)[0])
+            except (VideoReadError, OSError) as e:
+                raise ValueError(str(e)) from None
+            video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+        else:
+            pictures = [TF.pil_to_tensor(open_image(p)) for p in item.paths]
+            if len({p.shape for p in pictures}) > 1:  # frames of several sizes: each to the first's
+                pictures = [TF.resize(p, list(pictures[0].shape[-2:]), antialias=True) for p in pictures]
+            video = torch.stack(pictures)
+        x = TF.to_dtype(video, torch.float32, scale=True)
+        if size:
+            x = TF.resize(x, [int(s) for s in size[-2:]], antialias=True)
+        else:
+            crop = int(meta["input_size"][-1])
+            x = TF.center_crop(TF.resize(x, crop, antialias=True), [int(meta["input_size"][-2]), crop])
+        x = TF.normalize(x, list(meta["mean"]), list(meta["std"]))
+        return x.permute(1, 0, 2, 3)[None]  # (1, C, T, H, W)
