@@ -17,12 +17,12 @@ import torch
 
 from .digits import DIGITS_MEAN, DIGITS_STD, digits_pixels
 from .loading import Batch, RawSplit, TransformedDataset, collate_skip
-from .registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
+from .registry import DatasetSpec, data_home, dataset_names, dataset_spec, register_dataset
 from .samplers import GlobalBatchSampler, ShardSampler
 
 __all__ = [
     "Batch", "TransformedDataset", "collate_skip", "RawSplit", "GlobalBatchSampler", "ShardSampler", "subset_indices",
-    "DatasetSpec", "register_dataset", "dataset_spec", "dataset_names", "digits_pixels", "DIGITS_MEAN",
+    "DatasetSpec", "data_home", "register_dataset", "dataset_spec", "dataset_names", "digits_pixels", "DIGITS_MEAN",
     "DIGITS_STD",
 ]
 

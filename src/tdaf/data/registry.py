@@ -7,13 +7,23 @@ engine nor the command line holds a list of data sets or an if-chain over them.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["DatasetSpec", "register_dataset", "dataset_spec", "dataset_names"]
+__all__ = ["DatasetSpec", "register_dataset", "dataset_spec", "dataset_names", "data_home"]
+
+
+def data_home() -> Path:
+    """Where the bundled data sets that are written on first use live (digit scenes, stick
+    figures, moving digits): ``$TDAF_DATA``, default ``~/.cache/tdaf``. (``$TDAF_CACHE``, the
+    name earlier releases read for the digit scenes, is still honoured when ``TDAF_DATA`` is unset.)"""
+    home = os.environ.get("TDAF_DATA") or os.environ.get("TDAF_CACHE") or Path.home() / ".cache" / "tdaf"
+    return Path(home).expanduser()
 
 
 @dataclass(frozen=True)

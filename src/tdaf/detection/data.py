@@ -40,7 +40,7 @@ from torchvision.transforms import v2
 from ..data import Batch
 from ..data.checks import check_size
 from ..data.digits import digits_pixels
-from ..data.registry import DatasetSpec, register_dataset
+from ..data.registry import DatasetSpec, data_home, register_dataset
 from ..io.files import staged_dir
 from ..io.images import open_image
 from .models import TASK
@@ -345,15 +345,11 @@ def write_digit_scenes(root: str | os.PathLike[str], train_images: int = 500, va
     return root
 
 
-def default_cache() -> Path:
-    return Path(os.environ.get("TDAF_CACHE", Path.home() / ".cache" / "tdaf"))
-
-
 def open_digit_scenes(split: str, data_dir: str | os.PathLike[str] | None,
                       one_category: bool = False) -> CocoDetection:
-    """The digit scenes under ``data_dir`` (default ``$TDAF_CACHE/digit_scenes[_1c]``), written there on first use."""
+    """The digit scenes under ``data_dir`` (default ``$TDAF_DATA/digit_scenes[_1c]``), written there on first use."""
     name = "digit_scenes_1c" if one_category else "digit_scenes"
-    root = Path(data_dir).expanduser() if data_dir is not None else default_cache() / name
+    root = Path(data_dir).expanduser() if data_dir is not None else data_home() / name
     if not (root / "annotations" / f"instances_{split}.json").is_file():
         if root.exists() and any(root.iterdir()):
             raise ValueError(f"--data-dir: {root} holds files but no digit scenes "

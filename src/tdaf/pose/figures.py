@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..data.registry import DatasetSpec, register_dataset
+from ..data.registry import DatasetSpec, data_home, register_dataset
 from ..io.files import staged_dir
 from .data import TASK, CocoPersons, annotation_file
 
@@ -394,7 +394,7 @@ def stick_figures_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     if data_dir is not None:
         root = Path(data_dir).expanduser()
     else:
-        root = Path(os.environ.get("TDAF_DATA") or Path.home() / ".cache" / "tdaf").expanduser() / VERSION
+        root = data_home() / VERSION
     if _complete(root):
         return root
     if root.exists() and any(root.iterdir()):

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data import digits_pixels
+from ..data import data_home, digits_pixels
 from ..io.optional import require
 
 __all__ = [
@@ -56,10 +56,6 @@ HARD_MOTIONS = (*DIRECTIONS, "turn_ccw", "turn_cw")
 HARD_VERSION = "moving_digits_hard-v1"
 HARD_CANVAS, HARD_FRAMES, HARD_DIGIT, HARD_DISTRACTORS = 32, 16, 12, 2
 HARD_SIZES = {"train": 1000, "val": 300}
-
-
-def _data_home() -> Path:
-    return Path(os.environ.get("TDAF_DATA") or Path.home() / ".cache" / "tdaf").expanduser()
 
 
 def render_motion(digit: np.ndarray, motion: str, rng: np.random.Generator, frames: int = FRAMES,
@@ -244,7 +240,7 @@ def moving_digits_hard_root() -> Path:
 
 
 def _written(version: str, write: Callable[[Path], Path]) -> Path:
-    home = _data_home()
+    home = data_home()
     root = home / version
     if (root / "val").is_dir():
         return root
