@@ -291,14 +291,20 @@ def save_attention_figure(
     through ``outputs`` when given (a command's :class:`tdaf.io.Outputs`). Returns the path.
     """
     fig, grid = attention_figure(image, maps, **kwargs)
+    return save_figure(fig, path, {"Title": kwargs.get("title") or "TDAF attention maps",
+                                   "tdaf:stages": ",".join(map(str, grid.stages)),
+                                   "tdaf:flows": ",".join(map(str, grid.flows)), **(metadata or {})},
+                       dpi=dpi, outputs=outputs)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], info: Mapping[str, Any], *, dpi: int = 100,
+                outputs: Outputs | None = None) -> Path:
+    """Write a matplotlib figure to ``path`` in the format its suffix names (default PNG),
+    atomically (through ``outputs`` when given); a PNG records ``info`` in its text chunks."""
     p = Path(path)
-    info = None
-    if p.suffix.lower() == ".png":
-        info = {"Software": "tdaf", "Title": kwargs.get("title") or "TDAF attention maps",
-                "tdaf:stages": ",".join(map(str, grid.stages)), "tdaf:flows": ",".join(map(str, grid.flows))}
-        info.update({str(k): str(v) for k, v in (metadata or {}).items()})
     fmt = p.suffix.lstrip(".").lower() or "png"
-    return _write(outputs, p, lambda f: fig.savefig(f, dpi=dpi, metadata=info, format=fmt))
+    meta = {"Software": "tdaf", **{str(k): str(v) for k, v in info.items()}} if fmt == "png" else None
+    return _write(outputs, p, lambda f: fig.savefig(f, dpi=dpi, metadata=meta, format=fmt))
 
 
 def _write(outputs: Outputs | None, path: Path, save: Any) -> Path:

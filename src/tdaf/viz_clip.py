@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .io.outputs import Outputs
-from .viz import _matplotlib, _upsampled, _write, denormalize
+from .viz import _matplotlib, _upsampled, denormalize, save_figure
 
 __all__ = ["clip_frames_shown", "clip_attention_figure", "save_clip_attention_figure"]
 
@@ -111,11 +111,7 @@ def save_clip_attention_figure(
     """Write :func:`clip_attention_figure` to ``path`` (atomically, through ``outputs`` when
     given); a PNG records the title, stages, flow and frames in its text chunks."""
     fig, stages, frames = clip_attention_figure(clip, maps, **kwargs)
-    p = Path(path)
-    info = None
-    if p.suffix.lower() == ".png":
-        info = {"Software": "tdaf", "Title": kwargs.get("title") or "TDAF attention maps over the clip",
-                "tdaf:stages": ",".join(map(str, stages)), "tdaf:frames": ",".join(map(str, frames))}
-        info.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    fmt = p.suffix.lstrip(".").lower() or "png"
-    return _write(outputs, p, lambda f: fig.savefig(f, dpi=dpi, metadata=info, format=fmt))
+    return save_figure(fig, path, {"Title": kwargs.get("title") or "TDAF attention maps over the clip",
+                                   "tdaf:stages": ",".join(map(str, stages)),
+                                   "tdaf:frames": ",".join(map(str, frames)), **(metadata or {})},
+                       dpi=dpi, outputs=outputs)
