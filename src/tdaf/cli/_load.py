@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -77,7 +76,7 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
         payload = load_checkpoint(ckpt, "--checkpoint")
         model, meta = model_from_payload(payload, ckpt, "--checkpoint")
         return LoadedModel(model=model, meta=meta, name=str(meta.get("model_name", "?")), trained=True,
-                           source=f"checkpoint {Path(ckpt).name}", kwargs=dict(meta.get("model_kwargs", {})),
+                           source=f"checkpoint {ckpt}", kwargs=dict(meta.get("model_kwargs", {})),
                            task=str(payload.get("task") or meta.get("task") or "classification"))
     name = args.model
     cfg = model_cfg(name)
