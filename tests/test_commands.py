@@ -71,8 +71,10 @@ def test_evaluate_checkpoint_is_one_function_for_every_task(classification_run, 
     one = evaluate_checkpoint(ckpt, progress=False, workers=0)
     ten = evaluate_checkpoint(ckpt, progress=False, workers=0, task={"ten_crop": True})
     assert (one["crops"], ten["crops"], one["images"], ten["images"]) == (1, 10, 6, 6)
-    with pytest.raises(ValueError, match="--clips: not an option of classification checkpoints"):
+    with pytest.raises(ValueError, match="--clips: only for video checkpoints; .* is a classification checkpoint"):
         evaluate_checkpoint(ckpt, task={"clips": 3})
+    with pytest.raises(ValueError, match="--nonsense: not an option of classification checkpoints .*theirs: --ten-crop"):
+        evaluate_checkpoint(ckpt, task={"nonsense": 3})
     coco, pose_ckpt = pose_run
     flip, no_flip = (evaluate_checkpoint(pose_ckpt, progress=False, workers=0, task={"no_flip_test": f})
                      for f in (False, True))

@@ -2,7 +2,8 @@
 
 A checkpoint knows its task; each task adds its flags of a command with
 ``Task.add_<command>_args`` (in a ``--help`` group of its own), and the command hands the
-ones given to the checkpoint's task. A flag of another task is refused. The cli names no task.
+ones given to the checkpoint's task, which refuses a flag of another task
+(:func:`tdaf.engine.task.foreign_flag_error`). The cli names no task.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..engine.checkpoint import load_checkpoint
-from ..engine.task import Task, get_task, task_flags, task_names
+from ..engine.task import Task, foreign_flag_error, get_task, task_flags, task_names
 
-__all__ = ["add_task_args", "checkpoint_task", "task_options"]
+__all__ = ["add_task_args", "given_options", "task_options"]
 
 
 def add_task_args(p: argparse.ArgumentParser, command: str) -> None:
@@ -23,23 +23,18 @@ def add_task_args(p: argparse.ArgumentParser, command: str) -> None:
             getattr(get_task(name), f"add_{command}_args")(p.add_argument_group(f"{name} checkpoints"))
 
 
-def checkpoint_task(path: str, what: str = "--checkpoint") -> Task:
-    """The task (an object of its registered class) a checkpoint was trained for
-    (classification for checkpoints that do not say)."""
-    name = load_checkpoint(path, what).get("task", "classification")
-    if name not in task_names():
-        raise ValueError(f"{what}: {path} is a {name!r} checkpoint, which this version of tdaf cannot run "
-                         f"(tasks: {', '.join(task_names())})")
-    return get_task(name)()
+def given_options(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Every task's flags of ``command`` given on the command line (by dest; a flag that was not
+    given is None or False): the checkpoint's task refuses those that are not its own."""
+    return {dest: value for name in task_names() for dest in task_flags(get_task(name), command)
+            if (value := getattr(args, dest, None)) not in (None, False)}
 
 
-def task_options(args: argparse.Namespace, command: str, task: Task) -> dict[str, Any]:
+def task_options(args: argparse.Namespace, command: str, task: Task, checkpoint: str) -> dict[str, Any]:
     """The flags of ``task`` given on the command line (by dest), after refusing those of
-    other tasks (their flags default to None; a flag given is neither None nor False)."""
+    other tasks."""
     own = task_flags(task, command)
-    for name in task_names():
-        for dest in task_flags(get_task(name), command):
-            if dest not in own and getattr(args, dest, None) not in (None, False):
-                raise ValueError(f"--{dest.replace('_', '-')}: only for {name} checkpoints; {args.checkpoint} "
-                                 f"is a {task.name} checkpoint")
+    for dest in given_options(args, command):
+        if dest not in own:
+            raise foreign_flag_error(task, command, dest, checkpoint)
     return {dest: getattr(args, dest, None) for dest in own}

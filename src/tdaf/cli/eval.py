@@ -12,7 +12,8 @@ from ._common import (
     add_amp_arg, add_channels_last_arg, add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg,
     apply_threads,
 )
-from ._task_args import add_task_args, checkpoint_task, task_options
+from ..engine.task import get_task
+from ._task_args import add_task_args, given_options
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -52,14 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
-    task = checkpoint_task(args.checkpoint)
     options = EvalOptions(
         data=args.data, data_dir=args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
         workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last, strict=args.strict,
-        progress=args.progress and not args.json, overwrite=args.overwrite, task=task_options(args, "eval", task),
+        progress=args.progress and not args.json, overwrite=args.overwrite, task=given_options(args, "eval"),
     )
     result = evaluate_checkpoint(args.checkpoint, options)
     if result is None:  # not the main process
         return 0
-    print(json.dumps(json_safe(result), allow_nan=False) if args.json else task.format_eval(result))
+    if args.json:
+        print(json.dumps(json_safe(result), allow_nan=False))
+    else:
+        print(get_task(result["task"])().format_eval(result))
     return 0

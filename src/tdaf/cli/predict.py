@@ -13,7 +13,7 @@ from ._common import (
     add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads, resolve_device,
 )
 from ._load import add_model_args, load_model
-from ._task_args import add_task_args, checkpoint_task, task_options
+from ._task_args import add_task_args, task_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,13 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
-    task = checkpoint_task(args.checkpoint)
-    own = task_options(args, "predict", task)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: got {args.batch_size}; allowed: >= 1")
     device = resolve_device(args.device)
+    loaded = load_model(args)  # the checkpoint, read once: its model and its task
+    task = loaded.task_object()
+    own = task_options(args, "predict", task, args.checkpoint)
     inputs = task.predict_inputs(args.images)
-    loaded = load_model(args)
     options = PredictOptions(checkpoint=str(args.checkpoint), device=device, batch_size=args.batch_size,
                              workers=args.workers, progress=args.progress, overwrite=args.overwrite,
                              described=loaded.describe(), task=own)

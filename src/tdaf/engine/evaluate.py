@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
 from .options import CheckpointToEvaluate, EvalData, EvalOptions
 from .resources import loader_workers
-from .task import Evaluator, Task, get_task, task_flags, task_names
+from .task import Evaluator, Task, checkpoint_task, foreign_flag_error, task_flags
 
 __all__ = [
     "evaluate", "evaluate_dataset", "evaluate_checkpoint", "open_checkpoint", "EvalOptions", "EvalData",
@@ -139,11 +139,7 @@ def open_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions) ->
     ``options.data_dir``, else the absolute one the checkpoint records, else (checkpoints of
     earlier releases) its run's ``data_dir`` or ``out/data/<data>`` where that still exists."""
     payload = load_checkpoint(checkpoint, "--checkpoint")
-    name = payload.get("task", "classification")
-    if name not in task_names():
-        raise ValueError(f"--checkpoint: {checkpoint} is a {name!r} checkpoint, which this version of tdaf cannot "
-                         f"run (tasks: {', '.join(task_names())})")
-    task = get_task(name)()
+    task = checkpoint_task(payload, checkpoint)
     model, meta = model_from_payload(payload, checkpoint, "--checkpoint")
     data = options.data or meta.get("data")
     if data is None:
@@ -181,8 +177,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions
     allowed = task_flags(task, "eval")
     unknown = sorted(k for k, v in options.task.items() if k not in allowed and v not in (None, False))
     if unknown:
-        raise ValueError(f"--{unknown[0].replace('_', '-')}: not an option of {task.name} checkpoints "
-                         f"({checkpoint}); theirs: {', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
+        raise foreign_flag_error(task, "eval", unknown[0], checkpoint)
     batch_size = options.batch_size if options.batch_size is not None else task.eval_batch_size
     if batch_size < 1:
         raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
@@ -193,7 +188,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions
                               strict=options.strict, progress=options.progress, evaluator=data.evaluator)
     if result is None:
         return None
-    out = {"checkpoint": str(checkpoint), "model": opened.meta.get("model_name"), "data": opened.data,
+    out = {"checkpoint": str(checkpoint), "task": task.name, "model": opened.meta.get("model_name"),
+           "data": opened.data,
            "split": options.split, "data_dir": opened.data_dir, "epoch": opened.meta.get("epoch"), **data.info,
            **result}
     if data.finish is not None:

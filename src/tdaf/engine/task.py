@@ -38,7 +38,8 @@ from .options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
 
 __all__ = [
     "Task", "Evaluator", "Batch", "StepOutput", "TaskData", "BuiltModel", "AttentionItem", "register_task",
-    "get_task", "task_names", "task_for_config", "with_task_defaults", "move_to", "task_flags",
+    "get_task", "task_names", "task_for_config", "with_task_defaults", "move_to", "task_flags", "checkpoint_task",
+    "foreign_flag_error",
 ]
 
 
@@ -336,6 +337,28 @@ def get_task(name: str, what: str = "task") -> type[Task]:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"{what}: got {name!r}{hint}; allowed: {', '.join(task_names()) or 'none registered'}")
     return _TASKS[name]
+
+
+def checkpoint_task(payload: dict[str, Any], path: Any, what: str = "--checkpoint") -> Task:
+    """The task (an object of its registered class) a checkpoint's payload was trained for
+    (classification for checkpoints that do not say)."""
+    name = payload.get("task", "classification")
+    if name not in _TASKS:
+        raise ValueError(f"{what}: {path} is a {name!r} checkpoint, which this version of tdaf cannot run "
+                         f"(tasks: {', '.join(task_names())})")
+    return _TASKS[name]()
+
+
+def foreign_flag_error(task: Task, command: str, flag: str, checkpoint: Any) -> ValueError:
+    """The error for ``flag`` (an argparse dest) given to ``command`` with a checkpoint of
+    ``task``: which task's flag it is, or which flags ``task`` has."""
+    option = "--" + flag.replace("_", "-")
+    owners = [name for name in task_names() if flag in task_flags(_TASKS[name], command)]
+    if owners:
+        return ValueError(f"{option}: only for {' and '.join(owners)} checkpoints; {checkpoint} is a {task.name} "
+                          f"checkpoint")
+    own = ", ".join("--" + a.replace("_", "-") for a in task_flags(task, command)) or "none"
+    return ValueError(f"{option}: not an option of {task.name} checkpoints ({checkpoint}); theirs: {own}")
 
 
 def task_for_config(cfg: Any) -> Task:
