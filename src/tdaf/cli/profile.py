@@ -249,6 +249,7 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, markdown
     unit = "clip" if len(r0["input_size"]) == 4 else "image"
     note = f"input {'x'.join(map(str, r0['input_size'][1:]))}, GMACs per {unit} (FLOPs/2)"
     if "latency_ms" in r0:
-        where = "GPU" if r0.get("device") == "cuda" else f"CPU, {r0.get('threads', torch.get_num_threads())} threads"
+        threads = r0.get("threads", torch.get_num_threads())
+        where = "GPU" if r0.get("device") == "cuda" else f"CPU, {threads} thread{'s' if threads != 1 else ''}"
         note += f", latency: median forward of batch {r0['batch_size']} ({where})"
     return format_table(head, lines, note, markdown)
