@@ -4,11 +4,11 @@ defaulted the same everywhere (``tests/test_cli.py`` walks every parser and chec
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ..data.checks import input_size_hw
 from ..engine.distributed import resolve_device as _resolve_device
 from ..errors import UserError
 
@@ -75,13 +75,3 @@ def add_input_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, hel
     p.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"), default=_default(None, suppress),
                    help=help + " (one number: a square)")
 
-
-def input_size_hw(values: Sequence[int] | None, what: str = "--input-size") -> tuple[int, int] | None:
-    """``--input-size H [W]`` as (H, W); ValueError for anything but one or two positive ints."""
-    if values is None:
-        return None
-    if isinstance(values, int):
-        values = [values]
-    if not 1 <= len(values) <= 2 or any(v < 1 for v in values):
-        raise UserError(f"{what}: got {' '.join(map(str, values))}; allowed: H or H W, positive integers")
-    return (values[0], values[-1])

@@ -8,11 +8,12 @@ image id), the field, what was given and what is allowed; a boolean is not a num
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["is_number", "check_number", "check_box", "check_keypoints", "check_size", "VISIBILITY"]
+__all__ = ["is_number", "check_number", "check_box", "check_keypoints", "check_size", "input_size_hw", "VISIBILITY"]
 
 # COCO keypoint visibility: 0 not labelled, 1 labelled but hidden, 2 labelled and visible.
 VISIBILITY = (0, 1, 2)
@@ -71,3 +72,13 @@ def check_size(width: Any, height: Any, where: str) -> tuple[int, int]:
             raise UserError(f"{where}: {name} {_show(v)}; allowed: a whole number >= 1 (pixels)")
     return int(width), int(height)
 
+
+def input_size_hw(values: Sequence[int] | None, what: str = "--input-size") -> tuple[int, int] | None:
+    """``--input-size H [W]`` as (H, W); ValueError for anything but one or two positive ints."""
+    if values is None:
+        return None
+    if isinstance(values, int):
+        values = [values]
+    if not 1 <= len(values) <= 2 or any(v < 1 for v in values):
+        raise UserError(f"{what}: got {' '.join(map(str, values))}; allowed: H or H W, positive integers")
+    return (values[0], values[-1])

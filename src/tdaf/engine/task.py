@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from ..data.checks import input_size_hw
 from ..data.loading import Batch
 from ..io.images import collect_images, open_image, unique_stems
 from ..r2dns import R2DNS
@@ -257,11 +258,8 @@ class Task(ABC):
         """``[C, *size]`` of an input of :meth:`network`: ``meta["input_size"]``, with its
         height and width replaced by ``given`` (``--input-size H W``, or ``H`` for a square)."""
         size = [int(s) for s in meta["input_size"]]
-        if not given:
-            return size
-        if not 1 <= len(given) <= 2 or any(int(v) < 1 for v in given):
-            raise ValueError(f"--input-size: got {' '.join(map(str, given))}; allowed: H or H W, positive integers")
-        return [*size[:-2], int(given[0]), int(given[-1])]
+        hw = input_size_hw(given) if given else None
+        return size if hw is None else [*size[:-2], *hw]
 
     def network(self, model: nn.Module) -> nn.Module:
         """The part of ``model`` that takes one normalised tensor of :meth:`example_size` and
