@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(a dict of tensors)")
     p.add_argument("--person-boxes", metavar="JSON", default=None,
                    help='pose models: one figure per person box, STEM_personI.attention.png; the box file of '
-                   '`tdaf predict --person-boxes` ({"img.jpg": [[x, y, w, h(, score)], ...]}); default: the whole '
-                   'image as one person')
+                   '`tdaf eval` / `tdaf predict --person-boxes` (a COCO results json, or {"img.jpg": [[x, y, w, '
+                   'h(, score)], ...]}); default: the whole image as one person')
     p.add_argument("--frame", type=int, default=None, help="video models: draw every flow's maps of this clip frame (0..T-1) instead of the strip of "
                    "the last flow's maps over the frames")
     p.add_argument("--cmap", default="jet", help="matplotlib colour map (default jet)")
