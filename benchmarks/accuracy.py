@@ -13,6 +13,10 @@ it on with TDAF under each attention initialisation.
 
     python benchmarks/accuracy.py --task classification --seeds 3
     python benchmarks/accuracy.py --task all --seeds 3 --json runs/accuracy.json
+    python benchmarks/accuracy.py --task classification --rows tdaf_resnet18_w32 --set lr=0.05
+
+``--set KEY=VALUE`` changes one setting of every row, baseline included (a recipe probe:
+the peak learning rate, the warm-up, gradient clipping); such runs get their own folders.
 
 Runs that did not learn are reported and counted, and left out of the means with their
 pair. Nothing here is timed against anything else: wall times are for planning.
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, attention_focus, learned
 from tdaf.engine.config import TrainConfig, load_config_file
@@ -111,17 +116,34 @@ def plain_checkpoint(seed: int, out: Path, threads: int | None) -> str:
     return str(path / "last.pt")
 
 
-def run_task(task: str, seeds: int, out: Path, threads: int | None, only: list[str] | None) -> dict[str, Any]:
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``--set lr=0.05 warmup_epochs=0``: each value read as YAML (numbers, null, true)."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"--set: expected KEY=VALUE with KEY a training setting "
+                             f"(e.g. lr=0.05, warmup_epochs=0, clip_grad_norm=null), got {item!r}")
+        if key in ("model", "seed", "out", "task", "data"):
+            raise SystemExit(f"--set: {key} is what a row or the seed loop sets; got {item!r}")
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+def run_task(task: str, seeds: int, out: Path, threads: int | None, only: list[str] | None,
+             settings: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = [r for r in rows_for(task) if only is None or r[0] in only or r is rows_for(task)[0]]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in rows}
+    settings = settings or {}
+    folder = out / (task + "".join(f"_{k}={v}" for k, v in settings.items()))
     for seed in range(seeds):  # seed-major: a cut-short run still has complete pairs
         start = {"init_from": plain_checkpoint(seed, out, threads)} if task == "finetune" else {}
         for label, values in rows:
-            r = train({**values, **start}, seed, out / task / f"{label.replace(' ', '_')}_seed{seed}", threads)
+            r = train({**values, **start, **settings}, seed, folder / f"{label.replace(' ', '_')}_seed{seed}", threads)
             results[label].append(r)
             print(f"[{task}] {label} seed {seed}: {r['metric']} {100 * r['value']:.2f}"
                   f"{'' if r['learned'] else ' (did not learn)'} in {r['wall_s']:.0f} s", flush=True)
-    return {"task": task, "seeds": seeds, "rows": results}
+    return {"task": task, "seeds": seeds, "settings": settings, "rows": results}
 
 
 def report(res: dict[str, Any]) -> str:
@@ -129,7 +151,8 @@ def report(res: dict[str, Any]) -> str:
     labels = list(rows)
     base = rows[labels[0]]
     metric = base[0]["metric"]
-    lines = [f"### {res['task']} ({res['seeds']} seeds, final-epoch {metric}, %)", "",
+    changed = "".join(f", {k}={v}" for k, v in res.get("settings", {}).items())
+    lines = [f"### {res['task']} ({res['seeds']} seeds, final-epoch {metric}, %{changed})", "",
              "| model | per seed | mean ± std | TDAF - plain, 95% interval | verdict | wall s / run |",
              "|---|---|---|---|---|---|"]
     for label in labels:
@@ -166,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/accuracy", help="run folders (default runs/accuracy)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the trainer's choice)")
     p.add_argument("--json", default=None, help="also write every number to this file")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="change a training setting in every row, baseline included (e.g. lr=0.05)")
     args = p.parse_args(argv)
+    settings = parse_settings(args.set)
     if args.seeds < 2:
         p.error("--seeds: an interval needs >= 2")
     logging.basicConfig(level=logging.WARNING)
@@ -174,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = []
     for task in tasks:
-        res = run_task(task, args.seeds, Path(args.out), args.threads, args.rows)
+        res = run_task(task, args.seeds, Path(args.out), args.threads, args.rows, settings)
         results.append(res)
         print(report(res), flush=True)
     print(f"\ntotal {(time.perf_counter() - start) / 60:.1f} min, torch {torch.__version__}, "

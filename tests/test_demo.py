@@ -108,3 +108,10 @@ def test_accuracy_benchmark_report():
     assert "10.00*" in text and "did not learn (1 runs)" in text
     assert "tdaf_resnet18 1.60 ± 0.10" in text
     assert [label for label, _ in bench.rows_for("classification")][:2] == ["resnet18_w32", "tdaf_resnet18_w32"]
+    # --set changes a setting of every row: typed values, refused keys, named in the table's title
+    assert bench.parse_settings(["lr=0.05", "clip_grad_norm=null", "nesterov=false"]) == {
+        "lr": 0.05, "clip_grad_norm": None, "nesterov": False}
+    for bad in (["lr"], ["learning_rate=0.1"], ["model=resnet18"]):
+        with pytest.raises(SystemExit, match="--set"):
+            bench.parse_settings(bad)
+    assert "(3 seeds, final-epoch top1, %, lr=0.05)" in bench.report({**res, "settings": {"lr": 0.05}})
