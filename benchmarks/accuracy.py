@@ -16,7 +16,8 @@ it on with TDAF under each attention initialisation.
     python benchmarks/accuracy.py --task classification --rows tdaf_resnet18_w32 --set lr=0.05
 
 ``--set KEY=VALUE`` changes one setting of every row, baseline included (a recipe probe:
-the peak learning rate, the warm-up, gradient clipping); such runs get their own folders.
+the peak learning rate, the warm-up, gradient clipping; a TDAF setting such as
+``attention_init`` changes the TDAF rows only); runs it changes get their own folders.
 
 Runs that did not learn are reported and counted, and left out of the means with their
 pair. Nothing here is timed against anything else: wall times are for planning.
@@ -42,6 +43,7 @@ from tdaf.engine.task import task_for_config
 from tdaf.engine.trainer import Trainer
 from tdaf.evidence import format_pm, mean_std, paired_difference, verdict
 from tdaf.io.files import atomic_write_text, json_safe
+from tdaf.r2dns import TDAF_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,11 +137,14 @@ def run_task(task: str, seeds: int, out: Path, threads: int | None, only: list[s
     rows = [r for r in rows_for(task) if only is None or r[0] in only or r is rows_for(task)[0]]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in rows}
     settings = settings or {}
-    folder = out / (task + "".join(f"_{k}={v}" for k, v in settings.items()))
     for seed in range(seeds):  # seed-major: a cut-short run still has complete pairs
         start = {"init_from": plain_checkpoint(seed, out, threads)} if task == "finetune" else {}
         for label, values in rows:
-            r = train({**values, **start, **settings}, seed, folder / f"{label.replace(' ', '_')}_seed{seed}", threads)
+            # a TDAF setting (attention_init, flows, ...) changes the TDAF rows only
+            own = {k: v for k, v in settings.items() if k not in TDAF_DEFAULTS or values["model"].startswith("tdaf_")}
+            # a row the settings leave as it was shares the plain folder (its finished runs are read back)
+            folder = out / (task + "".join(f"_{k}={v}" for k, v in own.items()))
+            r = train({**values, **start, **own}, seed, folder / f"{label.replace(' ', '_')}_seed{seed}", threads)
             results[label].append(r)
             print(f"[{task}] {label} seed {seed}: {r['metric']} {100 * r['value']:.2f}"
                   f"{'' if r['learned'] else ' (did not learn)'} in {r['wall_s']:.0f} s", flush=True)
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the trainer's choice)")
     p.add_argument("--json", default=None, help="also write every number to this file")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="change a training setting in every row, baseline included (e.g. lr=0.05)")
+                   help="change a training setting in every row, baseline included (e.g. lr=0.05); "
+                        "a TDAF setting (attention_init=random) changes the TDAF rows only")
     args = p.parse_args(argv)
     settings = parse_settings(args.set)
     if args.seeds < 2:
