@@ -96,11 +96,14 @@ def train(values: dict[str, Any], seed: int, out: Path, threads: int | None) -> 
                                  "resume": str(done) if done.exists() else None, "progress": False,
                                  "tensorboard": False, "threads": threads}, "benchmarks/accuracy.py")
     key = task_for_config(cfg).main_metric
-    result = Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    result = trainer.fit()
     final = result["history"][-1]
     loss = float(final["train_loss"])
-    # "did not learn": a classifier's loss near ln K; other tasks: a metric at its floor
-    ok = learned(loss, 10) if cfg.task == "classification" else float(final[f"val_{key}"]) > 0.01
+    # "did not learn": a classifier's (image or video) cross-entropy near ln K; dense tasks: AP at its floor
+    classes = len(trainer.meta.get("class_names") or ())
+    ok = (learned(loss, classes) if cfg.task in ("classification", "video") and classes
+          else float(final[f"val_{key}"]) > 0.01)
     row = {"metric": key, "value": float(final[f"val_{key}"]), "train_loss": loss, "learned": bool(ok) and
            math.isfinite(loss), "wall_s": sum(h["epoch_time_s"] for h in result["history"])}
     if cfg.data == "cluttered_digits" and cfg.model.startswith("tdaf_"):  # does attention find the digit?
