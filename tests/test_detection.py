@@ -196,6 +196,30 @@ def test_same_detections_as_torchvision_fcos_given_the_same_weights() -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("name", ["fcos_resnet18_fpn", "tdaf_fcos_resnet18_fpn"])
+def test_every_box_output_starts_alive(name: str) -> None:
+    """The box branch is relu(conv(x)): at torchvision's bias 0 about half of its outputs start
+    cut to zero, with no gradient; from bias 1 every side of every box starts positive, one
+    anchor size from its location, in the plain and the TDAF detector alike."""
+    from tdaf.detection.models import BOX_BIAS_INIT
+
+    torch.manual_seed(0)
+    x = [torch.rand(3, 64, 64) for _ in range(2)]
+    outputs = {}
+    for bias in (BOX_BIAS_INIT, 0.0):
+        model = tdaf.create_model(name, num_classes=2, box_bias_init=bias, min_size=64, max_size=64)
+        head = model.head.regression_head
+        assert torch.equal(head.bbox_reg.bias, torch.full_like(head.bbox_reg.bias, bias))
+        images, _ = model.transform(x)
+        features = list(model.backbone(images.tensors).values())
+        with torch.no_grad():
+            outputs[bias] = torch.cat([head.bbox_reg(head.conv(f)).flatten() for f in features])
+    assert BOX_BIAS_INIT == 1.0 and bool((outputs[1.0] > 0).all())
+    assert 0.2 < (outputs[0.0] <= 0).float().mean() < 0.8  # torchvision's start: many outputs cut to zero
+    with pytest.raises(ValueError, match="box_bias_init"):
+        tdaf.create_model(name, num_classes=2, box_bias_init=float("nan"))
+
+
 def test_one_flow_equals_the_plain_detector_and_backbone_init(tmp_path: Path) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.pth"
