@@ -218,6 +218,8 @@ def test_every_box_output_starts_alive(name: str) -> None:
     assert 0.2 < (outputs[0.0] <= 0).float().mean() < 0.8  # torchvision's start: many outputs cut to zero
     with pytest.raises(ValueError, match="box_bias_init"):
         tdaf.create_model(name, num_classes=2, box_bias_init=float("nan"))
+    with pytest.raises(ValueError, match="box_bias_init"):
+        tdaf.create_model(name, num_classes=2, box_bias_init="1")
 
 
 def test_one_flow_equals_the_plain_detector_and_backbone_init(tmp_path: Path) -> None:

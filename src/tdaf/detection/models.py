@@ -201,6 +201,9 @@ def build_fcos(
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}; allowed: an integer >= 1")
+    if (isinstance(box_bias_init, bool) or not isinstance(box_bias_init, (int, float))
+            or not math.isfinite(box_bias_init)):
+        raise ValueError(f"box_bias_init: got {box_bias_init!r}; allowed: a finite number (default {BOX_BIAS_INIT})")
     tdaf_kwargs = take_tdaf_kwargs(model_name, cfg, kwargs)
     # torchvision's FCOS passes unknown arguments on to its transform, which drops them: check here.
     reject_unknown(model_name, kwargs, _FCOS_ARGS)
@@ -234,8 +237,6 @@ def build_fcos(
         raise ValueError(f"min_size, max_size: got {min_size!r}, {max_size!r}; allowed: sizes >= 1 with "
                          f"max_size >= every min_size")
     model = TDAFFCOS(backbone, num_classes, min_size=sizes, max_size=max_size, **kwargs)
-    if not math.isfinite(box_bias_init):
-        raise ValueError(f"box_bias_init: got {box_bias_init!r}; allowed: a finite number (default {BOX_BIAS_INIT})")
     nn.init.constant_(model.head.regression_head.bbox_reg.bias, float(box_bias_init))
     tdaf_settings = {k: v for k, v in classifier.pretrained_cfg.items() if k in TDAF_ARCH_KEYS}
     model.pretrained_cfg = dict(cfg, num_classes=num_classes, frozen_bn=frozen_bn, trainable_layers=trainable_layers,
