@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..io.images import ImageList, open_image
+from ..io.progress import progress_bar
 
 __all__ = ["predict"]
 
@@ -50,7 +49,7 @@ def predict(
     batch_size: int = 32,
     workers: int = 0,
     device: torch.device | str = "cpu",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Top-k predictions for ``images`` (softmax scores). Returns ``(results, skipped)``:
     ``results[i] = {"file", "topk": [{"label", "index", "score"}, ...]}`` in input order,
@@ -62,7 +61,7 @@ def predict(
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     model = model.to(device).eval()
-    bar = tqdm(total=len(images), unit="img", desc="predict", disable=None if progress else True, file=sys.stderr)
+    bar = progress_bar(len(images), desc="predict", unit="img", enabled=progress)
     with torch.no_grad():
         for batch in loader:
             good = []

@@ -50,8 +50,11 @@ def apply_threads(n: int | None) -> None:
 
 
 def add_progress_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
-    p.add_argument("--progress", action=_BOOL, default=_default(True, suppress),
-                   help="progress bars on stderr (default on; --no-progress)")
+    """``--progress``: None (auto, the default) is a bar when stderr is a terminal and plain
+    lines elsewhere (:func:`tdaf.io.progress.progress_bar`); True forces bars; False shows neither."""
+    p.add_argument("--progress", action=_BOOL, default=_default(None, suppress),
+                   help="progress on stderr: bars when it is a terminal, plain lines every few steps when it is a "
+                   "file or a pipe (the default); --progress: bars wherever it goes; --no-progress: neither")
 
 
 def add_amp_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:

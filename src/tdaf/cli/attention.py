@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from ..engine.task import AttentionItem, Task, get_task, task_names
 from ..io.outputs import Outputs
+from ..io.progress import progress_bar
 from ..r2dns import R2DNS
 from ..viz import MAP_FORMATS, figure_title, save_attention_figure, save_maps
 from ..viz_clip import save_clip_attention_figure
@@ -130,29 +129,34 @@ def _draw(args: argparse.Namespace, loaded: LoadedModel, task: Task, r2dns: R2DN
     style = dict(cmap=args.cmap, alpha=args.alpha, normalize=args.normalize)
     info = {"tdaf:model": loaded.describe()}
     written: list[Path] = []
-    for item in tqdm(items, unit="input", desc="attention", disable=not args.progress or None, file=sys.stderr):
-        try:
-            x = task.attention_input(item, meta, size)
-        except ValueError as e:
-            if not item.from_folder:
-                raise
-            tqdm.write(f"skipped {e}", file=sys.stderr)
-            continue
-        with torch.no_grad(), r2dns.record_attention() as recorded:
-            out = network(x.to(device))
-        maps = {k: v.float().cpu() for k, v in recorded.items()}
-        logits = out.cpu() if isinstance(out, torch.Tensor) and out.dim() == 2 else None  # a classifier's
-        heading = item.stem if r2dns.dims == 2 else f"{item.stem} ({x.shape[2]} frames)"
-        title = figure_title(heading, loaded.name, logits, meta.get("class_names"), loaded.trained)
-        metadata = dict(info, **{"tdaf:input": str(item.paths[0])})
-        if r2dns.dims == 3 and args.frame is None:
-            written.append(save_clip_attention_figure(
-                x.cpu(), maps, names[item.stem], mean=meta["mean"], std=meta["std"], title=title, dpi=args.dpi,
-                metadata=metadata, outputs=outputs, **style))
-        else:
-            written.append(save_attention_figure(
-                x.cpu(), maps, names[item.stem], frame=args.frame, title=title, flows=r2dns.flows, dpi=args.dpi,
-                mean=meta["mean"], std=meta["std"], metadata=metadata, outputs=outputs, **style))
-        if args.save_maps:
-            written += save_maps(maps, names[item.stem].parent, item.stem, args.save_maps, outputs=outputs)
+    bar = progress_bar(len(items), desc="attention", unit="input", enabled=args.progress)
+    try:
+        for item in items:
+            try:
+                x = task.attention_input(item, meta, size)
+            except ValueError as e:
+                if not item.from_folder:
+                    raise
+                bar.write(f"skipped {e}")
+                continue
+            with torch.no_grad(), r2dns.record_attention() as recorded:
+                out = network(x.to(device))
+            maps = {k: v.float().cpu() for k, v in recorded.items()}
+            logits = out.cpu() if isinstance(out, torch.Tensor) and out.dim() == 2 else None  # a classifier's
+            heading = item.stem if r2dns.dims == 2 else f"{item.stem} ({x.shape[2]} frames)"
+            title = figure_title(heading, loaded.name, logits, meta.get("class_names"), loaded.trained)
+            metadata = dict(info, **{"tdaf:input": str(item.paths[0])})
+            if r2dns.dims == 3 and args.frame is None:
+                written.append(save_clip_attention_figure(
+                    x.cpu(), maps, names[item.stem], mean=meta["mean"], std=meta["std"], title=title, dpi=args.dpi,
+                    metadata=metadata, outputs=outputs, **style))
+            else:
+                written.append(save_attention_figure(
+                    x.cpu(), maps, names[item.stem], frame=args.frame, title=title, flows=r2dns.flows, dpi=args.dpi,
+                    mean=meta["mean"], std=meta["std"], metadata=metadata, outputs=outputs, **style))
+            if args.save_maps:
+                written += save_maps(maps, names[item.stem].parent, item.stem, args.save_maps, outputs=outputs)
+            bar.update(1)
+    finally:
+        bar.close()
     return written

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         data=args.data, data_dir=args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
         workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last, strict=args.strict,
-        progress=args.progress and not args.json, overwrite=args.overwrite, task=given_options(args, "eval"),
+        progress=False if args.json else args.progress, overwrite=args.overwrite, task=given_options(args, "eval"),
     )
     result = evaluate_checkpoint(args.checkpoint, options)
     if result is None:  # not the main process

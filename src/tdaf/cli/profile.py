@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..engine.checkpoint import model_from_checkpoint
+from ..io.progress import track
 from ..engine.task import get_task
 from ..models import create_model, list_models, model_cfg
 from ..models._builder import split_tdaf_kwargs
@@ -202,7 +202,7 @@ def _run_zoo(args: argparse.Namespace) -> int:
     names = _order(_zoo_names(args))
     cache: dict[str, dict[str, Any]] = {}
     rows = []
-    for name in tqdm(names, desc="profile", unit="model", disable=args.json or len(names) < 3):
+    for name in track(names, desc="profile", unit="model", enabled=False if args.json or len(names) < 3 else None):
         rows.append(_zoo_row(name, args, cache))
     if args.json:
         for r in rows:

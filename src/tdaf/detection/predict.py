@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
 
 from ..attention import record_attention
 from ..draw import attention_strip, draw_boxes
 from ..io.images import ImageList, open_image, unique_stems
 from ..io.outputs import Outputs, output_name
+from ..io.progress import track
 from .models import backbone_of
 
 __all__ = ["predict", "draw_detections"]
@@ -90,8 +90,8 @@ def _run(model: nn.Module, images: ImageList, stems: list[str], class_names: Seq
          draw: Callable[[Image.Image, dict[str, Any]], Image.Image]) -> tuple[list[dict[str, Any]], list[str]]:
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for path, stem, from_folder in tqdm(list(zip(images.files, stems, images.from_folder)),
-                                        disable=not progress, unit="image"):
+    for path, stem, from_folder in track(list(zip(images.files, stems, images.from_folder)), desc="predict",
+                                         unit="image", enabled=progress):
         try:
             pil = open_image(path)
         except ValueError as e:

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data import ShardSampler
 from ..errors import UserError
+from ..io.progress import track
 from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
 from .options import CheckpointToEvaluate, EvalData, EvalOptions
@@ -62,7 +62,7 @@ def evaluate(
     amp_dtype: str = "bf16",
     channels_last: bool = False,
     strict: bool = False,
-    progress: bool = False,
+    progress: bool | None = False,
     desc: str = "eval",
     evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def evaluate(
     first_skipped: list[str] = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     try:
-        for inputs, targets, bad in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        for inputs, targets, bad in track(loader, desc=desc, unit="batch", enabled=progress):
             check_skipped(bad, strict)
             skipped += len(bad)
             first_skipped += bad[: max(0, 3 - len(first_skipped))]
@@ -109,7 +109,7 @@ def evaluate_dataset(
     amp: bool = False,
     channels_last: bool = False,
     strict: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     evaluator: Evaluator | None = None,
 ) -> dict[str, Any] | None:
     """:func:`evaluate` of ``model`` on a whole data set, by one process or sharded over the
@@ -126,7 +126,7 @@ def evaluate_dataset(
         if channels_last:
             model.to(memory_format=torch.channels_last_3d if task.input_dims() == 3 else torch.channels_last)
         result = evaluate(model, loader, env.device, task, amp=amp, channels_last=channels_last, strict=strict,
-                          progress=progress and env.is_main, evaluator=evaluator)
+                          progress=progress if env.is_main else False, evaluator=evaluator)
     finally:
         if env.distributed:
             teardown()

@@ -40,7 +40,7 @@ class EvalOptions:
     amp: bool = False
     channels_last: bool = False
     strict: bool = False
-    progress: bool = True
+    progress: bool | None = None  # None: bars on a terminal, plain lines elsewhere
     overwrite: bool = False
     task: dict[str, Any] = field(default_factory=dict)
 
@@ -91,7 +91,7 @@ class PredictOptions:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 32
     workers: int | None = None
-    progress: bool = True
+    progress: bool | None = None  # None: bars on a terminal, plain lines elsewhere
     overwrite: bool = False
     described: str = ""
     task: dict[str, Any] = field(default_factory=dict)
