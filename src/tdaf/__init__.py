@@ -9,6 +9,7 @@ from . import detection  # noqa: F401  (registers the detection task, its models
 from . import pose  # noqa: F401  (registers the pose task, its models and data sets)
 from . import video  # noqa: F401  (registers the video task, its models and data sets)
 from .attention import record_attention
+from .engine.init_from import InitFromReport, init_from
 from .errors import UserError
 from .layers import (
     ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, SyncMultiFlowBatchNorm, convert_sync_batchnorm,
@@ -27,5 +28,5 @@ __all__ = [
     "SyncMultiFlowBatchNorm", "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "convert_sync_batchnorm",
     "freeze_mfbn", "create_anar", "create_model",
     "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "init_attention",
-    "ModelArgumentError", "UserError", "__version__",
+    "ModelArgumentError", "UserError", "init_from", "InitFromReport", "__version__",
 ]

@@ -34,7 +34,7 @@ from ..layers.mfbn import FLOW_NORMS, _per_flow_statistics
 from ..r2dns import R2DNS, resolve_attention_init
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
-__all__ = ["init_from", "InitFromReport", "resnet_layout"]
+__all__ = ["init_from", "InitFromReport", "resnet_layout", "read_weights"]
 
 log = logging.getLogger("tdaf.train")
 
@@ -50,6 +50,7 @@ class InitFromReport:
 
     path: str
     source: str
+    what: str = "--init-from"
     copied: list[str] = field(default_factory=list)
     per_flow: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
@@ -59,7 +60,7 @@ class InitFromReport:
 
     def lines(self) -> list[str]:
         """The report as log lines (counts and the first few names of each group)."""
-        out = [f"--init-from {self.path} ({self.source}): copied {_count(self.copied)}"
+        out = [f"{self.what} {self.path} ({self.source}): copied {_count(self.copied)}"
                + (f", of which {len(self.per_flow)} BatchNorm statistics into every flow" if self.per_flow else "")]
         if self.new:
             out.append(f"  starts new: {_count(self.new)}")
@@ -111,7 +112,7 @@ def resnet_layout(state: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[s
 
 
 # --------------------------------------------------------------------------- reading
-def _read(path: str | os.PathLike[str], what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def read_weights(path: str | os.PathLike[str], what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """``(state dict, checkpoint or None)`` of a tdaf checkpoint or a bare state dict."""
     obj = safe_load(path, what)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -164,7 +165,7 @@ def init_from(
     ValueError (naming ``what`` and the file) for another task's checkpoint, a file where
     nothing fits, and a TDAF checkpoint whose flows or ANARs clash with the model's.
     """
-    state, ckpt = _read(path, what)
+    state, ckpt = read_weights(path, what)
     own = model.state_dict()
     task_name = getattr(task, "name", None)
     source_task = ckpt.get("task") if ckpt is not None else None
@@ -197,13 +198,12 @@ def init_from(
         file_keys = _names(list(state)) if state else "none"
         raise UserError(
             f"{what}: nothing in {path} fits {_model_name(model)}: no tensor with a name and shape of the model "
-            f"(file keys: {file_keys}; model keys: {_names(list(own))}). --init-from takes a checkpoint of this "
-            f"task's plain model or a state dict in its names (or a torchvision/timm ResNet's); a plain backbone "
-            f"in another layout goes to --pretrained")
+            f"(file keys: {file_keys}; model keys: {_names(list(own))}). {what} takes a checkpoint of this "
+            f"task's plain model or a state dict in its names (or a torchvision/timm ResNet's)")
     with torch.no_grad():
         model.load_state_dict(fitted, strict=False)
     report = InitFromReport(
-        path=str(path), source=source, copied=[k for k in own if k in fitted],
+        path=str(path), source=source, what=what, copied=[k for k in own if k in fitted],
         per_flow=[k for k in per_flow if k in fitted],
         new=[k for k in own if k not in fitted and not _counter_only(k, own, fitted)],
         unused=[k for k in state if k not in own],

@@ -1,4 +1,8 @@
-"""Initialising a plain torchvision/timm network from a local state-dict file."""
+"""Initialising a plain torchvision/timm network from a local state-dict file.
+
+A file in another layout (tdaf's own names, a tdaf checkpoint) is refused here with
+:class:`PretrainedLayoutError`; :func:`tdaf.create_model` then loads it through
+:func:`tdaf.init_from`, as ``tdaf train --init-from`` does."""
 
 from __future__ import annotations
 
@@ -8,11 +12,17 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..errors import UserError
 from ..io.files import load_state_dict_file
 
-__all__ = ["load_pretrained"]
+__all__ = ["load_pretrained", "PretrainedLayoutError"]
 
 log = logging.getLogger(__name__)
+
+
+class PretrainedLayoutError(UserError):
+    """A ``pretrained`` file whose keys are not the plain torchvision/timm network's (a
+    ``ValueError``, as before): :func:`tdaf.create_model` tries tdaf's own layout next."""
 
 
 def _first(keys: Sequence[str], n: int = 5) -> str:
@@ -52,7 +62,7 @@ def load_pretrained(
             parts.append(f"unexpected keys: {_first(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatches (file vs model): {_first(mismatched)}")
-        raise ValueError(
+        raise PretrainedLayoutError(
             f"pretrained: {path} does not fit {model_name} (expected a state dict of the plain "
             f"{model_name.removeprefix('tdaf_')} in torchvision or timm layout); " + "; ".join(parts)
         )

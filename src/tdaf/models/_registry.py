@@ -21,6 +21,7 @@ from torch import nn
 
 from ..r2dns import TDAF_DEFAULTS
 from ._builder import ModelArgumentError, take_tdaf_kwargs
+from ._pretrained import PretrainedLayoutError
 from .features import FeatureMaps, StageFeatures
 
 __all__ = ["register_model", "create_model", "list_models", "is_model", "model_cfg", "unknown_model_error"]
@@ -154,6 +155,45 @@ def unknown_model_error(name: str) -> ValueError:
     return ValueError(f"model: unknown name {name!r}{hint} (see tdaf.list_models())")
 
 
+def _build(builder: Builder, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return builder(**kwargs)
+    except TypeError as e:  # timm's contract: an unknown argument is a TypeError (named here)
+        if str(e).startswith(name + ":"):
+            raise
+        raise (ModelArgumentError if isinstance(e, ModelArgumentError) else TypeError)(f"{name}: {e}") from e
+
+
+def load_tdaf_weights(model: nn.Module, path: str | os.PathLike[str], attention_init: str | None,
+                      refused: Exception) -> None:
+    """``pretrained`` in tdaf's own layout, loaded by :func:`tdaf.init_from` (the loader of
+    ``tdaf train --init-from``): a state dict of a tdaf model, plain or TDAF, or a tdaf
+    checkpoint; its BatchNorm statistics go into every flow and new ANARs start as the
+    identity under ``attention_init="auto"``, so a TDAF model computes the plain one at
+    step 0. As strict as the torchvision/timm layout: every weight but the ANARs (and a
+    classifier of another class count) must come from the file, and nothing in the file
+    may be left over. ``refused`` (the torchvision/timm layout's error) is raised when the
+    file holds none of the model's names."""
+    from ..engine.init_from import init_from, read_weights
+
+    state, _ = read_weights(path, "pretrained")
+    own = model.state_dict()
+    if not any(k in own for k in state):
+        raise refused
+    report = init_from(model, path, attention_init=attention_init, what="pretrained")
+    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head.fc"))
+    resized = {k.split(" ", 1)[0] for k in report.shape_differs}
+    missing = [k for k in report.new if ".attention." not in "." + k
+               and not (k in resized and k.startswith(classifier + "."))]
+    problems = [f"{label}: {', '.join(keys[:4])}{f', ... ({len(keys)} in all)' if len(keys) > 4 else ''}"
+                for label, keys in (("missing keys", missing), ("unexpected keys", report.unused)) if keys]
+    if problems:
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        raise PretrainedLayoutError(
+            f"pretrained: {path} does not fit {architecture} in tdaf's own names (a state dict or checkpoint of "
+            f"the plain model or of a TDAF one), nor in torchvision or timm layout: {'; '.join(problems)}")
+
+
 def create_model(
     name: str,
     *,
@@ -171,8 +211,11 @@ def create_model(
     (``"auto"``, ``"identity"``, ``"random"``) decides how the ANARs start: "identity"
     makes the model compute its plain counterpart at step 0; "auto" is "identity" with
     ``pretrained`` weights and the from-scratch default otherwise. ``pretrained`` is a
-    local file holding the plain backbone's state dict in torchvision or timm layout;
-    nothing is ever downloaded. ``device`` and ``dtype`` (timm's factory arguments) build
+    local file: the plain network's state dict in torchvision or timm layout, or what
+    ``tdaf train --init-from`` takes (a state dict of a tdaf model, plain or TDAF, or a
+    tdaf checkpoint), loaded by :func:`tdaf.init_from`; either way, with ``attention_init``
+    "auto" the new ANARs start as the identity and a TDAF model computes the plain one at
+    step 0. Nothing is ever downloaded. ``device`` and ``dtype`` (timm's factory arguments) build
     the model on that device (``"meta"``: no memory) and cast it to that dtype.
 
     ``features_only=True`` (with optional ``out_indices``) returns the backbone alone,
@@ -199,11 +242,10 @@ def create_model(
     if not features_only and (out_indices is not None or feature_cls is not None):
         raise ValueError("out_indices, feature_cls: only used with features_only=True")
     try:
-        model = builder(**tdaf_args, **kwargs)
-    except TypeError as e:  # timm's contract: an unknown argument is a TypeError (named here)
-        if str(e).startswith(name + ":"):
-            raise
-        raise (ModelArgumentError if isinstance(e, ModelArgumentError) else TypeError)(f"{name}: {e}") from e
+        model = _build(builder, name, {**tdaf_args, **kwargs})
+    except PretrainedLayoutError as refused:  # not the torchvision/timm layout: tdaf's own, as --init-from reads
+        model = _build(builder, name, {**tdaf_args, **{k: v for k, v in kwargs.items() if k != "pretrained"}})
+        load_tdaf_weights(model, pretrained, tdaf_args.get("attention_init"), refused)
     if features_only:
         return (FeatureMaps if feature_cls == "dict" else StageFeatures)(model, out_indices)
     return model

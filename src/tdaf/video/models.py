@@ -36,6 +36,7 @@ from torchvision.models.video.resnet import BasicBlock, Bottleneck, Conv3DSimple
 
 from ..io.files import load_state_dict_file
 from ..models import TDAFClassifier, register_model
+from ..models._pretrained import PretrainedLayoutError
 from ..models._builder import paired_cfgs, reject_unknown, take_tdaf_kwargs, tdaf_settings, with_attention_init
 from ..r2dns import R2DNS, StageNet
 
@@ -260,7 +261,7 @@ def _load_pretrained(net: Hara3DResNet, path: str | os.PathLike[str], variant: s
         problems = "; ".join(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                              for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                                 ("shape mismatches (inflated file vs model)", shapes)) if keys)
-        raise ValueError(f"pretrained: {path} does not fit {variant} (expected a 2D ImageNet "
+        raise PretrainedLayoutError(f"pretrained: {path} does not fit {variant} (expected a 2D ImageNet "
                          f"{default_cfgs[variant]['arch']} state dict in torchvision or timm layout, to be inflated "
                          f"to 3D): {problems}")
     net.load_state_dict(state, strict=False)
