@@ -10,6 +10,7 @@ from . import pose  # noqa: F401  (registers the pose task, its models and data 
 from . import video  # noqa: F401  (registers the video task, its models and data sets)
 from .attention import record_attention
 from .engine.init_from import InitFromReport, init_from
+from .hub import load_from_folder, save_for_hf
 from .errors import UserError
 from .layers import (
     ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, SyncMultiFlowBatchNorm, convert_sync_batchnorm,
@@ -28,5 +29,5 @@ __all__ = [
     "SyncMultiFlowBatchNorm", "FeatureMaps", "BackboneWithFPN", "convert_to_mfbn", "convert_sync_batchnorm",
     "freeze_mfbn", "create_anar", "create_model",
     "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "init_attention",
-    "ModelArgumentError", "UserError", "init_from", "InitFromReport", "__version__",
+    "ModelArgumentError", "UserError", "init_from", "InitFromReport", "save_for_hf", "load_from_folder", "__version__",
 ]

@@ -1,4 +1,5 @@
-"""``tdaf export``: ONNX or TorchScript file of a model, with a parity check against PyTorch."""
+"""``tdaf export``: ONNX or TorchScript file of a model, with a parity check against PyTorch;
+or (``--format timm``) a folder of ``config.json`` + ``model.safetensors`` (:mod:`tdaf.hub`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
 from ..io.outputs import Outputs
@@ -32,9 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: tdaf export --checkpoint runs/digits/best.pt --format onnx --out digits.onnx",
     )
     add_model_args(p)
-    p.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
+    p.add_argument("--format", required=True, choices=(*FORMATS, "timm"),
+                   help="onnx, torchscript, or timm (a folder of config.json + model.safetensors, as "
+                   "timm.models.save_for_hf writes it: tdaf.create_model('local-dir:OUT') and, for classifiers, "
+                   "timm.create_model('local-dir:OUT', pretrained=True) rebuild the model)")
     p.add_argument("--out", required=True, metavar="FILE",
-                   help="output file (e.g. model.onnx, model.pt); an existing file is kept unless --overwrite")
+                   help="output file (e.g. model.onnx, model.pt; a folder for --format timm); an existing file is "
+                   "kept unless --overwrite")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out file (never the input checkpoint)")
     add_input_size_arg(p, "example input height and width (video models: T H W, or H W with the model's clip "
@@ -101,8 +108,43 @@ def _check_out(out: Path, args: argparse.Namespace) -> Outputs:
     return outputs
 
 
+def _run_timm(args: argparse.Namespace, out: Path) -> int:
+    """``--format timm``: the folder, then a reload through ``local-dir:`` that must give back
+    every tensor unchanged."""
+    from ..hub import CONFIG_NAME, WEIGHTS_NAME, load_from_folder, save_for_hf
+    from ..models.timm_registry import registered_in_timm
+
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt and Path(ckpt).expanduser().resolve() == out.resolve():
+        raise ValueError(f"--out: {out} is the input checkpoint; give a folder")
+    loaded = load_model(args)
+    save_for_hf(loaded.model, out, model_name=loaded.name, model_args=loaded.kwargs, meta=loaded.meta,
+                task=loaded.task, overwrite=args.overwrite)
+    again = load_from_folder(out, f"local-dir:{out}").state_dict()
+    own = loaded.model.state_dict()
+    same = own.keys() == again.keys() and all(torch.equal(own[k], again[k]) for k in own)
+    size = (out / WEIGHTS_NAME).stat().st_size
+    in_timm = loaded.name in registered_in_timm()
+    loads = f"tdaf.create_model('local-dir:{out}')" + (
+        f" and timm.create_model('local-dir:{out}', pretrained=True)" if in_timm else "")
+    if args.json:
+        print(json.dumps({"format": "timm", "out": str(out), "files": [CONFIG_NAME, WEIGHTS_NAME],
+                          "model": loaded.name, "tensors": len(own), "bytes": size, "identical": same,
+                          "timm": in_timm}))
+    else:
+        print(f"{loaded.name} ({loaded.source}) -> {out}/{CONFIG_NAME} + {WEIGHTS_NAME} ({len(own)} tensors, "
+              f"{size / 2**20:.1f} MiB); reloaded: {'every tensor identical' if same else 'TENSORS DIFFER'}; "
+              f"{loads} rebuild it")
+    if not same:
+        print(f"tdaf export: error: the folder {out} does not give back the model's weights", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
+    if args.format == "timm":
+        return _run_timm(args, Path(args.out).expanduser())
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance: got {args.tolerance}; allowed: > 0")
     out = Path(args.out).expanduser()

@@ -31,10 +31,12 @@ from torch import nn
 from ..errors import UserError
 from ..io.files import load_state_dict_file, safe_load
 from ..layers.mfbn import FLOW_NORMS, _per_flow_statistics
+from ..models._pretrained import PretrainedLayoutError
+from ..models._registry import register_own_layout_loader
 from ..r2dns import R2DNS, resolve_attention_init
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
-__all__ = ["init_from", "InitFromReport", "resnet_layout", "read_weights"]
+__all__ = ["init_from", "InitFromReport", "resnet_layout", "read_weights", "load_in_own_names"]
 
 log = logging.getLogger("tdaf.train")
 
@@ -286,3 +288,34 @@ def _start_attention(model: nn.Module, fitted: dict[str, Any], attention_init: s
                                    "computes the copied network at step 0)" if mode == "identity" else "")
                       + (" (replacing the file's ANARs)" if copied else ""))
     return done
+
+
+def load_in_own_names(model: nn.Module, path: str | os.PathLike[str], attention_init: str | None,
+                      refused: Exception) -> None:
+    """``pretrained`` in tdaf's own layout, loaded by :func:`tdaf.init_from` (the loader of
+    ``tdaf train --init-from``): a state dict of a tdaf model, plain or TDAF, or a tdaf
+    checkpoint; its BatchNorm statistics go into every flow and new ANARs start as the
+    identity under ``attention_init="auto"``, so a TDAF model computes the plain one at
+    step 0. As strict as the torchvision/timm layout: every weight but the ANARs (and a
+    classifier of another class count) must come from the file, and nothing in the file
+    may be left over. ``refused`` (the torchvision/timm layout's error) is raised when the
+    file holds none of the model's names."""
+    state, _ = read_weights(path, "pretrained")
+    own = model.state_dict()
+    if not any(k in own for k in state):
+        raise refused
+    report = init_from(model, path, attention_init=attention_init, what="pretrained")
+    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head.fc"))
+    resized = {k.split(" ", 1)[0] for k in report.shape_differs}
+    missing = [k for k in report.new if ".attention." not in "." + k
+               and not (k in resized and k.startswith(classifier + "."))]
+    problems = [f"{label}: {', '.join(keys[:4])}{f', ... ({len(keys)} in all)' if len(keys) > 4 else ''}"
+                for label, keys in (("missing keys", missing), ("unexpected keys", report.unused)) if keys]
+    if problems:
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        raise PretrainedLayoutError(
+            f"pretrained: {path} does not fit {architecture} in tdaf's own names (a state dict or checkpoint of "
+            f"the plain model or of a TDAF one), nor in torchvision or timm layout: {'; '.join(problems)}")
+
+
+register_own_layout_loader(load_in_own_names)

@@ -24,7 +24,7 @@ from ._builder import ModelArgumentError, take_tdaf_kwargs
 from ._pretrained import PretrainedLayoutError
 from .features import FeatureMaps, StageFeatures
 
-__all__ = ["register_model", "create_model", "list_models", "is_model", "model_cfg", "unknown_model_error"]
+__all__ = ["register_model", "register_model_source", "register_own_layout_loader", "create_model", "list_models", "is_model", "model_cfg", "unknown_model_error"]
 
 Builder = Callable[..., nn.Module]
 CfgFn = Callable[[str], dict[str, Any]]
@@ -34,6 +34,9 @@ _CFGS: dict[str, dict[str, Any]] = {}
 # namespace -> (builder(variant, **kwargs), cfg(variant)); not listed by list_models()
 # (every timm CNN would be one).
 _NAMESPACES: dict[str, tuple[Builder, CfgFn]] = {}
+# Registered by the layers above (tdaf.hub, tdaf.engine.init_from), which the models may not import.
+_SOURCES: dict[str, Builder] = {}
+_OWN_LAYOUT: list[Callable[[nn.Module, Any, str | None, Exception], None]] = []
 
 # Arguments that only a TDAF model takes (the keys of TDAF_DEFAULTS); their defaults are R2DNS's.
 TDAF_ARGS = tuple(TDAF_DEFAULTS)
@@ -164,34 +167,19 @@ def _build(builder: Builder, name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise (ModelArgumentError if isinstance(e, ModelArgumentError) else TypeError)(f"{name}: {e}") from e
 
 
-def load_tdaf_weights(model: nn.Module, path: str | os.PathLike[str], attention_init: str | None,
-                      refused: Exception) -> None:
-    """``pretrained`` in tdaf's own layout, loaded by :func:`tdaf.init_from` (the loader of
-    ``tdaf train --init-from``): a state dict of a tdaf model, plain or TDAF, or a tdaf
-    checkpoint; its BatchNorm statistics go into every flow and new ANARs start as the
-    identity under ``attention_init="auto"``, so a TDAF model computes the plain one at
-    step 0. As strict as the torchvision/timm layout: every weight but the ANARs (and a
-    classifier of another class count) must come from the file, and nothing in the file
-    may be left over. ``refused`` (the torchvision/timm layout's error) is raised when the
-    file holds none of the model's names."""
-    from ..engine.init_from import init_from, read_weights
+def register_model_source(prefix: str, load: Callable[..., nn.Module]) -> None:
+    """Let ``create_model(prefix + "REST", **kwargs)`` return ``load(REST, name, **kwargs)``:
+    how :mod:`tdaf.hub` adds timm's ``local-dir:`` names (a layer above the models)."""
+    _SOURCES[prefix] = load
 
-    state, _ = read_weights(path, "pretrained")
-    own = model.state_dict()
-    if not any(k in own for k in state):
-        raise refused
-    report = init_from(model, path, attention_init=attention_init, what="pretrained")
-    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head.fc"))
-    resized = {k.split(" ", 1)[0] for k in report.shape_differs}
-    missing = [k for k in report.new if ".attention." not in "." + k
-               and not (k in resized and k.startswith(classifier + "."))]
-    problems = [f"{label}: {', '.join(keys[:4])}{f', ... ({len(keys)} in all)' if len(keys) > 4 else ''}"
-                for label, keys in (("missing keys", missing), ("unexpected keys", report.unused)) if keys]
-    if problems:
-        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-        raise PretrainedLayoutError(
-            f"pretrained: {path} does not fit {architecture} in tdaf's own names (a state dict or checkpoint of "
-            f"the plain model or of a TDAF one), nor in torchvision or timm layout: {'; '.join(problems)}")
+
+def register_own_layout_loader(load: Callable[[nn.Module, Any, str | None, Exception], None]) -> None:
+    """The loader of a ``pretrained`` file that is not in torchvision/timm layout:
+    ``load(model, path, attention_init, refused)`` (:mod:`tdaf.engine.init_from` registers
+    :func:`~tdaf.engine.init_from.load_in_own_names`; it raises ``refused`` when the file is
+    not in tdaf's names either)."""
+    _OWN_LAYOUT.clear()
+    _OWN_LAYOUT.append(load)
 
 
 def create_model(
@@ -215,7 +203,9 @@ def create_model(
     ``tdaf train --init-from`` takes (a state dict of a tdaf model, plain or TDAF, or a
     tdaf checkpoint), loaded by :func:`tdaf.init_from`; either way, with ``attention_init``
     "auto" the new ANARs start as the identity and a TDAF model computes the plain one at
-    step 0. Nothing is ever downloaded. ``device`` and ``dtype`` (timm's factory arguments) build
+    step 0. Nothing is ever downloaded. ``name`` ``"local-dir:DIR"`` rebuilds the model
+    saved in the folder ``DIR`` (``config.json`` + ``model.safetensors``, as timm's
+    ``save_for_hf`` and ``tdaf export --format timm`` write it) with its weights. ``device`` and ``dtype`` (timm's factory arguments) build
     the model on that device (``"meta"``: no memory) and cast it to that dtype.
 
     ``features_only=True`` (with optional ``out_indices``) returns the backbone alone,
@@ -225,6 +215,13 @@ def create_model(
     for ``FeaturePyramidNetwork`` and detection heads). Names ``tdaf_timm/<timm name>``
     and ``timm/<timm name>`` wrap any sequential timm CNN.
     """
+    source = next((p for p in _SOURCES if isinstance(name, str) and name.startswith(p)), None)
+    if source is not None:  # "local-dir:DIR": a saved folder (tdaf.hub)
+        if pretrained is not None:
+            raise ValueError(f"pretrained: got {pretrained!r} with {name!r}; the folder holds the weights (give "
+                             f"one of them)")
+        extra = {} if num_classes is None else {"num_classes": num_classes}
+        return _SOURCES[source](name[len(source):], name, **extra, **kwargs)
     builder, cfg = _resolve(name)
     kwargs = {k: v for k, v in kwargs.items() if not (k in TDAF_DEFAULTS and v is None)}
     tdaf_args = take_tdaf_kwargs(name, cfg, kwargs)
@@ -245,7 +242,9 @@ def create_model(
         model = _build(builder, name, {**tdaf_args, **kwargs})
     except PretrainedLayoutError as refused:  # not the torchvision/timm layout: tdaf's own, as --init-from reads
         model = _build(builder, name, {**tdaf_args, **{k: v for k, v in kwargs.items() if k != "pretrained"}})
-        load_tdaf_weights(model, pretrained, tdaf_args.get("attention_init"), refused)
+        if not _OWN_LAYOUT:
+            raise
+        _OWN_LAYOUT[0](model, pretrained, tdaf_args.get("attention_init"), refused)
     if features_only:
         return (FeatureMaps if feature_cls == "dict" else StageFeatures)(model, out_indices)
     return model

@@ -72,6 +72,7 @@ def _entrypoint(name: str, target: str | None = None) -> Callable[..., nn.Module
         cache_dir: Any = None,
         **kwargs: Any,
     ) -> nn.Module:
+        kwargs.pop("pretrained_model_args", None)  # timm's record of a saved folder's model_args (also in kwargs)
         resolved = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg,
                                           pretrained_cfg_overlay=pretrained_cfg_overlay)
         if isinstance(pretrained, (str, os.PathLike)):
@@ -85,7 +86,10 @@ def _entrypoint(name: str, target: str | None = None) -> Callable[..., nn.Module
                 )
         else:
             file = None
-        model = create_model(target, pretrained=file, **kwargs)
+        if file is not None and os.path.isdir(file):  # timm's "local-dir:DIR": the folder tdaf.hub reads
+            model = create_model(f"local-dir:{file}", **kwargs)
+        else:
+            model = create_model(target, pretrained=file, **kwargs)
         merged = {k: v for k, v in resolved.to_dict().items() if v is not None}
         merged.update(model.pretrained_cfg)
         merged.update(pretrained_cfg_overlay or {})
