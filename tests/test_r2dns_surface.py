@@ -38,12 +38,18 @@ def _train_stats(module: nn.Module, x: torch.Tensor) -> None:
 
 
 def test_defaults_live_in_one_place() -> None:
-    assert TDAF_DEFAULTS == dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto")
-    assert tuple(TDAF_DEFAULTS)[:4] == TDAF_ARCH_KEYS
+    assert TDAF_DEFAULTS == dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto",
+                                 anar_min_width=1, anar_up="deconv")
+    assert TDAF_ARCH_KEYS == ("flows", "anar", "eta", "downsample", "anar_min_width", "anar_up")
     r = R2DNS(_stages([4, 4, 4], [2, 2, 2]), [4] * 3, [2] * 3)
-    assert (r.flows, r.anar_name, r.eta, r.down.mode) == tuple(TDAF_DEFAULTS[k] for k in TDAF_ARCH_KEYS)
+    assert (r.flows, r.anar_name, r.eta, r.down.mode, r.anar_min_width, r.anar_up) == tuple(
+        TDAF_DEFAULTS[k] for k in TDAF_ARCH_KEYS)
+    paper = TDAF_ARCH_KEYS[:4]  # the paper's settings are always recorded, the options beyond it when set
     model = tdaf.create_model("tdaf_resnet18_cifar")
-    assert {k: model.pretrained_cfg[k] for k in TDAF_ARCH_KEYS} == {k: TDAF_DEFAULTS[k] for k in TDAF_ARCH_KEYS}
+    assert {k: model.pretrained_cfg[k] for k in paper} == {k: TDAF_DEFAULTS[k] for k in paper}
+    assert not {"anar_min_width", "anar_up"} & set(model.pretrained_cfg)
+    model = tdaf.create_model("tdaf_resnet18_cifar", anar_min_width=8, anar_up="resize")
+    assert (model.pretrained_cfg["anar_min_width"], model.pretrained_cfg["anar_up"]) == (8, "resize")
 
 
 def test_anar_none_runs_independent_flows() -> None:

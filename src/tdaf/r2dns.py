@@ -30,39 +30,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.anar import ANAR, create_anar
+from .layers.anar import ANAR, check_anar_options, create_anar
 from .layers.downsample import Downsample
 from .layers.mfbn import convert_to_mfbn, mfbn_modules, set_flow
 from .layers.tracing import is_eager
 
 __all__ = [
     "R2DNS", "StageNet", "overlap_flows", "init_attention", "TDAF_DEFAULTS", "TDAF_ARCH_KEYS", "ATTENTION_INITS",
-    "resolve_attention_init", "AttentionMaps", "min_input_size", "check_input",
+    "resolve_attention_init", "AttentionMaps", "GateFn", "min_input_size", "check_input",
     "validate_stages", "validate_flows", "validate_strides", "flow_inputs", "stride_fraction", "total_reduction",
 ]
 
 # The paper's setting (§4): 3 flows, ANAR-3, eta = 0.5 (Eq. 5), 2x2 average pooling between
 # flows (Eq. 2). Every builder reads these, so changing a default means changing it here.
-TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto")
+# ``anar_min_width`` and ``anar_up`` are this library's options beyond the paper (Table 1's
+# widths and transposed convs by default; README, "Deviations").
+TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto",
+                                     anar_min_width=1, anar_up="deconv")
 # The settings that decide a TDAF network's layout and forward (recorded in its config and
 # checkpoints, compared when weights are loaded); ``attention_init`` only decides the start.
-TDAF_ARCH_KEYS: tuple[str, ...] = ("flows", "anar", "eta", "downsample")
+TDAF_ARCH_KEYS: tuple[str, ...] = ("flows", "anar", "eta", "downsample", "anar_min_width", "anar_up")
 
 # How the ANARs start (:meth:`R2DNS.init_attention`). "identity": the last conv of every ANAR
 # at zero, so each gate is 1 - eta and Eq. 5 multiplies by exactly 1: the network equals its
 # plain counterpart at step 0, and attention still learns (its gradient is not zero).
-# "random": every ANAR layer Kaiming-initialised (gates near 0.5 with a random spread).
+# "random": every ANAR layer Kaiming-initialised (fan-out mode: the one-channel last conv's
+# weights have std sqrt(2) at any width, so gates start near 0 or 1 on wide stages).
+# "fan_in": every ANAR layer Kaiming fan-in, the last bias at logit(1 - eta): gates start
+# around the identity level with a spread of about one logit, every layer learning at once.
 # "auto": identity when the model starts from trained weights (a plain network's, which
 # attention must not disturb), SCRATCH_ATTENTION_INIT from scratch (chosen by measurement:
 # README, "Attention initialisation").
-ATTENTION_INITS: tuple[str, ...] = ("auto", "identity", "random")
+ATTENTION_INITS: tuple[str, ...] = ("auto", "identity", "random", "fan_in")
 SCRATCH_ATTENTION_INIT = "identity"
 
 
 def resolve_attention_init(value: str | None, from_trained: bool = False,
                            eta: float = TDAF_DEFAULTS["eta"]) -> str:
-    """``"identity"`` or ``"random"`` for an ``attention_init`` setting (None means "auto";
-    "auto" is "random" where no gate can be the identity: eta 0 or 1)."""
+    """``"identity"``, ``"random"`` or ``"fan_in"`` for an ``attention_init`` setting (None
+    means "auto"; "auto" is "random" where no gate can be the identity: eta 0 or 1)."""
     value = "auto" if value is None else value
     if value not in ATTENTION_INITS:
         raise ValueError(f"attention_init: got {value!r}; allowed: {', '.join(ATTENTION_INITS)}")
@@ -76,6 +82,8 @@ def resolve_attention_init(value: str | None, from_trained: bool = False,
 Stride = int | float | tuple[int | float, ...]
 # ``maps[(stage, flow)]``: the attention map applied to ``stage``'s output in ``flow`` (1-based).
 AttentionMaps = dict[tuple[int, int], torch.Tensor]
+# ``fn(stage, flow, g)``: the gate to apply instead of the ANAR's map ``g`` (R2DNS.replace_gates).
+GateFn = Callable[[int, int, torch.Tensor], torch.Tensor]
 
 
 def stride_fraction(stride: int | float | Fraction) -> Fraction:
@@ -294,9 +302,12 @@ class R2DNS(nn.Module):
         depthwise: depthwise-separable ANAR (MobileNet).
         in_chans: expected input channels (checked), or None.
         attention_init: how the ANARs start: ``"identity"`` (the network equals its plain
-            counterpart at step 0), ``"random"``, or ``"auto"`` (from scratch:
+            counterpart at step 0), ``"random"``, ``"fan_in"`` or ``"auto"`` (from scratch:
             :data:`SCRATCH_ATTENTION_INIT`; builders that load trained weights pass
             ``"identity"``). See :meth:`init_attention`.
+        anar_min_width: the narrowest ANAR layer (1: Table 1's widths, which are 1-4 channels
+            on narrow backbones).
+        anar_up: ANAR's up layers: ``"deconv"`` (Table 1) or ``"resize"`` (x2 resize + 3x3 conv).
 
     Defaults are :data:`TDAF_DEFAULTS`. ``forward`` returns the last flow's stage outputs
     ``[x_2^(N), ..., x_{L+1}^(N)]``; :meth:`forward_flows` returns every flow's.
@@ -315,6 +326,8 @@ class R2DNS(nn.Module):
         depthwise: bool = False,
         in_chans: int | None = 3,
         attention_init: str = TDAF_DEFAULTS["attention_init"],
+        anar_min_width: int = TDAF_DEFAULTS["anar_min_width"],
+        anar_up: str = TDAF_DEFAULTS["anar_up"],
     ) -> None:
         super().__init__()
         validate_stages(stages, channels, strides, dims)
@@ -333,8 +346,11 @@ class R2DNS(nn.Module):
         self.down = Downsample(downsample, dims)
         # g_l exists where some flow n-1 runs stage l: l <= S(N-1) = L-1 (none when N = 1).
         num_attention = num_stages - 1 if flows > 1 and anar is not None else 0
+        check_anar_options(anar_min_width, anar_up)
+        self.anar_min_width, self.anar_up = anar_min_width, anar_up
         self.attention = nn.ModuleList(
-            [create_anar(anar, channels[l], dims=dims, depthwise=depthwise) for l in range(num_attention)]
+            [create_anar(anar, channels[l], dims=dims, depthwise=depthwise, min_width=anar_min_width, up=anar_up)
+             for l in range(num_attention)]
         )
         if flows == 1 and anar is not None:
             create_anar(anar, 8)  # still validate the name
@@ -342,6 +358,8 @@ class R2DNS(nn.Module):
         convert_to_mfbn(self, flows)
         self._mode = "bilinear" if dims == 2 else "trilinear"
         self._attention_maps: AttentionMaps | None = None
+        self._gate_fn: GateFn | None = None  # replace_gates
+        self._flow_outputs: list[list[torch.Tensor]] | None = None  # record_flows
         # On a CUDA device, run flows 1..N-1 (and the ANARs that gate flow N) on a second
         # stream, concurrently with flow N (see forward_flows). Off by default.
         self.overlap = False
@@ -359,14 +377,18 @@ class R2DNS(nn.Module):
         """(Re-)initialise every ANAR: ``"identity"`` sets each ANAR's last conv to weight 0
         and bias ``logit(1 - eta)``, so every gate is ``1 - eta`` and Eq. 5 multiplies each
         stage output by exactly 1 (the network computes its plain counterpart, the other
-        flows' statistics aside); ``"random"`` re-draws every ANAR layer. Other weights and
-        all BatchNorm layers are left as they are."""
+        flows' statistics aside); ``"random"`` re-draws every ANAR layer; ``"fan_in"`` draws
+        them in Kaiming's fan-in mode around the identity level (:meth:`ANAR.reset_parameters`).
+        Other weights and all BatchNorm layers are left as they are."""
         mode = resolve_attention_init(mode)
         if mode == "identity" and self.attention and not 0.0 < self.eta < 1.0:
             raise ValueError(f"attention_init: 'identity' needs 0 < eta < 1 (a gate g + eta = 1 with g in (0, 1)); "
                              f"got eta={self.eta}")
         for g in self.attention:
-            g.reset_parameters(gate=1.0 - self.eta if mode == "identity" else None)
+            if mode == "fan_in":
+                g.reset_parameters(gate=1.0 - self.eta if 0.0 < self.eta < 1.0 else None, fan_in=True)
+            else:
+                g.reset_parameters(gate=1.0 - self.eta if mode == "identity" else None)
 
     @property
     def has_attention(self) -> bool:
@@ -405,12 +427,40 @@ class R2DNS(nn.Module):
         finally:
             self._attention_maps = None
 
+    @contextmanager
+    def replace_gates(self, fn: GateFn) -> Iterator[None]:
+        """Apply ``fn(stage, flow, g)`` instead of each ANAR map ``g`` (``(B, 1, *S)``, resized
+        to its target) while the block runs: the attention ablations of
+        :func:`tdaf.attention_stats.attention_ablation` replace every gate by its average map
+        over images, or by a constant. :meth:`record_attention` records what is applied."""
+        if self._gate_fn is not None:
+            raise RuntimeError("replace_gates: the gates of this model are already being replaced")
+        self._gate_fn = fn
+        try:
+            yield
+        finally:
+            self._gate_fn = None
+
+    @contextmanager
+    def record_flows(self) -> Iterator[list[list[torch.Tensor]]]:
+        """Collect every flow's stage outputs (not detached, so a gradient can be taken with
+        respect to them: how much of the loss's gradient reaches each flow) while the block
+        runs; ``flows[n - 1]`` is flow n's, as :meth:`forward_flows` returns them."""
+        if self._flow_outputs is not None:
+            raise RuntimeError("record_flows: this model's flows are already being recorded")
+        flows: list[list[torch.Tensor]] = []
+        self._flow_outputs = flows
+        try:
+            yield flows
+        finally:
+            self._flow_outputs = None
+
     def forward_flows(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         """Every flow's stage outputs, flow 1 first: ``result[n - 1][l - 1]`` is
         x_{l+1}^(n), and flow n has S(n) of them (Eq. 1)."""
         check_input(x, self.in_chans, self.min_input_size(), self.dims)
         if (self.overlap and is_eager() and x.is_cuda and self.flows > 1 and self.has_attention
-                and self._attention_maps is None):
+                and self._attention_maps is None and self._gate_fn is None and self._flow_outputs is None):
             return self._forward_flows_overlapped(x)
         inputs = flow_inputs(x, self.down, self.flows)  # inputs[n - 1] is flow n's input
         # Looked up per call: freeze_mfbn / convert_to_mfbn may have replaced norm layers since.
@@ -422,6 +472,8 @@ class R2DNS(nn.Module):
                 set_flow(norms, n - 1)
                 result.append(self._run_flow(n, inputs[n - 1], result[-1] if result else [], recompute))
         set_flow(norms, self.flows - 1)
+        if self._flow_outputs is not None:
+            self._flow_outputs[:] = result
         return result
 
     def _run_flow(self, n: int, y: torch.Tensor, previous: Sequence[torch.Tensor],
@@ -505,6 +557,8 @@ class R2DNS(nn.Module):
     def _attend(self, l: int, source: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
         anar: ANAR = self.attention[l]  # type: ignore[assignment]
         a = self._resize(anar(source), target)
+        if self._gate_fn is not None:
+            a = self._gate_fn(l + 1, n, a)
         if self._attention_maps is not None:
             self._attention_maps[(l + 1, n)] = a.detach()
         return a

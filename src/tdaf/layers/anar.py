@@ -19,7 +19,12 @@ from torch import nn
 
 from .tracing import is_eager
 
-__all__ = ["ANAR", "ANARSpec", "ANAR_SPECS", "create_anar", "anar_names"]
+__all__ = ["ANAR", "ANARSpec", "ANAR_SPECS", "ANAR_UPS", "create_anar", "anar_names"]
+
+# How ANAR's up path doubles the size: "deconv", Table 1's 4x4 stride-2 transposed conv; or
+# "resize", a x2 bilinear resize then a 3x3 conv (no checkerboard pattern from the stride-2
+# kernel overlap; same widths).
+ANAR_UPS: tuple[str, ...] = ("deconv", "resize")
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,8 @@ def anar_names() -> list[str]:
     return sorted(ANAR_SPECS)
 
 
-def _width(c: int, divisor: int) -> int:
-    return max(1, c // divisor)
+def _width(c: int, divisor: int, floor: int = 1) -> int:
+    return min(c, max(floor, c // divisor))
 
 
 def _conv(dims: int, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
@@ -119,15 +124,30 @@ def _bn(dims: int, c: int) -> nn.Module:
     return nn.BatchNorm2d(c) if dims == 2 else nn.BatchNorm3d(c)
 
 
-def _resample(dims: int, cin: int, cout: int, up: bool, depthwise: bool) -> nn.Sequential:
-    """A 3x3 stride-2 conv (down) or 4x4 stride-2 transposed conv (up), then BN.
+class ResizeConv(nn.Sequential):
+    """ANAR's x2 up layer with ``up="resize"``: a bilinear (trilinear) x2 resize, then a 3x3
+    conv (Odena et al. 2016: the stride-2 4x4 transposed conv's overlapping kernels draw
+    a checkerboard; a resize first does not)."""
+
+    def __init__(self, dims: int, cin: int, cout: int, groups: int = 1) -> None:
+        mode = "bilinear" if dims == 2 else "trilinear"
+        super().__init__(nn.Upsample(scale_factor=2.0, mode=mode, align_corners=False),
+                         _conv(dims, cin, cout, 3, padding=1, groups=groups))
+
+
+def _resample(dims: int, cin: int, cout: int, up: bool, depthwise: bool, up_mode: str = "deconv") -> nn.Sequential:
+    """A 3x3 stride-2 conv (down) or 4x4 stride-2 transposed conv (up; ``up_mode="resize"``:
+    :class:`ResizeConv`), then BN.
 
     Depthwise form (MobileNet): a depthwise k x k at the input width, BN, ReLU, then a
     pointwise 1x1 to the new width, BN. The trailing ReLU is applied by the caller, after
     any skip connection is added.
     """
-    layer = (lambda ci, co, g: _deconv(dims, ci, co, groups=g)) if up else (
-        lambda ci, co, g: _conv(dims, ci, co, 3, stride=2, padding=1, groups=g))
+    if up:
+        layer = ((lambda ci, co, g: _deconv(dims, ci, co, groups=g)) if up_mode == "deconv" else
+                 (lambda ci, co, g: ResizeConv(dims, ci, co, groups=g)))
+    else:
+        layer = lambda ci, co, g: _conv(dims, ci, co, 3, stride=2, padding=1, groups=g)  # noqa: E731
     if not depthwise:
         return nn.Sequential(layer(cin, cout, 1), _bn(dims, cout))
     return nn.Sequential(
@@ -144,9 +164,14 @@ def _crop_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 class ANAR(nn.Module):
-    """One ANAR attention module g_l (Table 1): ``(B, c, *S) -> (B, 1, *2S)`` in (0, 1)."""
+    """One ANAR attention module g_l (Table 1): ``(B, c, *S) -> (B, 1, *2S)`` in (0, 1).
 
-    def __init__(self, channels: int, spec: ANARSpec | str = "anar3", dims: int = 2, depthwise: bool = False) -> None:
+    ``min_width``: no layer narrower than this (nor than ``channels``); Table 1's widths
+    c/8 .. c/32 are 1-4 channels on a 32-128 channel backbone, 1 (the default) keeps them.
+    ``up``: how the up path doubles the size (:data:`ANAR_UPS`)."""
+
+    def __init__(self, channels: int, spec: ANARSpec | str = "anar3", dims: int = 2, depthwise: bool = False,
+                 min_width: int = 1, up: str = "deconv") -> None:
         super().__init__()
         if isinstance(spec, str):
             spec = _lookup(spec)
@@ -154,15 +179,17 @@ class ANAR(nn.Module):
             raise ValueError(f"ANAR dims must be 2 or 3, got {dims}")
         if channels < 1:
             raise ValueError(f"ANAR channels must be >= 1, got {channels}")
+        check_anar_options(min_width, up)
         self.in_channels = channels
         self.dims = dims
         self.spec = spec
-        width = _width(channels, spec.trans)
+        floor = min_width
+        width = _width(channels, spec.trans, floor)
         self.trans = nn.Sequential(_conv(dims, channels, width, 1), _bn(dims, width), nn.ReLU(inplace=True))
         down_widths = [width]
         self.downs = nn.ModuleList()
         for div in spec.downs:
-            out = _width(channels, div)
+            out = _width(channels, div, floor)
             self.downs.append(nn.Sequential(_resample(dims, down_widths[-1], out, False, depthwise),
                                             nn.ReLU(inplace=True)))
             down_widths.append(out)
@@ -170,8 +197,8 @@ class ANAR(nn.Module):
         self.skips = nn.ModuleList()
         cur = down_widths[-1]
         for i, div in enumerate(spec.ups):
-            out = _width(channels, div)
-            self.ups.append(_resample(dims, cur, out, True, depthwise))
+            out = _width(channels, div, floor)
+            self.ups.append(_resample(dims, cur, out, True, depthwise, up))
             if i < len(spec.downs):  # SC from the down-part output of the same resolution
                 src = down_widths[-(i + 2)]
                 self.skips.append(nn.Sequential(_conv(dims, src, out, 1), _bn(dims, out)))
@@ -181,20 +208,32 @@ class ANAR(nn.Module):
         self._mode = "bilinear" if dims == 2 else "trilinear"
         self.reset_parameters()
 
-    def reset_parameters(self, gate: float | None = None) -> None:
+    def reset_parameters(self, gate: float | None = None, fan_in: bool = False) -> None:
         """Kaiming-normal convolutions with zero biases (``gate=None``: every layer random,
         the output near 0.5 with a random spread); with ``gate`` in (0, 1), the last 1x1
         conv starts at weight 0 and bias ``logit(gate)``, so the module outputs exactly
         ``gate`` everywhere while its gradient is not zero (as a zero-initialised residual
-        branch). R2DNS uses ``gate = 1 - eta`` to make attention start as the identity."""
+        branch). R2DNS uses ``gate = 1 - eta`` to make attention start as the identity.
+
+        ``fan_in``: Kaiming's fan-in mode for every layer, the last one included, and (with
+        ``gate``) the last bias at ``logit(gate)`` with its weights left random: the gates
+        start around ``gate`` with a spread of about one logit whatever the width, and every
+        layer gets a gradient from the first step. (Fan-out mode on the one-channel last
+        conv draws its weights with std sqrt(2) at every width: gates start near 0 or 1.)"""
         if gate is not None and not (isinstance(gate, (int, float)) and 0.0 < gate < 1.0):
             raise ValueError(f"gate: got {gate!r}; allowed: a number in (0, 1) or None")
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_in" if fan_in else "fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if gate is not None:
+        if fan_in:
+            # The last conv reads ReLU'd BN outputs (second moment 1/2): std sqrt(2 / fan_in)
+            # gives its logits a variance of about 1.
+            with torch.no_grad():
+                if gate is not None:
+                    self.head.bias.fill_(math.log(gate / (1.0 - gate)))
+        elif gate is not None:
             with torch.no_grad():
                 self.head.weight.zero_()
                 self.head.bias.fill_(math.log(gate / (1.0 - gate)))
@@ -223,6 +262,15 @@ def _lookup(name: str) -> ANARSpec:
     return ANAR_SPECS[key]
 
 
-def create_anar(name: str, channels: int, dims: int = 2, depthwise: bool = False) -> ANAR:
+def check_anar_options(min_width: int, up: str) -> None:
+    """ValueError naming ``anar_min_width`` / ``anar_up`` for values ANAR cannot take."""
+    if not isinstance(min_width, int) or isinstance(min_width, bool) or min_width < 1:
+        raise ValueError(f"anar_min_width: got {min_width!r}; allowed: an integer >= 1 (1: Table 1's widths)")
+    if up not in ANAR_UPS:
+        raise ValueError(f"anar_up: got {up!r}; allowed: {', '.join(ANAR_UPS)}")
+
+
+def create_anar(name: str, channels: int, dims: int = 2, depthwise: bool = False, min_width: int = 1,
+                up: str = "deconv") -> ANAR:
     """Build ANAR-2/3/5/7 by name (``"anar3"``, ``"ANAR-5"``, ...)."""
-    return ANAR(channels, _lookup(name), dims=dims, depthwise=depthwise)
+    return ANAR(channels, _lookup(name), dims=dims, depthwise=depthwise, min_width=min_width, up=up)

@@ -117,7 +117,10 @@ def tdaf_settings(backbone: R2DNS | StageNet) -> dict[str, Any]:
         return {}
     if backbone.anar_name is None:
         return dict(flows=backbone.flows, downsample=backbone.down.mode)
-    return dict(flows=backbone.flows, anar=backbone.anar_name, eta=backbone.eta, downsample=backbone.down.mode)
+    # The options beyond the paper are recorded where they differ from Table 1.
+    extra = {k: getattr(backbone, k) for k in ("anar_min_width", "anar_up") if getattr(backbone, k) != TDAF_DEFAULTS[k]}
+    return dict(flows=backbone.flows, anar=backbone.anar_name, eta=backbone.eta, downsample=backbone.down.mode,
+                **extra)
 
 
 def build_model(
