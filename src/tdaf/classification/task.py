@@ -18,6 +18,7 @@ from torch import nn
 from ..data import TransformedDataset, collate_skip, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
+from ..attention_stats import boxes_to_regions
 from ..engine.task import AttentionItem, BuiltModel, StepOutput, Task, TaskData, register_task
 from ..io.images import ImageList, open_image
 from ..io.table import counts_line, topk_table
@@ -106,6 +107,22 @@ class ClassificationTask(Task):
 
     def evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator(probs=self.ten_crop)
+
+    def attention_regions(self, model: nn.Module, dataset: Any, indices: Sequence[int], inputs: Any,
+                          targets: Any) -> torch.Tensor | None:
+        """The object's box where the raw data set gives one (``object_boxes``: the cluttered
+        digits), scaled from its canvas to the input (the test transform resizes)."""
+        raw = getattr(dataset, "raw", None)
+        boxes_of = getattr(raw, "object_boxes", None)
+        if boxes_of is None or self.ten_crop or not isinstance(inputs, torch.Tensor):
+            return None
+        h, w = inputs.shape[-2:]
+        boxes = []
+        for i in indices:
+            (cw, ch), image_boxes = boxes_of(dataset.indices[i])
+            sx, sy = w / cw, h / ch
+            boxes.append([[x0 * sx, y0 * sy, x1 * sx, y1 * sy] for x0, y0, x1, y1 in image_boxes])
+        return boxes_to_regions(boxes, (h, w))
 
     # ---- tdaf eval and tdaf predict
     eval_batch_size = 100

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..models import is_model
 from ..engine.preflight import check_run_inputs
 from ..engine.trainer import TrainingDiverged, Trainer
+from ..layers.anar import ANAR_UPS
 from ..r2dns import ATTENTION_INITS, SCRATCH_ATTENTION_INIT
 from ._common import (
     add_amp_arg, add_channels_last_arg, add_device_arg, add_input_size_arg, add_progress_arg, add_threads_arg,
@@ -124,8 +125,15 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eta", type=float, help="half-scale residual of Eq. 5 (default 0.5)")
     g.add_argument("--downsample", help="TDAF downsampling between flows: avg | bilinear (default avg)")
     g.add_argument("--attention-init", choices=list(ATTENTION_INITS),
-                   help="how the ANARs start: identity (the model computes its plain counterpart at step 0), random, "
-                   f"or auto (identity over trained weights, {SCRATCH_ATTENTION_INIT} from scratch; the default)")
+                   help="how the ANARs start: identity (the model computes its plain counterpart at step 0), random "
+                   "(Kaiming fan-out: wide stages start with gates near 0 or 1), fan_in (Kaiming fan-in around the "
+                   f"identity level: every ANAR layer learns from step 1), or auto (identity over trained weights, {SCRATCH_ATTENTION_INIT} from scratch; the default)")
+    g.add_argument("--anar-min-width", type=int, metavar="C",
+                   help="no ANAR layer narrower than C channels (default 1: Table 1's c/8 .. c/32, which are 1-4 "
+                   "channels on a 32-128 channel backbone)")
+    g.add_argument("--anar-up", choices=list(ANAR_UPS),
+                   help="ANAR's x2 up layers: deconv (Table 1's 4x4 stride-2 transposed conv, default) or resize "
+                   "(bilinear x2, then a 3x3 conv)")
     g.add_argument("--pretrained", metavar="FILE", help="initialise the plain backbone from a local state dict")
     g.add_argument("--init-from", metavar="CKPT",
                    help="start from a trained model of the same task: its best.pt/last.pt (e.g. the plain model's, "
@@ -168,6 +176,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "what is validated and saved (default off)")
     g.add_argument("--clip-grad-norm", type=float, metavar="MAX",
                    help="clip the gradients' global norm to MAX, and stop on a non-finite norm (default off)")
+    g.add_argument("--attention-lr-scale", type=float, metavar="K",
+                   help="the ANAR parameters learn at K x the learning rate (default 1)")
+    g.add_argument("--attention-weight-decay", type=float, metavar="WD",
+                   help="weight decay of the ANAR parameters (default: --weight-decay)")
+    g.add_argument("--decay-norm-and-bias", action=_BOOL,
+                   help="weight decay on BatchNorm affines and biases too (default on; --no-decay-norm-and-bias "
+                   "leaves them out, as timm's param_groups_weight_decay does)")
     g.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
     g = p.add_argument_group("execution")
     add_device_arg(g, suppress=True)
@@ -184,6 +199,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
     g.add_argument("--overwrite", action=_BOOL, help="start over in an --out folder that holds a checkpoint")
     g.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last; default 1)")
+    g.add_argument("--attention-monitor", action=_BOOL,
+                   help="after every epoch, the attention statistics of a TDAF model on a fixed validation subset "
+                   "(gate mean, spread, movement, focus on the object where the data say where it is, gradient "
+                   "per flow and ANAR) in metrics.csv and TensorBoard, with pictures of the maps (default on)")
     add_progress_arg(g, suppress=True)
     g.add_argument("--tensorboard", action=_BOOL, help="TensorBoard events in OUT/tb (default on)")
     g.add_argument("--log-every", type=int, help="TensorBoard step scalars every N steps (default 20)")

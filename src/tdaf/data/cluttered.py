@@ -24,8 +24,8 @@ from PIL import Image
 
 from .digits import digits_pixels
 
-__all__ = ["ClutterSpec", "CLUTTER_DEFAULT", "GENERATION_SEED", "CLUTTERED_MEAN", "CLUTTERED_STD",
-           "cluttered_digits"]
+__all__ = ["ClutterSpec", "CLUTTER_DEFAULT", "CLUTTER_SMALL", "GENERATION_SEED", "CLUTTERED_MEAN", "CLUTTERED_STD",
+           "CLUTTERED_SMALL_MEAN", "CLUTTERED_SMALL_STD", "cluttered_digits"]
 
 GENERATION_SEED = 20140624  # Mnih et al.'s arXiv date; any fixed number would do
 # Per-channel mean/std of the default training split in [0, 1] (tests/test_cluttered.py
@@ -61,6 +61,11 @@ class ClutterSpec:
 
 
 CLUTTER_DEFAULT = ClutterSpec()
+# Small digits in denser clutter: a 16-20 px digit (about a quarter of the side) on 64x64
+# among 8 fragments of 8 px (``--data cluttered_digits_small``).
+CLUTTER_SMALL = ClutterSpec(size=64, digit_sizes=(16, 20), fragments=8, fragment_size=8)
+CLUTTERED_SMALL_MEAN = (0.0885, 0.0885, 0.0885)
+CLUTTERED_SMALL_STD = (0.2302, 0.2302, 0.2302)
 
 
 def _fragment(rng: np.random.Generator, image: np.ndarray, k: int) -> np.ndarray:

@@ -43,7 +43,7 @@ SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AMP_DTYPE_NAMES = ("bf16", "fp16")
 # Keys that decide the architecture and the data of a run: a resumed run must keep them.
-MODEL_KEYS = ("task", "model", "flows", "anar", "eta", "downsample", "data")
+MODEL_KEYS = ("task", "model", "flows", "anar", "eta", "downsample", "anar_min_width", "anar_up", "data")
 
 # The settings that mean something only for one value of another setting (schedule,
 # optimizer, amp), for one kind of value (model: a TDAF model or a plain one), or for each
@@ -77,6 +77,8 @@ class TrainConfig:
     eta: float | None = None
     downsample: str | None = None
     attention_init: str | None = None  # None: "auto" (identity over trained weights)
+    anar_min_width: int | None = None  # None: 1, Table 1's widths
+    anar_up: str | None = None  # None: "deconv", Table 1's transposed convs
     pretrained: str | None = None
     init_from: str | None = None  # a trained model's weights to start from (engine/init_from.py)
     # data
@@ -105,6 +107,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
     ema_decay: float | None = None
+    # the attention's own optimisation: a learning-rate multiplier and weight decay for the
+    # ANAR parameters (None: weight_decay), and no decay on BatchNorm affines and biases
+    attention_lr_scale: float = 1.0
+    attention_weight_decay: float | None = None
+    decay_norm_and_bias: bool = True
     seed: int = 0
     # execution
     device: str = "auto"
@@ -118,6 +125,7 @@ class TrainConfig:
     resume: str | None = None
     overwrite: bool = False
     eval_every: int = 1
+    attention_monitor: bool = True
     progress: bool = True
     tensorboard: bool = True
     log_every: int = 20
@@ -169,7 +177,7 @@ class TrainConfig:
             return UserError(f"{source}: {key}: got {getattr(self, key)!r}; allowed: {allowed}")
 
         for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing", "eta",
-                    "clip_grad_norm", "ema_decay"):
+                    "clip_grad_norm", "ema_decay", "attention_lr_scale", "attention_weight_decay"):
             value = getattr(self, key)
             if value is not None and not math.isfinite(value):
                 raise bad(key, "a finite number")
@@ -208,6 +216,12 @@ class TrainConfig:
                 raise bad(key, "a number in [0, 1)")
         if self.weight_decay < 0:
             raise bad("weight_decay", "a number >= 0")
+        if self.attention_weight_decay is not None and self.attention_weight_decay < 0:
+            raise bad("attention_weight_decay", "a number >= 0, or null (the weight_decay)")
+        if not self.attention_lr_scale > 0:
+            raise bad("attention_lr_scale", "a number > 0 (1: the learning rate of every other weight)")
+        if self.anar_min_width is not None and self.anar_min_width < 1:
+            raise bad("anar_min_width", "an integer >= 1, or null (1: Table 1's widths)")
         if not 0 < self.gamma <= 1:
             raise bad("gamma", "a number in (0, 1]")
         if not 0 <= self.warmup_epochs < self.epochs:

@@ -64,6 +64,12 @@ class RunLog:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
 
+    def image(self, tag: str, picture: Any, step: int) -> None:
+        """A ``(C, H, W)`` picture in [0, 1] (TensorBoard only)."""
+        if self.tb is not None:
+            self.tb.add_image(tag, picture, step)
+            self.tb.flush()
+
     def epoch(self, row: dict[str, Any], history: list[dict[str, Any]], step: int) -> None:
         """Log the epoch ``row`` (the last of ``history``)."""
         atomic_write_text(metrics_csv_text(history), self.csv_path)

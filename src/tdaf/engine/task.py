@@ -247,6 +247,16 @@ class Task(ABC):
     # and preprocess an input file for the attention maps.
 
     attention_person_boxes: bool = False  # ``tdaf attention --person-boxes`` crops persons (top-down pose)
+    monitor_count: int = 64  # validation items the attention monitor of ``tdaf train`` runs on every epoch
+
+    def attention_regions(self, model: nn.Module, dataset: Dataset, indices: Sequence[int], inputs: Any,
+                          targets: Any) -> torch.Tensor | None:
+        """Where the objects are in ``dataset``'s items ``indices`` (collated and moved as
+        ``inputs`` / ``targets``), in the frame of the tensor the task's R2DNS takes: an int8
+        ``(B, *S)`` map, 1 on an object, 0 on background, -1 where neither (padding), or None
+        when the data do not say (:func:`tdaf.attention_stats.boxes_to_regions` builds one
+        from boxes). The attention monitor's focus and ``tdaf attention --stats`` read it."""
+        return None
 
     def inference_meta(self, meta: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
         """``meta`` (a checkpoint's, or a registered model's config) with what the commands

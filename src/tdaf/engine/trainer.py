@@ -46,17 +46,19 @@ import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data import GlobalBatchSampler, ShardSampler
 from ..errors import UserError
+from ..layers.anar import ANAR
 from ..io.files import atomic_save, atomic_write_text, clean_stale_temporaries, deferred_interrupts, ensure_writable_dir
+from ..io.progress import progress_bar
 from ..r2dns import overlap_flows
 from .checkpoint import architecture, build_from_spec, checkpoint_payload, load_checkpoint, state_dict_mismatch
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, setup, teardown
 from .evaluate import UnreadableInputError, autocast, check_skipped, evaluate
 from .init_from import init_from
+from .monitor import AttentionMonitor, attention_line, start_from_state
 from .preflight import check_batch_norm_batch, check_run_inputs, same_file
 from .resources import cpu_plan, loader_workers
 from .runlog import RunLog
@@ -207,13 +209,32 @@ class Trainer:
             atomic_write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), out / "config.yaml")
         return out
 
+    def _param_groups(self, model: nn.Module) -> Any:
+        """``model.parameters()``, or, where the attention has its own learning-rate multiplier
+        or weight decay, or BatchNorm affines and biases are not decayed, one group per
+        (weight decay, lr multiplier) with ``lr_scale`` set (applied at every step)."""
+        cfg = self.cfg
+        if cfg.attention_lr_scale == 1.0 and cfg.attention_weight_decay is None and cfg.decay_norm_and_bias:
+            return model.parameters()
+        attention = {id(p) for m in model.modules() if isinstance(m, ANAR) for p in m.parameters()}
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, p in model.named_parameters():
+            is_attention = id(p) in attention
+            decay = cfg.attention_weight_decay if is_attention and cfg.attention_weight_decay is not None \
+                else cfg.weight_decay
+            if not cfg.decay_norm_and_bias and (p.ndim <= 1 or name.endswith(".bias")):
+                decay = 0.0  # timm's param_groups_weight_decay rule: 1-D tensors and biases
+            groups.setdefault((decay, cfg.attention_lr_scale if is_attention else 1.0), []).append(p)
+        return [dict(params=ps, weight_decay=wd, lr_scale=scale) for (wd, scale), ps in groups.items()]
+
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
+        params = self._param_groups(model)
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
+            return torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-        return cls(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        return cls(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
 
     def _memory_format(self) -> torch.memory_format:
         if not self.cfg.channels_last:
@@ -250,9 +271,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp and cfg.amp_dtype == "fp16")
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
         start_epoch, best, best_epoch, history = 0, None, 0, []
+        self._resumed_start: dict[str, torch.Tensor] | None = None
         if cfg.resume:
             start_epoch, best, best_epoch, history = self._resume(model, optimizer, built.name, built.kwargs)
         out = self._prepare_out(env)
+        # Built before the first step: its start maps are the gates of the untrained model
+        # (a resumed run reads them from its checkpoint).
+        self.monitor = (AttentionMonitor(task, data, model, env.device, start_from_state(self._resumed_start),
+                                         self._memory_format())
+                        if cfg.attention_monitor and env.is_main else None)
         self.model, self.optimizer, self.model_name, self.model_kwargs = model, optimizer, built.name, built.kwargs
         self.out, self.env, self.sampler = out, env, sampler
         train_model: nn.Module = model
@@ -305,12 +332,20 @@ class Trainer:
                     best, best_epoch = float(val[main_key]), epoch + 1
                 epoch_times.append(time.perf_counter() - t0)
                 row = self._row(epoch + 1, train, val, epoch_times[-1], best)
+                picture = None
+                if self.monitor is not None and self.monitor.active:
+                    attention, picture = self.monitor.epoch(self._eval_model(), model)
+                    row.update(attention)
                 history.append(row)
                 if env.is_main:
                     self._save(out, epoch + 1, val, best, best_epoch, history, improved)
                     assert runlog is not None
                     runlog.epoch(row, history, (epoch + 1) * sampler.steps)
+                    if picture is not None:
+                        runlog.image("attention/maps", picture, (epoch + 1) * sampler.steps)
                     self._log_epoch(row, epoch_times, cfg.epochs - epoch - 1)
+                    if picture is not None:
+                        log.info("%s", attention_line(row))
         finally:
             if runlog is not None:
                 runlog.close()
@@ -384,6 +419,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        self._resumed_start = ckpt.get("attention_start")
         log.info("resumed from %s after epoch %d", cfg.resume, ckpt["epoch"])
         best = ckpt.get("best_metric")
         return int(ckpt["epoch"]), None if best is None else float(best), int(ckpt.get("best_epoch", 0)), \
@@ -406,8 +442,9 @@ class Trainer:
         sums = torch.zeros(2 + len(keys), dtype=torch.float64, device=env.device)
         step_sums = torch.zeros(2, dtype=torch.float64, device=env.device)
         skipped, lr, examples = 0, 0.0, []
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (cfg.progress and env.is_main), dynamic_ncols=True, leave=False)
+        # a bar on a terminal, a few plain lines in a log file (the epoch line follows anyway)
+        bar = progress_bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", "step",
+                           enabled=None if cfg.progress and env.is_main else False)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets, bad) in enumerate(loader):
@@ -416,7 +453,7 @@ class Trainer:
             if micro == 0:
                 lr = lr_at(cfg, step, steps)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
             check_skipped(bad, cfg.strict)
             skipped += len(bad)
             examples += bad[: max(0, 3 - len(examples))]
@@ -514,6 +551,8 @@ class Trainer:
             extra["train_state_dict"] = _unwrap(self.model).state_dict()
         if self.scaler.is_enabled():
             extra["scaler"] = self.scaler.state_dict()
+        if self.monitor is not None and self.monitor.active:
+            extra["attention_start"] = self.monitor.start_state()
         payload = checkpoint_payload(
             self.model_name, self.model_kwargs, _unwrap(self._eval_model()).state_dict(), meta, **extra,
             optimizer=self.optimizer.state_dict(),

@@ -17,7 +17,9 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...data import DIGITS_MEAN, DIGITS_STD, TransformedDataset, subset_indices
-from ...data.cluttered import CLUTTERED_MEAN, CLUTTERED_STD
+from ...data.cluttered import (
+    CLUTTER_SMALL, CLUTTERED_MEAN, CLUTTERED_SMALL_MEAN, CLUTTERED_SMALL_STD, CLUTTERED_STD,
+)
 from ...data.registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
 from ...models.resnet import CIFAR_MEAN, CIFAR_STD
 from ._base import RawDataset
@@ -48,6 +50,11 @@ register_dataset(DatasetSpec(
     "cluttered_digits", TASK, lambda split, data_dir: ClutteredDigitsDataset(split), needs_dir=False,
     help="the same digits at random places on 48x48 canvases among fragments of other digits (the main job), "
     "built in", defaults=_defaults(48, CLUTTERED_MEAN, CLUTTERED_STD, "digits", False)))
+register_dataset(DatasetSpec(
+    "cluttered_digits_small", TASK,
+    lambda split, data_dir: ClutteredDigitsDataset(split, CLUTTER_SMALL, "cluttered_digits_small"), needs_dir=False,
+    help="smaller digits (16-20 px) at random places on 64x64 canvases among 8 fragments of 8 px, built in",
+    defaults=_defaults(64, CLUTTERED_SMALL_MEAN, CLUTTERED_SMALL_STD, "digits", False)))
 register_dataset(DatasetSpec(
     "cifar10", TASK, lambda split, data_dir: Cifar10Dataset(data_dir, split), needs_dir=True,
     help="the cifar-10-batches-py folder", defaults=_defaults(32, CIFAR10_MEAN, CIFAR10_STD, "cifar", False)))

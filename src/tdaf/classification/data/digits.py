@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ...data.cluttered import cluttered_digits
+from ...data.cluttered import CLUTTER_DEFAULT, ClutterSpec, cluttered_digits
 from ...data.digits import digits_pixels
 from ._base import RawDataset
 
@@ -34,13 +34,20 @@ class DigitsDataset(RawDataset):
 
 class ClutteredDigitsDataset(DigitsDataset):
     """One split of the cluttered digits (``train``: 3,000 canvases from the 1,437 training
-    digits, ``val``: 1,000 from the 360 test digits), as 48x48 greyscale PIL images."""
+    digits, ``val``: 1,000 from the 360 test digits), as greyscale PIL images (48x48 with
+    the default ``spec``). ``object_boxes`` says where each digit is."""
 
-    def __init__(self, split: str = "train") -> None:
-        self.images, self.labels, _, _ = cluttered_digits(split)
+    def __init__(self, split: str = "train", spec: ClutterSpec = CLUTTER_DEFAULT, name: str = "cluttered_digits") -> None:
+        self.images, self.labels, _, self.boxes = cluttered_digits(split, spec)
         self.split = split
+        self.name = name
         self.classes = [str(i) for i in range(10)]
 
     def load(self, index: int) -> tuple[Image.Image | None, int, str]:
         image = Image.fromarray(self.images[index], "L")
-        return image, int(self.labels[index]), f"cluttered_digits/{self.split}/{index}"
+        return image, int(self.labels[index]), f"{self.name}/{self.split}/{index}"
+
+    def object_boxes(self, index: int) -> tuple[tuple[int, int], list[list[float]]]:
+        """``((width, height), [[x0, y0, x1, y1]])``: the canvas and the digit's box in it."""
+        h, w = self.images.shape[1:]
+        return (w, h), [[float(v) for v in self.boxes[index]]]
