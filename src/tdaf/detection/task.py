@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms.v2 import functional as TF
 
+from ..attention_stats import boxes_to_regions
 from ..data import TransformedDataset, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
@@ -138,6 +139,25 @@ class DetectionTask(Task):
             raise RuntimeError("detection: the evaluator needs the validation ground truth; call build_data first "
                                "(or use tdaf.engine.evaluate.evaluate_checkpoint)")
         return CocoEvaluator(self.gt)
+
+    def attention_regions(self, model: nn.Module, dataset: Any, indices: Sequence[int], inputs: Any,
+                          targets: Any) -> torch.Tensor | None:
+        """The ground-truth boxes in the frame the backbone's R2DNS sees: the batch as the
+        detector's own ``model.transform`` resizes and pads it (in eval mode, its evaluation
+        size, as the monitor runs the model), each image's padding ignored (-1)."""
+        transform = getattr(model, "transform", None)
+        if not isinstance(transform, GeneralizedRCNNTransform) or not isinstance(inputs, list) or not inputs:
+            return None
+        was_training = transform.training
+        transform.eval()
+        try:
+            with torch.no_grad():  # the transform copies the dicts; its boxes are new tensors
+                batch, moved = transform(list(inputs), [{"boxes": t["boxes"]} for t in targets])
+        finally:
+            transform.train(was_training)
+        assert moved is not None
+        return boxes_to_regions([t["boxes"].detach().cpu().tolist() for t in moved], batch.tensors.shape[-2:],
+                                valid=batch.image_sizes)
 
     # ---- tdaf eval and tdaf predict
     eval_batch_size = 8

@@ -5,6 +5,7 @@ COCO's keypoint AP."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -169,6 +170,32 @@ class PoseTask(Task):
             raise RuntimeError("pose evaluation needs its annotations: call build_data or set_eval_data first")
         return KeypointEvaluator(self.val.coco, self.val.category_id, self.val.info.sigmas, HEATMAP_STRIDE,
                                  img_ids=self.val_img_ids, nms=self.nms)
+
+    def attention_regions(self, model: nn.Module, dataset: Any, indices: Sequence[int], inputs: Any,
+                          targets: Any) -> torch.Tensor | None:
+        """The joints in the input crop: 1 where a joint with target weight > 0 has its target
+        heat-map at least half its peak, 0 elsewhere. The codec's Gaussian of sigma heat-map
+        pixels is centred on the heat-map pixel ``mu = int(joint / stride + 0.5)``, and heat-map
+        coordinate ``u`` is crop pixel ``u * stride`` (:func:`tdaf.pose.codec.decode_heatmaps`),
+        so the half-peak set is the disc of radius ``sigma * sqrt(2 ln 2) * stride`` crop
+        pixels about ``mu * stride`` (9.4 pixels for sigma 2, stride 4), drawn at full resolution."""
+        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, Mapping) or \
+                not {"keypoints", "weights", "heatmaps"} <= set(targets):
+            return None
+        h, w = inputs.shape[-2:]
+        stride = w / targets["heatmaps"].shape[-1]
+        sigma = float(getattr(getattr(dataset, "transform", None), "sigma", 2.0))
+        radius2 = 2 * math.log(2) * sigma**2  # in heat-map pixels: exp(-d^2 / (2 sigma^2)) >= 1/2
+        joints = targets["keypoints"][..., :2].detach().double().cpu()
+        mu = torch.trunc(joints / stride + 0.5)  # the codec's int(): towards zero
+        used = targets["weights"].detach().cpu().reshape(joints.shape[:2]) > 0
+        rows = torch.arange(h, dtype=torch.float64)[:, None] / stride
+        cols = torch.arange(w, dtype=torch.float64)[None, :] / stride
+        out = torch.zeros(joints.shape[0], h, w, dtype=torch.int8)
+        for b, j in used.nonzero().tolist():
+            near = (cols - mu[b, j, 0]) ** 2 + (rows - mu[b, j, 1]) ** 2 <= radius2
+            out[b][near] = 1
+        return out
 
     # ---- tdaf eval and tdaf predict
     @classmethod

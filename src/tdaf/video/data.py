@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from ..data import DIGITS_MEAN, DIGITS_STD, subset_indices
 from ..data.registry import DatasetSpec, dataset_names, dataset_spec, register_dataset
-from .digits import moving_digits_hard_root, moving_digits_root
+from .digits import moving_digits_hard_root, moving_digits_root, read_object_boxes
 from .io import (
     VideoReadError, count_frames, eval_clip_indices, is_frame_folder, is_video_file, read_frames, train_clip_indices,
 )
@@ -77,6 +77,8 @@ class VideoFolder:
             raise FileNotFoundError(f"--data-dir: {self.root} is not a folder; {KINETICS_LAYOUT}")
         self.split = split
         self.missing: list[str] = []
+        self._boxes: tuple[tuple[int, int], dict[str, list[list[float]]]] | None = None
+        self._boxes_read = False  # object_boxes.json is read when first asked for
         folder = self.root / split
         if not folder.is_dir():
             raise FileNotFoundError(f"--data-dir: {self.root} has no '{split}' folder; {KINETICS_LAYOUT}")
@@ -135,6 +137,19 @@ class VideoFolder:
     def __len__(self) -> int:
         return len(self.items)
 
+    def object_boxes(self, video: int) -> tuple[tuple[int, int], list[list[float]]] | None:
+        """``((H, W), boxes)``: the frame size of video ``video`` and the box ``[x0, y0, x1, y1]``
+        (pixels) of the object in each of its frames, where the split folder's
+        ``object_boxes.json`` gives them (the moving digits write one, :mod:`tdaf.video.digits`);
+        None where it does not (Kinetics)."""
+        if not self._boxes_read:
+            self._boxes, self._boxes_read = read_object_boxes(self.root / self.split), True
+        if self._boxes is None:
+            return None
+        size, boxes = self._boxes
+        found = boxes.get(self.items[video].path.relative_to(self.root / self.split).as_posix())
+        return None if found is None else (size, found)
+
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
@@ -181,13 +196,29 @@ class VideoClips(Dataset):
     def __len__(self) -> int:
         return len(self.videos) * (self.clips or 1)
 
+    def video_of(self, i: int) -> int:
+        """The index in :attr:`folder` of item ``i``'s video."""
+        return self.videos[i // (self.clips or 1)]
+
+    def frame_indices(self, i: int) -> list[int] | None:
+        """The frames of its video that evaluation item ``i`` reads, in clip order (looped
+        where the video is shorter than a clip); None for a training item (a random clip)."""
+        if self.clips is None:
+            return None
+        return eval_clip_indices(self.frame_count(self.video_of(i)), self.frames, self.clips)[i % self.clips]
+
+    def frame_count(self, video: int) -> int:
+        """Frames of video ``video`` (counted once)."""
+        n = self._counts.get(video)
+        if n is None:
+            n = self._counts[video] = count_frames(self.folder.items[video].path)
+        return n
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor, str]:
-        video = self.videos[i // (self.clips or 1)]
+        video = self.video_of(i)
         item = self.folder.items[video]
         try:
-            n = self._counts.get(video)
-            if n is None:
-                n = self._counts[video] = count_frames(item.path)
+            n = self.frame_count(video)
             if self.clips is None:
                 key = np.random.SeedSequence([self.seed, self.epoch, video]).generate_state(2, np.uint32)
                 with torch.random.fork_rng(devices=[]):
@@ -196,7 +227,8 @@ class VideoClips(Dataset):
                     frames, truncated = read_frames(item.path, indices)
                     clip = self.transform(frames)
             else:
-                indices = eval_clip_indices(n, self.frames, self.clips)[i % self.clips]
+                indices = self.frame_indices(i)
+                assert indices is not None
                 frames, truncated = read_frames(item.path, indices)
                 clip = self.transform(frames)
         except (VideoReadError, OSError) as e:

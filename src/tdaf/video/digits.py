@@ -8,12 +8,14 @@ about the digit's centre, at a random place). A single frame cannot tell the cla
 
 The videos are written once as H.264 ``.mp4`` files (MPEG-4 part 2 where the PyAV wheel has
 no H.264 encoder) in the Kinetics layout ``train/CLASS/VIDEO.mp4`` and ``val/CLASS/VIDEO.mp4``
-under ``$TDAF_DATA/moving_digits-v1`` (default ``~/.cache/tdaf``), so training reads them
-through the same decoding path as Kinetics. 720 training videos come from the digits'
+under ``$TDAF_DATA/moving_digits-v2`` (default ``~/.cache/tdaf``), so training reads them
+through the same decoding path as Kinetics. Beside each split's class folders,
+``object_boxes.json`` (:data:`BOXES_FILE`) says where the digit is in every frame (for the
+attention monitor's focus; v2 added it, the videos are those of v1). 720 training videos come from the digits'
 training split and 180 validation videos from its test split; the motion parameters are
 fixed (seeded), so every machine writes the same data set.
 
-``moving_digits_hard`` (:func:`write_moving_digits_hard`, under ``$TDAF_DATA/moving_digits_hard-v1``)
+``moving_digits_hard`` (:func:`write_moving_digits_hard`, under ``$TDAF_DATA/moving_digits_hard-v2``)
 is the set the quick runs use, since the plain model reads the first one at its ceiling:
 16 frames of 32x32 with three 12-pixel digits, *one* of which moves (10 classes: 8 directions at
 0.25-0.55 pixels per frame, or turning 6-12 degrees per frame either way) while the other two
@@ -22,10 +24,12 @@ is the set the quick runs use, since the plain model reads the first one at its 
 is neither in one frame nor in "where something changes": it is the one steady motion, and a
 model must find that digit and follow it. 1,000 training videos come from the digits'
 training split and 300 validation videos from its test split (targets and distractors alike).
+Its ``object_boxes.json`` gives the box of the moving digit, the object, in every frame.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -42,10 +46,12 @@ from ..io.optional import require
 __all__ = [
     "MOTIONS", "moving_digits_root", "write_moving_digits", "render_motion", "write_video",
     "HARD_MOTIONS", "moving_digits_hard_root", "write_moving_digits_hard", "hard_videos", "render_hard",
+    "hard_clips", "ink_boxes", "BOXES_FILE", "read_object_boxes", "write_object_boxes",
 ]
 
 MOTIONS = ("down", "left", "right", "up", "turn_ccw", "turn_cw")
-VERSION = "moving_digits-v1"
+# v2: object_boxes.json added beside the videos (the same videos): a v1 folder is rewritten.
+VERSION = "moving_digits-v2"
 CANVAS, FRAMES, DIGIT = 48, 24, 20
 SIZES = {"train": 720, "val": 180}
 FPS = 12
@@ -53,9 +59,52 @@ FPS = 12
 DIRECTIONS = {"down": (1, 0), "down_left": (1, -1), "down_right": (1, 1), "left": (0, -1), "right": (0, 1),
               "up": (-1, 0), "up_left": (-1, -1), "up_right": (-1, 1)}
 HARD_MOTIONS = (*DIRECTIONS, "turn_ccw", "turn_cw")
-HARD_VERSION = "moving_digits_hard-v1"
+HARD_VERSION = "moving_digits_hard-v2"
 HARD_CANVAS, HARD_FRAMES, HARD_DIGIT, HARD_DISTRACTORS = 32, 16, 12, 2
 HARD_SIZES = {"train": 1000, "val": 300}
+# ``SPLIT/object_boxes.json``: {"format": ..., "frame_size": [H, W],
+#                               "boxes": {"CLASS/VIDEO.mp4": [[x0, y0, x1, y1] per frame]}}
+BOXES_FILE = "object_boxes.json"
+BOXES_FORMAT = "tdaf object boxes 1"
+
+
+def ink_boxes(frames: np.ndarray) -> list[list[float]]:
+    """The box ``[x0, y0, x1, y1]`` (pixels, ``x1``/``y1`` exclusive) of the non-zero pixels of
+    each frame of ``frames`` (``(T, H, W)``); ``[0, 0, 0, 0]`` for an empty frame."""
+    out = []
+    for f in np.asarray(frames):
+        rows, cols = np.flatnonzero(f.any(axis=1)), np.flatnonzero(f.any(axis=0))
+        out.append([float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)] if rows.size
+                   else [0.0, 0.0, 0.0, 0.0])
+    return out
+
+
+def write_object_boxes(split_dir: Path, frame_size: tuple[int, int], boxes: dict[str, list[list[float]]]) -> None:
+    """``split_dir/object_boxes.json``: ``boxes`` (``{"CLASS/VIDEO.mp4": per-frame boxes}``) in
+    frames of ``frame_size`` (H, W)."""
+    (split_dir / BOXES_FILE).write_text(json.dumps({"format": BOXES_FORMAT, "frame_size": list(frame_size),
+                                                    "boxes": boxes}))
+
+
+def read_object_boxes(split_dir: str | os.PathLike[str]) -> tuple[tuple[int, int], dict[str, list[list[float]]]] | None:
+    """``((H, W), boxes)`` as :func:`write_object_boxes` wrote them under ``split_dir`` (None
+    where it wrote nothing); a file that is not one says so, naming it."""
+    path = Path(split_dir) / BOXES_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable as JSON ({e}); expected {{\"format\": \"{BOXES_FORMAT}\", "
+                         f"\"boxes\": {{\"CLASS/VIDEO.mp4\": [[x0, y0, x1, y1], ...]}}}}") from None
+    boxes = data.get("boxes") if isinstance(data, dict) else None
+    size = data.get("frame_size") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("format") != BOXES_FORMAT or not isinstance(boxes, dict) or not (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)) or not all(
+            isinstance(v, list) and all(isinstance(b, list) and len(b) == 4 for b in v) for v in boxes.values()):
+        raise ValueError(f"{path}: got {str(data)[:80]}; expected {{\"format\": \"{BOXES_FORMAT}\", \"frame_size\": "
+                         f"[H, W], \"boxes\": {{\"CLASS/VIDEO.mp4\": [[x0, y0, x1, y1] per frame]}}}}")
+    return (size[0], size[1]), boxes
 
 
 def render_motion(digit: np.ndarray, motion: str, rng: np.random.Generator, frames: int = FRAMES,
@@ -122,6 +171,13 @@ def render_hard(target: np.ndarray, motion: str, distractors: list[np.ndarray], 
                 frames: int = HARD_FRAMES, canvas: int = HARD_CANVAS, size: int = HARD_DIGIT) -> np.ndarray:
     """``(frames, canvas, canvas)`` uint8 frames: ``target`` (a 2-D uint8 digit) in ``motion``
     (one of :data:`HARD_MOTIONS`) and each of ``distractors`` wobbling about a fixed place."""
+    return _render_hard(target, motion, distractors, rng, frames, canvas, size)[0]
+
+
+def _render_hard(target: np.ndarray, motion: str, distractors: list[np.ndarray], rng: np.random.Generator,
+                 frames: int, canvas: int, size: int) -> tuple[np.ndarray, list[list[float]]]:
+    """:func:`render_hard`'s frames and the target's box in each (:func:`ink_boxes` of the
+    target drawn alone: the digits are pasted by maximum, so the frames are the same)."""
     if motion not in HARD_MOTIONS:
         raise ValueError(f"motion: got {motion!r}; allowed: {', '.join(HARD_MOTIONS)}")
     out = np.zeros((frames, canvas, canvas), np.uint8)
@@ -153,11 +209,16 @@ def render_hard(target: np.ndarray, motion: str, distractors: list[np.ndarray], 
         else:  # rocking about its centre
             angle = rng.uniform(-30, 30) + rng.uniform(10, 20) * np.sin(phase)
             tracks.append((digit, np.full(frames, cy), np.full(frames, cx), angle))
-    for digit, ys, xs, angles in tracks:
+    boxes: list[list[float]] = []
+    for k, (digit, ys, xs, angles) in enumerate(tracks):
         patch = Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR)
+        layer = np.zeros_like(out) if k == 0 else out
         for i in range(frames):
-            _place(out[i], patch, ys[i], xs[i], float(angles[i]))
-    return out
+            _place(layer[i], patch, ys[i], xs[i], float(angles[i]))
+        if k == 0:  # the target
+            boxes = ink_boxes(layer)
+            np.maximum(out, layer, out=out)
+    return out, boxes
 
 
 def _encoder() -> str:
@@ -190,17 +251,23 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = FPS
 
 
 def write_moving_digits(root: str | os.PathLike[str], sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """Write the data set under ``root`` (``train/CLASS/*.mp4``, ``val/CLASS/*.mp4``)."""
+    """Write the data set under ``root`` (``train/CLASS/*.mp4``, ``val/CLASS/*.mp4``, and each
+    split's ``object_boxes.json``: the digit, the only thing drawn, is the object)."""
     root = Path(root)
     for split, count in (sizes or SIZES).items():
         images, _ = digits_pixels(split)
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         for motion in MOTIONS:
             (root / split / motion).mkdir(parents=True, exist_ok=True)
+        boxes = {}
         for i in range(count):
             motion = MOTIONS[i % len(MOTIONS)]
             digit = images[int(rng.integers(len(images)))]
-            write_video(root / split / motion / f"{split}_{i:05d}.mp4", render_motion(digit, motion, rng))
+            frames = render_motion(digit, motion, rng)
+            name = f"{motion}/{split}_{i:05d}.mp4"
+            write_video(root / split / name, frames)
+            boxes[name] = ink_boxes(frames)
+        write_object_boxes(root / split, (CANVAS, CANVAS), boxes)
     return root
 
 
@@ -208,23 +275,35 @@ def hard_videos(split: str, count: int, seed: int = 0) -> Iterator[tuple[str, np
     """``count`` ``(motion, frames)`` of ``moving_digits_hard``'s ``split``, the motions in turn:
     target and distractors are distinct digits of that split (:func:`tdaf.data.digits_pixels`),
     so no validation video shows a training digit. The same arguments give the same videos."""
+    for motion, frames, _ in hard_clips(split, count, seed):
+        yield motion, frames
+
+
+def hard_clips(split: str, count: int, seed: int = 0) -> Iterator[tuple[str, np.ndarray, list[list[float]]]]:
+    """:func:`hard_videos` with the moving digit's box in every frame: ``(motion, frames, boxes)``."""
     images, _ = digits_pixels(split)
     rng = np.random.default_rng([seed, 2 if split == "train" else 3])
     for i in range(count):
         motion = HARD_MOTIONS[i % len(HARD_MOTIONS)]
         picks = rng.choice(len(images), size=1 + HARD_DISTRACTORS, replace=False)
-        yield motion, render_hard(images[picks[0]], motion, [images[k] for k in picks[1:]], rng)
+        yield (motion, *_render_hard(images[picks[0]], motion, [images[k] for k in picks[1:]], rng, HARD_FRAMES,
+                                     HARD_CANVAS, HARD_DIGIT))
 
 
 def write_moving_digits_hard(root: str | os.PathLike[str], sizes: dict[str, int] | None = None,
                              seed: int = 0) -> Path:
-    """Write ``moving_digits_hard`` (:func:`hard_videos`) under ``root``: ``train/CLASS/*.mp4``, ``val/CLASS/*.mp4``."""
+    """Write ``moving_digits_hard`` (:func:`hard_clips`) under ``root``: ``train/CLASS/*.mp4``,
+    ``val/CLASS/*.mp4``, and each split's ``object_boxes.json`` (the moving digit's boxes)."""
     root = Path(root)
     for split, count in (sizes or HARD_SIZES).items():
         for motion in HARD_MOTIONS:
             (root / split / motion).mkdir(parents=True, exist_ok=True)
-        for i, (motion, frames) in enumerate(hard_videos(split, count, seed)):
-            write_video(root / split / motion / f"{split}_{i:05d}.mp4", frames)
+        boxes = {}
+        for i, (motion, frames, target_boxes) in enumerate(hard_clips(split, count, seed)):
+            name = f"{motion}/{split}_{i:05d}.mp4"
+            write_video(root / split / name, frames)
+            boxes[name] = target_boxes
+        write_object_boxes(root / split, (HARD_CANVAS, HARD_CANVAS), boxes)
     return root
 
 

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from ..attention_stats import boxes_to_regions
 from ..data import collate_skip, subset_indices
 from ..data.registry import dataset_spec
 from ..engine.options import CheckpointToEvaluate, EvalData, EvalOptions, PredictOptions
@@ -63,6 +66,27 @@ def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
 def clip_frames(model_name: str) -> int:
     """The clip length ``T`` a video model takes (its config's ``input_size[1]``)."""
     return int(model_cfg(model_name)["input_size"][1])
+
+
+_NO_GEOMETRY = (T.ToDtype, T.Normalize)
+
+
+def _box_geometry(transform: Any) -> T.Compose | None:
+    """The spatial part of a clip transform (:func:`tdaf.video.transforms.clip_transform`) to
+    apply to boxes: its resizes and centre crops, the very objects (so the same sizes and
+    rounding); None when it holds anything else that moves pixels (a random crop, a flip)."""
+    from .transforms import _ChannelsFirst, _ToClip
+
+    steps = getattr(transform, "transforms", None)
+    if steps is None:
+        return None
+    kept = []
+    for step in steps:
+        if isinstance(step, (T.Resize, T.CenterCrop)):
+            kept.append(step)
+        elif not isinstance(step, (*_NO_GEOMETRY, _ToClip, _ChannelsFirst)):
+            return None
+    return T.Compose(kept)
 
 
 @register_task
@@ -146,6 +170,46 @@ class VideoTask(Task):
 
     def evaluator(self) -> VideoEvaluator:
         return VideoEvaluator()
+
+    def attention_regions(self, model: nn.Module, dataset: Any, indices: Sequence[int], inputs: Any,
+                          targets: Any) -> torch.Tensor | None:
+        """``(B, T, H, W)``: the object's box in every frame of each clip, where the videos'
+        folder gives them (the moving digits' ``object_boxes.json``: the moving digit), in the
+        clip's frame: the frames the clip reads (looped in a short video) and the boxes taken
+        through the clip transform's own resize and crop. A clip whose mapping is not known
+        (its video decoded shorter than it claims, or has no boxes) is ignored (-1); None for
+        a folder without boxes (Kinetics) or a transform other than resize and centre crop."""
+        boxes_of = getattr(getattr(dataset, "folder", None), "object_boxes", None)
+        if boxes_of is None or not isinstance(inputs, torch.Tensor) or inputs.dim() != 5 or \
+                getattr(dataset, "clips", None) is None:
+            return None
+        geometry = _box_geometry(getattr(dataset, "transform", None))
+        if geometry is None:
+            return None
+        frames, (h, w) = inputs.shape[2], inputs.shape[-2:]
+        looped = targets[:, 2].tolist() if isinstance(targets, torch.Tensor) and targets.dim() == 2 else [0] * len(indices)
+        out = torch.full((len(indices), frames, h, w), -1, dtype=torch.int8)
+        found = False
+        for row, (i, was_looped) in enumerate(zip(indices, looped)):
+            video = dataset.video_of(i)
+            given = boxes_of(video)
+            clip = dataset.frame_indices(i)
+            if given is None or clip is None or len(clip) != frames:
+                continue
+            (fh, fw), boxes = given
+            n = dataset.frame_count(video)
+            # looped but as long as a clip: it decoded fewer frames than it claims, so which
+            # frame the clip shows is not known
+            if len(boxes) != n or (was_looped and n >= frames):
+                continue
+            picked = tv_tensors.BoundingBoxes(torch.tensor([boxes[t] for t in clip], dtype=torch.float32),
+                                              format="XYXY", canvas_size=(fh, fw))
+            moved = geometry(picked)
+            if tuple(moved.canvas_size) != (h, w):
+                return None
+            out[row] = boxes_to_regions([[b] for b in moved.as_subclass(torch.Tensor).tolist()], (h, w))
+            found = True
+        return out if found else None
 
     # ---- tdaf eval and tdaf predict
     @classmethod
