@@ -180,7 +180,7 @@ def test_imagefolder_errors_show_the_layout(tmp_path):
 
 
 def test_build_datasets_errors():
-    with pytest.raises(ValueError, match="data: got 'mnist'; allowed for task classification: digits, cluttered_digits, cifar10, imagefolder"):
+    with pytest.raises(ValueError, match="data: got 'mnist'; allowed for task classification: digits, cluttered_digits, cluttered_digits_small, cifar10, imagefolder"):
         build_datasets("mnist")
     with pytest.raises(ValueError, match="--data-dir: digits is built in"):
         build_datasets("digits", "/tmp")

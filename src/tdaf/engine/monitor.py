@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention_stats import gate_key, gate_statistics
+from ..attention_stats import attention_ablation, gate_key, gate_statistics
 from ..r2dns import R2DNS, AttentionMaps
+from .evaluate import evaluate_dataset, open_checkpoint
+from .options import EvalOptions
 from .task import Task, TaskData
 
 __all__ = ["AttentionMonitor", "attention_line", "monitor_batch", "gradient_norms", "map_picture", "start_from_state"]
@@ -44,6 +46,22 @@ def monitor_batch(task: Task, data: TaskData, count: int | None = None) -> tuple
     if batch.inputs is None:
         return None
     return batch.inputs, batch.targets, None if batch.skipped else indices
+
+
+@torch.no_grad()
+def subset_maps(task: Task, model: nn.Module, inputs: Any) -> AttentionMaps:
+    """The gates ``model`` applies to ``inputs`` (eval mode, training mode restored), on the CPU."""
+    r2dns = task.attention_r2dns(model)
+    if r2dns is None:
+        raise ValueError(f"{type(model).__name__} has no R2DNS to read the attention of")
+    was_training = model.training
+    model.eval()
+    try:
+        with r2dns.record_attention() as maps:
+            task.predict(model, inputs)
+    finally:
+        model.train(was_training)
+    return {k: v.float().cpu() for k, v in maps.items()}
 
 
 def gradient_norms(task: Task, model: nn.Module, r2dns: R2DNS, inputs: Any, targets: Any) -> dict[str, float]:
@@ -142,19 +160,9 @@ class AttentionMonitor:
         self.pictures = self.inputs if isinstance(self.inputs, torch.Tensor) else None
         self.start = start if start is not None else self.maps(model)
 
-    @torch.no_grad()
     def maps(self, model: nn.Module) -> AttentionMaps:
         """The gates of the subset (eval mode), on the CPU."""
-        r2dns = self.task.attention_r2dns(model)
-        assert r2dns is not None
-        was_training = model.training
-        model.eval()
-        try:
-            with r2dns.record_attention() as maps:
-                self.task.predict(model, self.inputs)
-        finally:
-            model.train(was_training)
-        return {k: v.float().cpu() for k, v in maps.items()}
+        return subset_maps(self.task, model, self.inputs)
 
     def epoch(self, eval_model: nn.Module, train_model: nn.Module) -> tuple[dict[str, float], torch.Tensor | None]:
         """The statistics (``attn_<gate>_<stat>``, ``grad_*`` and ``attn_monitor_s``, the
@@ -219,10 +227,6 @@ def checkpoint_attention_stats(checkpoint: str | Any, options: Any = None, count
     recorded where it recorded them on the same items; and, with ``ablation``, the task's
     main metric on the whole evaluation data as trained, with every gate replaced by its
     average map and by a constant (:func:`tdaf.attention_stats.attention_ablation`)."""
-    from ..attention_stats import attention_ablation
-    from .evaluate import evaluate_dataset, open_checkpoint
-    from .options import EvalOptions
-
     options = options or EvalOptions()
     task, opened = open_checkpoint(checkpoint, options)
     model = opened.model.eval()
@@ -235,20 +239,15 @@ def checkpoint_attention_stats(checkpoint: str | Any, options: Any = None, count
     batch = data.collate([data.dataset[i] for i in range(n)])
     if batch.inputs is None:
         raise ValueError(f"--checkpoint: none of the first {n} evaluation items of {opened.data} is readable")
-    view = TaskData(data.dataset, data.dataset, data.collate, {})
-    monitor = AttentionMonitor.__new__(AttentionMonitor)
-    monitor.task, monitor.r2dns, monitor.active = task, r2dns, True
-    monitor.inputs, monitor.targets = task.move(batch.inputs, batch.targets, torch.device("cpu"))
-    indices = None if batch.skipped else list(range(n))
-    monitor.regions = (None if indices is None else
-                       task.attention_regions(model, view.val, indices, monitor.inputs, monitor.targets))
-    maps = monitor.maps(model)
+    inputs, targets = task.move(batch.inputs, batch.targets, next(model.parameters()).device)
+    regions = None if batch.skipped else task.attention_regions(model, data.dataset, list(range(n)), inputs, targets)
+    maps = subset_maps(task, model, inputs)
     saved = start_from_state(opened.payload.get("attention_start"))
     start = saved if saved is not None and n == task.monitor_count and not options.subset else None
-    stats = gate_statistics(maps, r2dns.eta, start, monitor.regions)
+    stats = gate_statistics(maps, r2dns.eta, start, regions)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "model": opened.meta.get("model_name"),
                               "data": opened.data, "split": options.split, "images": n, "eta": r2dns.eta,
-                              "regions": monitor.regions is not None, "gates": _by_gate(stats)}
+                              "regions": regions is not None, "gates": _by_gate(stats)}
     if ablation:
         batch_size = options.batch_size if options.batch_size is not None else task.eval_batch_size
         key = task.main_metric

@@ -36,7 +36,7 @@ from .io import VideoReadError, count_frames, eval_clip_indices, is_frame_folder
 from .metrics import VideoEvaluator
 from .models import inflate_state_dict
 from .predict import VideoList, collect_videos, predict_videos
-from .transforms import RECIPES, clip_transform
+from .transforms import RECIPES, _ChannelsFirst, _ToClip, clip_transform
 
 __all__ = ["VideoTask", "model_kwargs", "clip_frames", "check_meta"]
 
@@ -75,8 +75,6 @@ def _box_geometry(transform: Any) -> T.Compose | None:
     """The spatial part of a clip transform (:func:`tdaf.video.transforms.clip_transform`) to
     apply to boxes: its resizes and centre crops, the very objects (so the same sizes and
     rounding); None when it holds anything else that moves pixels (a random crop, a flip)."""
-    from .transforms import _ChannelsFirst, _ToClip
-
     steps = getattr(transform, "transforms", None)
     if steps is None:
         return None
