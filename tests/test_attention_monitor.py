@@ -4,12 +4,14 @@ what it says, and monitoring a run changes none of its results."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from tdaf.cli.main import main
 from tdaf.attention_stats import attention_ablation, boxes_to_regions, gate_statistics
 from tdaf.engine.monitor import attention_line, checkpoint_attention_stats, gradient_norms
 from tdaf.engine.options import EvalOptions
@@ -116,7 +118,7 @@ def _run(tmp_path, name: str, **extra):
     return train({**cfg, **extra})
 
 
-def test_monitoring_changes_no_training_result_and_logs_every_gate(tmp_path) -> None:
+def test_monitoring_changes_no_training_result_and_logs_every_gate(tmp_path, capsys) -> None:
     watched = _run(tmp_path, "watched")
     plain = _run(tmp_path, "unwatched", attention_monitor=False)
     a = torch.load(watched["last"], weights_only=True)
@@ -138,6 +140,21 @@ def test_monitoring_changes_no_training_result_and_logs_every_gate(tmp_path) -> 
                                        ablation=False)
     assert stats["regions"] and stats["gates"]["s1f3"]["focus"] == pytest.approx(float(rows[-1]["attn_s1f3_focus"]),
                                                                                   rel=1e-5)
+    # ... and the command line's: the same numbers as JSON, and as a table with the ablation
+    flags = ["attention", "--checkpoint", str(watched["last"]), "--stats", "--subset", "16", "--count", "16"]
+    capsys.readouterr()
+    assert main([*flags, "--no-ablation", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["gates"]["s1f3"]["focus"] == pytest.approx(stats["gates"]["s1f3"]["focus"])
+    assert set(printed["gates"]) == set(gates) and "ablation" not in printed
+    assert main([*flags, "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert all(g in table for g in gates) and "average map" in table and "top1 as trained" in table
+    for argv, message in ((["--model", "tdaf_resnet18_w32", "--stats"], "--stats: needs --checkpoint"),
+                          (["--checkpoint", str(watched["last"]), "x.png", "--out", str(tmp_path), "--json"],
+                           "--json: only with --stats")):
+        assert main(["attention", *argv]) != 0
+        assert capsys.readouterr().err.startswith(f"tdaf attention: error: {message}")
 
 
 def test_tensorboard_gets_the_attention_pictures(tmp_path) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..engine.monitor import checkpoint_attention_stats
+from ..engine.options import EvalOptions
 from ..engine.task import AttentionItem, Task, get_task, task_names
+from ..io.files import json_safe
 from ..io.outputs import Outputs
 from ..io.progress import progress_bar
 from ..r2dns import R2DNS
@@ -34,17 +39,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folders, or image files as the frames of one clip): its figure is a strip, one row per stage, one "
         "column per frame, of the last flow's maps; --frame T draws the stages x flows grid of frame T "
         "instead (OUT/STEM.frameT.attention.png). Inputs are preprocessed as `tdaf eval` does; "
-        "--input-size resizes them straight to another size instead.",
+        "--input-size resizes them straight to another size instead. --stats prints, instead of figures, "
+        "the statistics training logs after each epoch for a checkpoint, on its evaluation data: per gate "
+        "(stage s, flow f) the mean, spread, 5th/95th percentile, how far it moved from the start, and the "
+        "focus (mean gate inside the object / outside, where the data give boxes or joints; 1 = no "
+        "preference); and what the image-specific part of the attention is worth: the task's metric as "
+        "trained, with every gate replaced by its average map over the images, and by a constant.",
         epilog="examples: tdaf attention --checkpoint runs/digits/best.pt digit.png --out attn/ ; "
+        "tdaf attention --checkpoint runs/digits/best.pt --stats --json ; "
         "tdaf attention --model tdaf_resnet50 cat.jpg --out attn/ --save-maps npy ; "
         "tdaf attention --checkpoint video.pt clip.mp4 --out attn/ --frame 8",
     )
-    p.add_argument("images", nargs="+", metavar="INPUT",
+    p.add_argument("images", nargs="*", metavar="INPUT",
                    help="image files and/or folders (recursive); for a video model also video files (.mp4 ...) "
                    "and frame folders (image_00001.jpg ...)")
     add_model_args(p)
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder (created if missing; may be the image folder: inputs are never written over)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder of the figures (created if missing; may be the image folder: inputs are never "
+                   "written over); required unless --stats")
     add_overwrite_arg(p, "replace existing figures / maps of the same names in --out (never an input image)")
     add_input_size_arg(p, "resize inputs straight to H x W (video models: H W or T H W; default: the "
                        "checkpoint's preprocessing, or the model's input size for --model)")
@@ -62,14 +74,81 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true",
                    help="stretch each map to its own min..max (default: one 0..1 scale for all cells)")
     p.add_argument("--dpi", type=int, default=100, help="figure resolution (default 100)")
+    s = p.add_argument_group("statistics (--stats)")
+    s.add_argument("--stats", action="store_true",
+                   help="print the checkpoint's attention statistics on its evaluation data instead of drawing figures "
+                   "(needs --checkpoint; no INPUT)")
+    s.add_argument("--json", action="store_true", help="with --stats: print one JSON object")
+    s.add_argument("--count", type=int, metavar="N", default=None,
+                   help="with --stats: the gate statistics on the first N evaluation items (default: the subset "
+                   "training monitored, 64 items for classification)")
+    s.add_argument("--no-ablation", dest="ablation", action="store_false",
+                   help="with --stats: skip the ablation (it evaluates the whole split three times)")
+    s.add_argument("--data-dir", metavar="PATH", default=None,
+                   help="with --stats: the data set's folder (default: the one the checkpoint's run read)")
+    s.add_argument("--split", choices=("val", "train"), default="val", help="with --stats: the split (default val)")
+    s.add_argument("--subset", type=int, metavar="N", default=None,
+                   help="with --stats: a fixed random subset of N evaluation items (the ablation's data too)")
+    s.add_argument("--batch-size", type=int, default=None, help="with --stats: the ablation's batch size "
+                   "(default: the task's)")
     add_device_arg(p)
     add_progress_arg(p)
     add_threads_arg(p)
     p.set_defaults(func=run)
 
 
+def _run_stats(args: argparse.Namespace) -> int:
+    if not getattr(args, "checkpoint", None):
+        raise ValueError("--stats: needs --checkpoint (the statistics are of a trained model on its own data)")
+    if args.images:
+        raise ValueError(f"--stats: takes no INPUT (got {args.images[0]!r} ...); it reads the checkpoint's "
+                         f"evaluation data (--data-dir, --split, --subset)")
+    for flag in ("count", "subset", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: got {value}; allowed: >= 1")
+    options = EvalOptions(data_dir=args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
+                          device=args.device, progress=False if args.json else args.progress)
+    report = checkpoint_attention_stats(args.checkpoint, options, count=args.count, ablation=args.ablation)
+    print(json.dumps(json_safe(report), indent=1) if args.json else format_stats(report))
+    return 0
+
+
+def format_stats(report: dict[str, Any]) -> str:
+    """``tdaf attention --stats`` as a table: one row per gate, then the ablation."""
+    def f(v: float, fmt: str = ".3f") -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{v:{fmt}}"
+
+    lines = [f"{report['model']} on {report['data']} ({report['split']}, first {report['images']} items; "
+             f"each gate g multiplies by g + {report['eta']:g}, so {1 - report['eta']:g} is the identity)",
+             f"{'gate':<6} {'mean':>6} {'std':>6} {'p5':>6} {'p95':>6} {'moved':>6} {'focus':>6}"]
+    for key, g in report["gates"].items():
+        lines.append(f"{key:<6} {f(g.get('mean'))} {f(g.get('std'))} {f(g.get('p5'))} {f(g.get('p95'))} "
+                     f"{f(g.get('moved'))} {f(g.get('focus'))}")
+    if not report["regions"]:
+        lines.append("focus: - (the data give no object boxes)")
+    ab = report.get("ablation")
+    if ab:
+        m = ab["metric"]
+        lines.append(f"{m} as trained {f(ab['trained'], '.4f')}; every gate replaced by its average map "
+                     f"{f(ab['average_map'], '.4f')} (drop {f(ab['average_map_drop'], '+.4f')}), by a constant "
+                     f"{f(ab['constant'], '.4f')} (drop {f(ab['constant_drop'], '+.4f')})")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
+    if args.stats:
+        return _run_stats(args)
+    for flag in ("json", "count", "subset", "batch_size", "data_dir"):
+        if getattr(args, flag) not in (None, False):
+            raise ValueError(f"--{flag.replace('_', '-')}: only with --stats")
+    if not args.ablation or args.split != "val":
+        raise ValueError("--no-ablation / --split: only with --stats")
+    if not args.images:
+        raise ValueError("INPUT: give at least one image, video or folder to draw (or --stats for the statistics)")
+    if args.out is None:
+        raise ValueError("--out: required to draw figures (the folder they go to)")
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha: got {args.alpha}; allowed: 0..1")
     if args.dpi < 10:
