@@ -37,11 +37,11 @@ from typing import Any
 import torch
 import yaml
 
-from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, attention_focus, learned
+from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, learned
 from tdaf.engine.config import TrainConfig, load_config_file
 from tdaf.engine.task import task_for_config
 from tdaf.engine.trainer import Trainer
-from tdaf.evidence import format_pm, mean_std, paired_difference, verdict
+from tdaf.evidence import format_interval, format_pm, mean_interval, mean_std, paired_difference, verdict
 from tdaf.io.files import atomic_write_text, json_safe
 from tdaf.r2dns import TDAF_DEFAULTS
 
@@ -106,8 +106,11 @@ def train(values: dict[str, Any], seed: int, out: Path, threads: int | None) -> 
           else float(final[f"val_{key}"]) > 0.01)
     row = {"metric": key, "value": float(final[f"val_{key}"]), "train_loss": loss, "learned": bool(ok) and
            math.isfinite(loss), "wall_s": sum(h["epoch_time_s"] for h in result["history"])}
-    if cfg.data == "cluttered_digits" and cfg.model.startswith("tdaf_"):  # does attention find the digit?
-        row["attention_focus"] = attention_focus(result["last"])["ratios"]
+    # does attention find the object? The focus per gate the training's monitor logged after the last epoch
+    focus = {k[5:-6]: float(v) for k, v in final.items() if k.startswith("attn_") and k.endswith("_focus")}
+    if focus:
+        row["attention_focus"] = focus
+        row["attention_monitor_s"] = sum(h.get("attn_monitor_s", 0.0) for h in result["history"])
     return row
 
 
@@ -177,12 +180,21 @@ def report(res: dict[str, Any]) -> str:
                          f"{d.mean:+.2f} (n={d.n})")
             verdict_cell = verdict(d, what=label).split(":")[0]
         lines.append(f"| {label} | {per_seed} | {format_pm(ms)} | {diff_cell} | {verdict_cell} | {wall.mean:.0f} |")
-    focus = {label: mean_std([max(r["attention_focus"].values()) for r in runs])
-             for label, runs in rows.items() if runs and "attention_focus" in runs[0]}
-    if focus:
-        lines += ["", "attention on the digit (largest mean gate inside / outside the digit's box over the "
-                      "stages and flows, 200 test canvases; 1 = no preference): "
-                  + "; ".join(f"{label} {format_pm(ms)}" for label, ms in focus.items())]
+    focus_rows = [(label, runs) for label, runs in rows.items() if runs and "attention_focus" in runs[0]]
+    if focus_rows:
+        lines += ["", "attention on the object (focus: mean gate inside the object / outside on the validation "
+                      "subset the training monitors, after the last epoch; 1 = no preference), mean [95% interval] "
+                      "over seeds:", "", "| model | " + " | ".join(focus_rows[0][1][0]["attention_focus"]) + " |",
+                  "|---|" + "---|" * len(focus_rows[0][1][0]["attention_focus"])]
+        for label, runs in focus_rows:
+            gates = runs[0]["attention_focus"]
+            lines.append(f"| {label} | " + " | ".join(
+                format_interval([r["attention_focus"][g] for r in runs if g in r["attention_focus"]]) for g in gates)
+                + " |")
+        cost = [100 * r["attention_monitor_s"] / r["wall_s"] for _, runs in focus_rows for r in runs
+                if r.get("attention_monitor_s") and r["wall_s"] > 0]
+        if cost:
+            lines += ["", f"monitoring cost: {format_pm(mean_std(cost))}% of the training time"]
     failed = sum(not r["learned"] for runs in rows.values() for r in runs)
     lines += ["", f"\\* did not learn ({failed} runs): left out of the means with its pair."] if failed else [""]
     return "\n".join(lines)

@@ -3,15 +3,18 @@ interval, a verdict the interval supports, and runs that did not learn counted."
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
 import numpy as np
 import pytest
 
-from tdaf.cli.demo import compare, format_seed_table, learned, save_curves
+from tdaf.cli.demo import compare, format_seed_table, learned, save_curves, seed_list
 from tdaf.cli.main import main
-from tdaf.evidence import bootstrap_paired, mean_std, paired_difference, t_quantile, verdict
+from tdaf.evidence import (
+    bootstrap_paired, format_interval, mean_interval, mean_std, paired_difference, t_quantile, verdict,
+)
 
 
 def test_paired_interval_by_formula():
@@ -30,6 +33,10 @@ def test_paired_interval_by_formula():
     with pytest.raises(ValueError, match="pairs need equal counts"):
         paired_difference([1.0], [1.0, 2.0])
     assert mean_std([]).n == 0
+    m = mean_interval([1.0, 2.0, 0.0, math.nan])  # the diffs above: the same interval, the NaN left out
+    assert m.n == 3 and (m.mean, m.low, m.high) == pytest.approx((1.0, 1 - half, 1 + half))
+    assert format_interval([1.0, 2.0, 0.0]) == f"1.00 [{1 - half:.2f}, {1 + half:.2f}]"
+    assert format_interval([0.5], sign=True) == "+0.50 (n=1)" and format_interval([]) == "-"
 
 
 def test_bootstrap_over_test_images():
@@ -67,22 +74,40 @@ def test_compare_leaves_out_runs_that_did_not_learn(tmp_path):
 
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "1", "--train-subset", "24",
+    assert main(["demo", "--out", str(out), "--seeds", "3-4", "--epochs", "1", "--train-subset", "24",
                  "--val-subset", "20", "--batch-size", "8", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "verdict:" in text and "attention on the digit" in text and "Top-1 mean ± std" in text
+    assert "verdict:" in text and "Top-1 mean ± std" in text and "Focus [95%]" in text
+    assert "by its average map over images" in text and "over 2 seeds" in text
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["model"], r["seed"]) for r in summary["runs"]] == [
-        ("resnet18_w32", 0), ("tdaf_resnet18_w32", 0), ("resnet18_w32", 1), ("tdaf_resnet18_w32", 1)]
-    assert summary["recipe"]["data"] == "cluttered_digits" and len(summary["attention_focus"]) == 5
+        ("resnet18_w32", 3), ("tdaf_resnet18_w32", 3), ("resnet18_w32", 4), ("tdaf_resnet18_w32", 4)]
+    attention = summary["attention"]
+    assert summary["recipe"]["data"] == "cluttered_digits" and set(attention["gates"]) == {
+        "s1f2", "s1f3", "s2f2", "s2f3", "s3f3"}
+    focus = attention["gates"]["s2f3"]["focus"]  # the mean of the seeds' own statistics
+    per_run = [r["attention"]["gates"]["s2f3"]["focus"] for r in summary["runs"] if "attention" in r]
+    assert focus["per_seed"] == pytest.approx(per_run) and focus["mean"] == pytest.approx(sum(per_run) / 2)
+    assert len(attention["ablation_drop_points"]["constant"]["per_seed"]) == 2
     for r in summary["runs"]:
         assert 0 <= r["top1"] <= 1 and (out / f"{r['model']}_seed{r['seed']}" / "last.pt").exists()
     assert (out / "summary.csv").read_text().count("\n") == 5
     assert len(list((out / "attention").glob("*.png"))) == 4 and (out / "curves.png").exists()
     # a second demo into the same folder replaces nothing without --overwrite, and says so before training
     before = (out / "summary.json").read_bytes()
-    assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "1", "--no-progress"]) == 2
+    assert main(["demo", "--out", str(out), "--seeds", "3-4", "--epochs", "1", "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "summary.json").read_bytes() == before
+
+
+def test_seeds_are_a_count_a_range_or_a_list(capsys):
+    assert seed_list("4") == [0, 1, 2, 3] and seed_list("100-103") == [100, 101, 102, 103]
+    assert seed_list("7,3") == [7, 3]
+    for bad in ("0", "5-2", "1,1", "x", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="allowed: N >= 1"):
+            seed_list(bad)
+    with pytest.raises(SystemExit):
+        main(["demo", "--seeds", "5-2"])
+    assert "argument --seeds: got '5-2'" in capsys.readouterr().err
 
 
 def test_accuracy_benchmark_report():
@@ -96,7 +121,8 @@ def test_accuracy_benchmark_report():
 
     def row(value, ok=True, focus=None):
         r = {"metric": "top1", "value": value, "train_loss": 0.5, "learned": ok, "wall_s": 60.0}
-        return r if focus is None else {**r, "attention_focus": {"stage1_flow3": focus}}
+        return r if focus is None else {**r, "attention_focus": {"s1f3": focus, "s2f3": 1.0},
+                                        "attention_monitor_s": 1.2}
 
     res = {"task": "classification", "seeds": 3, "rows": {
         "resnet18": [row(0.80), row(0.82), row(0.84)],
@@ -106,7 +132,8 @@ def test_accuracy_benchmark_report():
     text = bench.report(res)
     assert "| tdaf_resnet18 | 84.00, 86.00, 88.00 | 86.00 ± 2.00 | +4.00 [+4.00, +4.00] | tdaf_resnet18 is better" in text
     assert "10.00*" in text and "did not learn (1 runs)" in text
-    assert "tdaf_resnet18 1.60 ± 0.10" in text
+    assert "| model | s1f3 | s2f3 |" in text and "| tdaf_resnet18 | 1.60 [1.35, 1.85] | 1.00 [1.00, 1.00] |" in text
+    assert "monitoring cost: 2.00 ± 0.00% of the training time" in text
     assert [label for label, _ in bench.rows_for("classification")][:2] == ["resnet18_w32", "tdaf_resnet18_w32"]
     # --set changes a setting of every row: typed values, refused keys, named in the table's title
     assert bench.parse_settings(["lr=0.05", "clip_grad_norm=null", "nesterov=false"]) == {

@@ -75,6 +75,24 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     return PairedDifference(tuple(d.tolist()), ms.mean, ms.std, ms.mean - half, ms.mean + half)
 
 
+def mean_interval(values: Sequence[float]) -> PairedDifference:
+    """The mean of ``values`` (one per seed) with its Student's t 95% interval (NaN bounds
+    below two values; non-finite values left out)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    return paired_difference([0.0] * len(finite), finite)
+
+
+def format_interval(values: Sequence[float], digits: int = 2, sign: bool = False) -> str:
+    """``mean [low, high]`` of :func:`mean_interval` (one value: itself; none: ``-``)."""
+    d = mean_interval(values)
+    fmt = f"{'+' if sign else ''}.{digits}f"
+    if d.n == 0:
+        return "-"
+    if d.n < 2:
+        return f"{d.mean:{fmt}} (n=1)"
+    return f"{d.mean:{fmt}} [{d.low:{fmt}}, {d.high:{fmt}}]"
+
+
 def bootstrap_paired(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples: int = 10000,
                      seed: int = 0) -> tuple[float, float, float]:
     """Mean accuracy difference ``b - a`` and its 95% percentile interval from resampling
