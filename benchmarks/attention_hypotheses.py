@@ -61,6 +61,10 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "small_width8_fan_in": ("small digits, width floor 8, fan-in start",
                             {"model": TDAF_MODEL, "data": "cluttered_digits_small", "anar_min_width": 8,
                              "attention_init": "fan_in"}),
+    "plain_small_16": ("the baseline on small digits, 16 epochs",
+                       {"model": BASELINE, "data": "cluttered_digits_small", "epochs": 16}),
+    "small_16": ("small digits in dense clutter, 16 epochs",
+                 {"model": TDAF_MODEL, "data": "cluttered_digits_small", "epochs": 16}),
     "width8_fan_in": ("width floor 8 and fan-in start", {"model": TDAF_MODEL, "anar_min_width": 8,
                                                          "attention_init": "fan_in"}),
 }
@@ -69,7 +73,7 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 def baseline_of(setting: str) -> str:
     values = SETTINGS[setting][1]
     if values.get("data") == "cluttered_digits_small":
-        return "plain_small"
+        return "plain_small_16" if values.get("epochs") == 16 else "plain_small"
     return "plain_long" if values.get("epochs") == 24 else "plain"
 
 

@@ -380,7 +380,7 @@ def attention_report(tdaf: list[dict[str, Any]], val_subset: int | None = None) 
     per_gate = {}
     for g in gates:
         cells = {}
-        for stat in ("focus", "std", "moved"):
+        for stat in ("focus", "focus_applied", "std", "moved"):
             values = [r["attention"]["gates"][g][stat] for r in tdaf]
             d = mean_interval(values)
             cells[stat] = {"mean": d.mean, "low": d.low, "high": d.high, "per_seed": values}
@@ -392,12 +392,14 @@ def attention_report(tdaf: list[dict[str, Any]], val_subset: int | None = None) 
         drops[kind] = {"mean": d.mean, "low": d.low, "high": d.high, "per_seed": values}
     above = [g for g in gates if per_gate[g]["focus"]["low"] > 1]
     n_images = tdaf[0]["attention"]["images"]
-    rows = [[g, format_interval(per_gate[g]["focus"]["per_seed"]),
-             format_interval(per_gate[g]["std"]["per_seed"], 3), format_interval(per_gate[g]["moved"]["per_seed"], 3)]
+    rows = [[g, *(format_interval(per_gate[g][stat]["per_seed"], digits)
+                  for stat, digits in (("focus", 2), ("focus_applied", 2), ("std", 3), ("moved", 3)))]
             for g in gates]
-    table = layout_table(["Gate", "Focus [95%]", "Spread (std) [95%]", "Moved from start [95%]"], rows,
+    head = ["Gate", "Focus [95%]", "Focus of g + eta", "Spread (std) [95%]", "Moved from start [95%]"]
+    table = layout_table(head, rows,
                          f"attention of {TDAF_MODEL} per stage s and flow f over {len(tdaf)} seeds, the {n_images} test "
-                         f"canvases training monitored; focus = mean gate inside the digit's box / outside (1 = no preference)")
+                         f"canvases training monitored; focus = mean gate g inside the digit's box / outside (1 = no "
+                         f"preference); g + eta is the factor each stage applies")
     seeds = len(tdaf)
     found = (f"attention finds the digit: the focus of {', '.join(above)} is above 1 at 95% over {seeds} seeds"
              if above else f"attention does not measurably find the digit: no gate's focus is above 1 at 95% over "
