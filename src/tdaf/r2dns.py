@@ -44,7 +44,7 @@ __all__ = [
 # The paper's setting (§4): 3 flows, ANAR-3, eta = 0.5 (Eq. 5), 2x2 average pooling between
 # flows (Eq. 2). Every builder reads these, so changing a default means changing it here.
 # ``anar_min_width`` and ``anar_up`` are this library's options beyond the paper (Table 1's
-# widths and transposed convs by default; README, "Deviations").
+# widths and transposed convs by default; docs/deviations.md).
 TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto",
                                      anar_min_width=1, anar_up="deconv")
 # The settings that decide a TDAF network's layout and forward (recorded in its config and
@@ -60,7 +60,7 @@ TDAF_ARCH_KEYS: tuple[str, ...] = ("flows", "anar", "eta", "downsample", "anar_m
 # around the identity level with a spread of about one logit, every layer learning at once.
 # "auto": identity when the model starts from trained weights (a plain network's, which
 # attention must not disturb), SCRATCH_ATTENTION_INIT from scratch (chosen by measurement:
-# README, "Attention initialisation").
+# docs/results.md and docs/deviations.md).
 ATTENTION_INITS: tuple[str, ...] = ("auto", "identity", "random", "fan_in")
 SCRATCH_ATTENTION_INIT = "identity"
 

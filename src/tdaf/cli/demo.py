@@ -52,7 +52,7 @@ DEMO_SEEDS = 4
 
 # The one recipe both models train with, seed by seed (configs/_cluttered_recipe.yaml holds
 # the same values). Chosen by measurement for a short CPU run that TDAF trains reliably:
-# warm-up, clipping and the attention initialisation are in the README's evidence section.
+# warm-up, clipping and the attention initialisation are in docs/results.md.
 DEMO_RECIPE: dict[str, Any] = dict(
     data="cluttered_digits",
     epochs=8,
