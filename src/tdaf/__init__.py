@@ -11,6 +11,7 @@ from . import video  # noqa: F401  (registers the video task, its models and dat
 from .attention import record_attention
 from .engine.init_from import InitFromReport, init_from
 from .hub import load_from_folder, save_for_hf
+from .inference import fold_batchnorm
 from .errors import UserError
 from .layers import (
     ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, SyncMultiFlowBatchNorm, convert_sync_batchnorm,
@@ -30,4 +31,5 @@ __all__ = [
     "freeze_mfbn", "create_anar", "create_model",
     "list_models", "is_model", "model_cfg", "register_model", "record_attention", "overlap_flows", "init_attention",
     "ModelArgumentError", "UserError", "init_from", "InitFromReport", "save_for_hf", "load_from_folder", "__version__",
+    "fold_batchnorm",
 ]

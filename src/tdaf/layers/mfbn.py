@@ -34,7 +34,7 @@ from .tracing import is_eager
 
 __all__ = [
     "MultiFlowBatchNorm", "SyncMultiFlowBatchNorm", "FrozenMultiFlowBatchNorm", "convert_to_mfbn", "freeze_mfbn",
-    "convert_sync_batchnorm", "set_flow", "mfbn_modules",
+    "convert_sync_batchnorm", "set_flow", "mfbn_modules", "FlowIndexed",
 ]
 
 _INPUT_DIMS = {1: (2, 3), 2: (4,), 3: (5,)}
@@ -327,6 +327,17 @@ class FrozenMultiFlowBatchNorm(nn.Module):
 FLOW_NORMS = (MultiFlowBatchNorm, FrozenMultiFlowBatchNorm)
 
 
+class FlowIndexed:
+    """Mixin for a layer other than MFBN whose forward depends on the flow being run, read
+    from its ``flow`` attribute (0-based): :func:`mfbn_modules` lists it, so R2DNS points it
+    at each flow with the MFBNs (the per-flow folded convolutions of :mod:`tdaf.inference`)."""
+
+    flow: int = 0
+
+
+_FLOW_INDEXED = FLOW_NORMS + (FlowIndexed,)
+
+
 _BN_DIMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 
 
@@ -408,9 +419,10 @@ def freeze_mfbn(module: nn.Module) -> nn.Module:
     return module
 
 
-def mfbn_modules(module: nn.Module) -> list[MultiFlowBatchNorm | FrozenMultiFlowBatchNorm]:
-    """Every MFBN (trainable or frozen) inside ``module``: the layers whose flow R2DNS sets."""
-    return [m for m in module.modules() if isinstance(m, FLOW_NORMS)]
+def mfbn_modules(module: nn.Module) -> list[MultiFlowBatchNorm | FrozenMultiFlowBatchNorm | FlowIndexed]:
+    """Every MFBN (trainable or frozen) inside ``module``, and every other
+    :class:`FlowIndexed` layer: the layers whose flow R2DNS sets."""
+    return [m for m in module.modules() if isinstance(m, _FLOW_INDEXED)]
 
 
 def set_flow(modules: Sequence[MultiFlowBatchNorm | FrozenMultiFlowBatchNorm], flow: int) -> None:
