@@ -120,7 +120,7 @@ def report(records: Path) -> str:
     done = {s: {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted((records / s).glob("seed*.json"))}
             for s in SETTINGS if (records / s).is_dir()}
     head = ("setting", "what it tests", "seeds", "top-1 mean ± std", "TDAF - plain [95%]", "focus, best gate [95%]",
-            "focus range over gates", "top-1 lost: average map / constant")
+            "focus range over gates", "gate std range", "top-1 lost: average map / constant")
     for setting, runs in done.items():
         if not runs:
             continue
@@ -137,14 +137,30 @@ def report(records: Path) -> str:
             means = [sum(v) / len(v) for v in focus.values()]
             cells.append(f"{best} {_interval(focus[best])}")
             cells.append(f"{min(means):.2f}-{max(means):.2f}")
+            spread = [sum(runs[s]["gates"][g]["std"] for s in seeds) / len(seeds) for g in gates]
+            cells.append(f"{min(spread):.3f}-{max(spread):.3f}")
             drops_a = [100 * runs[s]["ablation"]["average_map_drop"] for s in seeds]
             drops_c = [100 * runs[s]["ablation"]["constant_drop"] for s in seeds]
             cells.append(f"{_interval(drops_a)} / {_interval(drops_c)}")
         else:
-            cells += ["-", "-", "-"]
+            cells += ["-", "-", "-", "-"]
         rows.append(cells)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def curve(records: Path, setting: str, seed: int) -> str:
+    """Focus and spread per epoch of one run (from its training history: the monitored
+    subset's statistics after every epoch), with the test top-1."""
+    run = json.loads((records / setting / f"seed{seed}.json").read_text())
+    gates = sorted({k[5:-6] for k in run["history"][0] if k.startswith("attn_") and k.endswith("_focus")})
+    head = ["epoch", "top-1", *(f"{g} focus / std" for g in gates)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for h in run["history"]:
+        cells = [str(h["epoch"]), f"{100 * h['val_top1']:.1f}"]
+        cells += [f"{h[f'attn_{g}_focus']:.2f} / {h[f'attn_{g}_std']:.3f}" for g in gates]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="one JSON per run (default benchmarks/results/attention_hypotheses)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: automatic)")
     p.add_argument("--report", action="store_true", help="print the table of every run in --records")
+    p.add_argument("--curve", nargs=2, metavar=("SETTING", "SEED"), help="print one run's focus per epoch")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -166,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             r = run_one(setting, seed, args.out, args.records, args.threads)
             print(f"{setting} seed {seed}: top-1 {r['top1']:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.curve:
+        print(curve(args.records, args.curve[0], int(args.curve[1])))
     if args.report or args.settings:
         print(report(args.records))
     return 0
