@@ -13,6 +13,11 @@ Rows of each case:
   quarter size), no attention, no per-flow BatchNorm: what the extra flows cost.
 * ``tdaf``: the TDAF model (ANAR-3, 3 flows), with the plain network's weights so that
   all rows compute on the same activations.
+* ``tdaf folded`` (eval cases ``eval-*`` only): the same TDAF model in its inference form,
+  ``tdaf.fold_batchnorm`` (every BatchNorm and MFBN folded into the convolution before
+  it), what ``tdaf predict``, ``eval`` and ``export`` run by default, with per-flow
+  statistics made to differ as a trained model's do (:func:`folded_tdaf`). Under
+  ``compile``, inductor's freezing folds the other rows' BatchNorms too.
 * ``attention share``: per round, ``(tdaf - floor) / plain``: what the attention path
   (ANAR, gating, resizing, per-flow BatchNorm) costs on top of the flows.
 
@@ -139,6 +144,21 @@ def build_trio(case: Case) -> dict[str, nn.Module]:
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(".attention." in k for k in missing), (missing, unexpected)
     return {"plain": plain, "floor": ExtraFlowsFloor(plain, model.backbone.flows), "tdaf": model}
+
+
+def folded_tdaf(model: nn.Module) -> nn.Module:
+    """The inference form of the TDAF row (:func:`tdaf.fold_batchnorm`), folded as a trained
+    model's would be. The row's per-flow statistics are all the plain ones, with which every
+    MFBN would fold into one plain convolution; in a trained model they differ from flow to
+    flow, and a convolution that several flows share gets one folded weight and a per-flow
+    rescale. So the copy folded here has each flow's variance 1% apart first (each norm's
+    output scaled by at most 1%: the same work on nearly the same activations)."""
+    trained_like = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in trained_like.modules():
+            if isinstance(m, tdaf.MultiFlowBatchNorm) and m.running_var is not None and m.running_var.dim() == 2:
+                m.running_var.mul_(1 + 0.01 * torch.arange(m.running_var.shape[0]).unsqueeze(1))
+    return tdaf.fold_batchnorm(trained_like)
 
 
 def attention_models(case: Case) -> dict[str, nn.Module]:
@@ -334,7 +354,10 @@ def run_case(case: Case, mode: str, device: torch.device, rounds: int, progress:
             torch.cuda.empty_cache()
         return out
     train = case.kind == "train"
-    models = _prepare(build_trio(case), mode, device, train=train)
+    base = build_trio(case)
+    if case.kind == "eval":  # the inference form, beside the model it is folded from
+        base["tdaf folded"] = folded_tdaf(base["tdaf"])
+    models = _prepare(base, mode, device, train=train)
     x, y = _inputs(case, mode, device)
     fns = {k: (train_fn(m, x, y) if train else eval_fn(m, x)) for k, m in models.items()}
     return {"rows": ratios(interleave(fns, rounds, device, progress=label))}

@@ -19,7 +19,7 @@ COMMANDS = dict(SUB.choices)
 
 # Flags that mean the same thing wherever they appear.
 SHARED = ("--device", "--threads", "--progress", "--amp", "--channels-last", "--input-size", "--json", "--strict",
-          "--checkpoint", "--model", "--workers", "--overwrite")
+          "--checkpoint", "--model", "--workers", "--overwrite", "--fold-bn")
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -80,6 +80,15 @@ def test_every_command_that_computes_takes_threads_and_device_where_it_picks_one
         if name in ("train", "eval", "demo", "predict", "attention"):
             assert "--progress" in opts and "--no-progress" in opts, name
     assert _options(COMMANDS["eval"])["--device"].default == "auto"
+
+
+def test_the_inference_commands_fold_batchnorm_by_default_and_train_does_not():
+    for name in ("eval", "predict", "export"):
+        opts = _options(COMMANDS[name])
+        assert opts["--fold-bn"].default is True and "--no-fold-bn" in opts, name
+        assert "float rounding" in opts["--fold-bn"].help, name
+    assert "--format timm" in _options(COMMANDS["export"])["--fold-bn"].help
+    assert "--fold-bn" not in _options(COMMANDS["train"])  # training's validation runs the model it trains
 
 
 def test_models_lists_the_registry(capsys):

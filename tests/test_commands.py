@@ -119,6 +119,27 @@ def test_person_boxes_one_format_for_eval_and_predict(pose_run, tmp_path, capsys
         assert code == 2 and "detection 0 (image id 200)" in err and len(err.strip().splitlines()) == 1
 
 
+def test_eval_and_predict_of_a_dense_task_fold_batchnorm_with_the_same_results(video_run, tmp_path, capsys):
+    # The default, --fold-bn, runs the inference form (tdaf.fold_batchnorm); the 3D model's
+    # MFBNs folded per flow give the model's clip scores to float rounding.
+    data, ckpt = video_run
+    evals, preds = {}, {}
+    for flag in ("--fold-bn", "--no-fold-bn"):
+        code, out, err = _run(["eval", "--checkpoint", ckpt, "--workers", "0", "--no-progress", "--json", flag], capsys)
+        assert code == 0, err
+        evals[flag] = json.loads(out)
+        args, _ = _predict_case("video", Path(data), tmp_path)
+        code, out, err = _run(["predict", "--checkpoint", ckpt, "--no-progress", "--json", flag] + args, capsys)
+        assert code == 0, err
+        preds[flag] = {(r["file"], t["label"]): t["score"] for r in json.loads(out)["results"] for t in r["topk"]}
+    folded, plain = evals["--fold-bn"], evals["--no-fold-bn"]
+    assert folded["fold_bn"] is True and plain["fold_bn"] is False
+    assert {k: folded[k] for k in METRICS["video"]} == {k: plain[k] for k in METRICS["video"]}
+    assert folded["loss"] == pytest.approx(plain["loss"], abs=1e-5)
+    assert preds["--fold-bn"].keys() == preds["--no-fold-bn"].keys()
+    assert max(abs(preds["--fold-bn"][k] - preds["--no-fold-bn"][k]) for k in preds["--fold-bn"]) < 1e-5
+
+
 def _predict_case(task: str, data: Path, tmp_path: Path) -> tuple[list, int]:
     """The inputs and task flags of a predict run, and how many results it must give."""
     if task == "classification":

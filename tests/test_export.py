@@ -1,5 +1,7 @@
 """ONNX / TorchScript export of TDAF models: parity with PyTorch at two sizes (one odd),
-dynamic batch and H/W, metadata, the fixed-size fallback, and clean errors."""
+dynamic batch and H/W, metadata, the fixed-size fallback, and clean errors. ``tdaf export``
+writes the inference form (``tdaf.fold_batchnorm``) by default: its files are checked here
+against the unfolded model in eager PyTorch."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import tdaf
 from tdaf.cli.main import main
 from tdaf.engine.checkpoint import atomic_save, checkpoint_payload
 from tdaf.export import export_model, second_size
+from tdaf.inference import FlowFoldedConv
 from tdaf.models.classifier import TDAFClassifier
 from tdaf.r2dns import R2DNS
 
@@ -67,6 +70,10 @@ def _ort_diff(model: nn.Module, path: Path) -> list[float]:
     return diffs
 
 
+def _onnx_ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
 def _dims(path: Path) -> list[str | int]:
     shape = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape
     return [d.dim_param or d.dim_value for d in shape.dim]
@@ -95,12 +102,28 @@ def test_onnx_cli_checkpoint_parity_dynamic_and_metadata(r18_checkpoint, tmp_pat
     text = capsys.readouterr().out
     assert "batch 2 @ 32x32: max abs diff" in text and "batch 3 @ 45x37: max abs diff" in text
     assert "height/width dynamic" in text and "ONNX opset 17" in text and text.rstrip().endswith("tolerance 0.0001")
+    assert "parity vs PyTorch (the model before folding its BatchNorms)" in text
     dims = _dims(out)
     assert isinstance(dims[0], str) and isinstance(dims[2], str) and isinstance(dims[3], str) and dims[1] == 3
+    # folded by default (no BatchNormalization left), and equal to the unfolded eager model
+    assert "BatchNormalization" not in _onnx_ops(out) and "Conv" in _onnx_ops(out)
     assert max(_ort_diff(model, out)) < 1e-4
     props = {p.key: json.loads(p.value) for p in onnx.load(str(out), load_external_data=False).metadata_props}
     assert props["model"] == "tdaf_resnet18_cifar" and props["class_names"][3] == "c3"
     assert props["mean"] == [0.5] * 3 and props["input_size"] == [3, 32, 32] and props["dynamic_hw"] is True
+    assert props["batchnorm_folded"] is True
+
+
+def test_no_fold_bn_exports_the_model_as_trained(r18_checkpoint, tmp_path: Path, capsys) -> None:
+    model, ckpt = r18_checkpoint
+    out = tmp_path / "r18_bn.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out), "--no-fold-bn",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["fold_bn"] is False
+    assert "BatchNormalization" in _onnx_ops(out) and max(_ort_diff(model, out)) < 1e-4
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert props["batchnorm_folded"] is False
 
 
 def test_torchscript_cli_parity_and_metadata(r18_checkpoint, tmp_path: Path, capsys) -> None:
@@ -109,10 +132,13 @@ def test_torchscript_cli_parity_and_metadata(r18_checkpoint, tmp_path: Path, cap
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["dynamic_hw"] and [p["size"] for p in report["parity"]] == [[32, 32], [45, 37]]
+    assert report["fold_bn"] is True
     extra = {"tdaf.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra["tdaf.json"])["class_names"][9] == "c9"
-    for x in _inputs():
+    assert json.loads(extra["tdaf.json"])["batchnorm_folded"] is True
+    assert "aten::batch_norm" not in str(loaded.inlined_graph) and "aten::_convolution" in str(loaded.inlined_graph)
+    for x in _inputs():  # the folded trace against the unfolded eager model
         with torch.no_grad():
             assert (loaded(x) - model(x)).abs().max().item() < 1e-4
 
@@ -141,6 +167,25 @@ def test_torchscript_parity_anar7(tmp_path: Path) -> None:
             assert (loaded(x) - model(x)).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_folded_export_matches_the_unfolded_eager_model(fmt: str, tmp_path: Path) -> None:
+    # MFBN after shared convolutions (FlowFoldedConv: one weight and a per-flow rescale) and
+    # after the ANARs' (a folded copy per flow), exported with dynamic batch and H/W.
+    model = tiny_tdaf("anar5")
+    folded = tdaf.fold_batchnorm(model)
+    assert any(isinstance(m, FlowFoldedConv) for m in folded.modules())
+    report = export_model(folded, tmp_path / f"folded.{fmt}", fmt, (3, 32, 32), reference=model)
+    assert report.dynamic_hw and report.ok(1e-4) and len(report.parity) == 2
+    if fmt == "onnx":
+        assert "BatchNormalization" not in _onnx_ops(report.path)
+        assert max(_ort_diff(model, report.path)) < 1e-4
+    else:
+        loaded = torch.jit.load(str(report.path))
+        for x in _inputs():
+            with torch.no_grad():
+                assert (loaded(x) - model(x)).abs().max().item() < 1e-4
+
+
 def test_dynamo_exporter_dynamic_shapes(tmp_path: Path, capfd) -> None:
     pytest.importorskip("onnxscript")
     # The dynamo exporter costs ~10 s per export even for a small graph: the smallest
@@ -149,7 +194,10 @@ def test_dynamo_exporter_dynamic_shapes(tmp_path: Path, capfd) -> None:
     model = TDAFClassifier(R2DNS([_block(3, 8, 1), _block(8, 16, 2)], [8, 16], [1, 2], flows=2, anar="anar5"), 3)
     _randomise_bn(model)
     model.eval()
-    report = export_model(model, tmp_path / "dyn.onnx", "onnx", (3, 32, 32), exporter="dynamo")
+    # the folded model, as `tdaf export` writes it by default, checked against the unfolded one
+    folded = tdaf.fold_batchnorm(model)
+    assert any(isinstance(m, FlowFoldedConv) for m in folded.modules())
+    report = export_model(folded, tmp_path / "dyn.onnx", "onnx", (3, 32, 32), exporter="dynamo", reference=model)
     assert report.exporter == "dynamo" and report.opset == 18 and report.dynamic_hw and report.ok(1e-4)
     assert max(_ort_diff(model, report.path)) < 1e-4
     assert capfd.readouterr().out == ""  # nothing on stdout: `tdaf export --json` stays one JSON object

@@ -171,6 +171,17 @@ def test_training_mode_is_refused() -> None:
         fold_batchnorm(model)
 
 
+def test_a_model_of_nan_weights_folds_to_nan_outputs() -> None:
+    # `tdaf eval` folds by default, and reports a diverged checkpoint's NaN loss: the check
+    # while folding compares only where the model's own outputs are finite.
+    model = tdaf.create_model("tdaf_resnet18_w32", num_classes=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+        folded = fold_batchnorm(model)
+        assert batchnorm_layers(folded) == [] and folded(torch.randn(1, 3, 32, 32)).isnan().all()
+
+
 class _ReadTwice(nn.Module):
     """A convolution whose output a residual reads besides its BatchNorm: cannot be folded."""
 

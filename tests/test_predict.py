@@ -1,6 +1,7 @@
 """``tdaf predict``: predictions equal a direct evaluation of the checkpoint on a tiny
 ImageFolder set (and ``tdaf eval``'s accuracy), PIL-mode conversions, output formats and
-clean errors."""
+clean errors. Both commands run the inference form (``tdaf.fold_batchnorm``) by default;
+``--no-fold-bn`` the model as trained, with the same results to float rounding."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from PIL import Image
 from torch import nn
 
 import tdaf
+import tdaf.cli.predict
+import tdaf.engine.evaluate
+from tdaf.inference import batchnorm_layers
 from tdaf.layers import MultiFlowBatchNorm
 from tdaf.cli.main import main
 from tdaf.data.digits import digits_pixels
@@ -109,6 +113,40 @@ def test_predictions_reproduce_tdaf_eval_accuracy(trained, capsys) -> None:
     out = _predict_json(capsys, "--checkpoint", str(ckpt), str(root / "val"), "--topk", "1")
     hits = [r["topk"][0]["label"] == Path(r["file"]).parent.name for r in out["results"]]
     assert sum(hits) / len(hits) == pytest.approx(top1, abs=1e-9)
+
+
+def test_predict_and_eval_fold_batchnorm_by_default_with_the_same_results(trained, capsys, monkeypatch) -> None:
+    _, ckpt, root = trained
+    folded: list[nn.Module] = []
+
+    def spy(real):
+        def fold(model: nn.Module, *args, **kwargs) -> nn.Module:
+            out = real(model, *args, **kwargs)
+            folded.append(out)
+            return out
+        return fold
+
+    for module in (tdaf.cli.predict, tdaf.engine.evaluate):
+        monkeypatch.setattr(module, "fold_batchnorm", spy(module.fold_batchnorm))
+    argv = ["--checkpoint", str(ckpt), str(root / "val"), "--topk", "3"]
+    by_default = _predict_json(capsys, *argv)
+    assert len(folded) == 1 and batchnorm_layers(folded[0]) == []  # every MFBN folded
+    as_trained = _predict_json(capsys, *argv, "--no-fold-bn")
+    assert len(folded) == 1
+
+    def scores(out: dict) -> np.ndarray:
+        return np.array([[t["score"] for t in sorted(r["topk"], key=lambda t: t["index"])] for r in out["results"]])
+
+    assert np.abs(scores(by_default) - scores(as_trained)).max() < 1e-5
+    evals = {}
+    for flag in ("--fold-bn", "--no-fold-bn"):
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", "imagefolder", "--data-dir", str(root), "--json",
+                     "--device", "cpu", "--workers", "0", flag]) == 0
+        evals[flag] = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert len(folded) == 2 and batchnorm_layers(folded[1]) == []
+    assert evals["--fold-bn"]["fold_bn"] is True and evals["--no-fold-bn"]["fold_bn"] is False
+    assert evals["--fold-bn"]["top1"] == evals["--no-fold-bn"]["top1"]
+    assert evals["--fold-bn"]["loss"] == pytest.approx(evals["--no-fold-bn"]["loss"], abs=1e-5)
 
 
 def test_image_modes_are_converted_like_rgb(trained, tmp_path: Path, capsys) -> None:

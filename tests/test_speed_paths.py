@@ -200,7 +200,7 @@ def test_overhead_benchmark_floor_runs_the_extra_flows_stages() -> None:
     models["floor"](torch.randn(2, 3, 32, 32)).sum().backward()
     assert models["plain"].backbone.stages[0][0].weight.grad is not None
     result = overhead.run_case(case, "eager", torch.device("cpu"), rounds=2, progress=False)
-    assert set(result["rows"]) == {"plain", "floor", "tdaf", "attention share"}
+    assert set(result["rows"]) == {"plain", "floor", "tdaf", "tdaf folded", "attention share"}
     assert result["rows"]["plain"]["median"] == 1.0
 
 

@@ -27,6 +27,9 @@ TorchScript: ``torch.jit.trace``, checked at a second size as well.
 Parity is reported as the max absolute difference between PyTorch and the exported
 model (onnxruntime for ONNX) on random normal inputs, at the export size with one batch
 size and at a second (odd) size with another, so dynamic batch and H/W are both checked.
+``reference``: the PyTorch model to compare with, when it is not the one exported
+(``tdaf export`` exports the inference form, :func:`tdaf.fold_batchnorm`, and checks it
+against the model as trained).
 """
 
 from __future__ import annotations
@@ -363,6 +366,7 @@ def export_model(
     tolerance: float = 1e-4,
     metadata: Mapping[str, Any] | None = None,
     seed: int = 0,
+    reference: nn.Module | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``path`` (``fmt`` ``"onnx"`` or ``"torchscript"``) and check it.
 
@@ -371,7 +375,9 @@ def export_model(
     with ``dynamic_hw``, at ``check_size`` (default :func:`second_size`, odd) with
     ``check_batches[1]``. If the export cannot take the second size (the model needs one
     input size), an ONNX export is redone with a fixed H/W and the report says so; a
-    TorchScript trace is then reported as valid at ``input_size`` only.
+    TorchScript trace is then reported as valid at ``input_size`` only. ``reference``: the
+    model the export's outputs are compared with (default ``model``; e.g. the unfolded model
+    of a :func:`tdaf.fold_batchnorm` one).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
@@ -382,6 +388,7 @@ def export_model(
     if fmt == "onnx":
         _require_onnx()
     model = model.eval().cpu()
+    ref = model if reference is None else reference.eval().cpu()
     channels = int(input_size[0])
     size = tuple(int(s) for s in input_size[1:])
     if check_size is not None and len(check_size) != len(size):
@@ -413,11 +420,11 @@ def export_model(
     )
     if fmt == "onnx":
         report.opset = _onnx_opset(report.path)
-    first = _parity(model, report.path, fmt, check_batches[0], size, channels, seed)
+    first = _parity(ref, report.path, fmt, check_batches[0], size, channels, seed)
     report.parity.append(first)
     if not dynamic_hw:
         return report
-    second = _parity(model, report.path, fmt, check_batches[1], other, channels, seed + 1)
+    second = _parity(ref, report.path, fmt, check_batches[1], other, channels, seed + 1)
     if second.ok(tolerance):
         report.parity.append(second)
         return report
@@ -429,7 +436,7 @@ def export_model(
         )
         report.path = write(False)
         report.dynamic_hw = False
-        report.parity = [_parity(model, report.path, fmt, check_batches[0], size, channels, seed)]
+        report.parity = [_parity(ref, report.path, fmt, check_batches[0], size, channels, seed)]
     else:
         report.notes.append(
             f"the traced module does not generalise to {_fmt(other)} ({reason}); use it at "

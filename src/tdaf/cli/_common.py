@@ -14,7 +14,7 @@ from ..errors import UserError
 
 __all__ = [
     "add_device_arg", "resolve_device", "add_threads_arg", "apply_threads", "add_progress_arg", "add_amp_arg",
-    "add_channels_last_arg", "add_input_size_arg", "input_size_hw", "add_overwrite_arg",
+    "add_channels_last_arg", "add_input_size_arg", "input_size_hw", "add_overwrite_arg", "add_fold_bn_arg",
 ]
 
 _BOOL = argparse.BooleanOptionalAction
@@ -65,6 +65,16 @@ def add_amp_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: 
 def add_channels_last_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, suppress: bool = False) -> None:
     p.add_argument("--channels-last", action=_BOOL, default=_default(False, suppress),
                    help="channels-last memory format (default off)")
+
+
+def add_fold_bn_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, extra: str = "",
+                    suppress: bool = False) -> None:
+    """``--fold-bn/--no-fold-bn`` (default on): run the inference form of the model
+    (:func:`tdaf.fold_batchnorm`), as ``tdaf predict``, ``eval`` and ``export`` do."""
+    p.add_argument("--fold-bn", action=_BOOL, default=_default(True, suppress),
+                   help="fold every BatchNorm and multi-flow BatchNorm into the convolution before it after loading "
+                   "the model (tdaf.fold_batchnorm, the inference form: fewer passes over the maps, outputs the "
+                   "same to float rounding); default on, --no-fold-bn runs the model as trained" + extra)
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str,

@@ -9,8 +9,8 @@ import json
 from ..engine.evaluate import EvalOptions, evaluate_checkpoint
 from ..io.files import json_safe
 from ._common import (
-    add_amp_arg, add_channels_last_arg, add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg,
-    apply_threads,
+    add_amp_arg, add_channels_last_arg, add_device_arg, add_fold_bn_arg, add_overwrite_arg, add_progress_arg,
+    add_threads_arg, apply_threads,
 )
 from ..engine.task import get_task
 from ._task_args import add_task_args, given_options
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threads_arg(p)
     add_amp_arg(p)
     add_channels_last_arg(p)
+    add_fold_bn_arg(p)
     p.add_argument("--strict", action=_BOOL, default=False, help="stop at the first unreadable input (default off)")
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions in [0, 1])")
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         data=args.data, data_dir=args.data_dir, split=args.split, subset=args.subset, batch_size=args.batch_size,
         workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last, strict=args.strict,
-        progress=False if args.json else args.progress, overwrite=args.overwrite, task=given_options(args, "eval"),
+        fold_bn=args.fold_bn, progress=False if args.json else args.progress, overwrite=args.overwrite,
+        task=given_options(args, "eval"),
     )
     result = evaluate_checkpoint(args.checkpoint, options)
     if result is None:  # not the main process

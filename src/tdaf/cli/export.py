@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportReport, export_model
+from ..inference import fold_batchnorm
 from ..io.outputs import Outputs
-from ._common import add_input_size_arg, add_threads_arg, apply_threads
+from ._common import add_fold_bn_arg, add_input_size_arg, add_threads_arg, apply_threads
 from ._load import LoadedModel, add_model_args, load_model
 
 
@@ -30,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and input size (ONNX metadata_props; TorchScript extra file tdaf.json). Every task's model: "
         "classifiers and video models whole; pose models whole (heat-maps out); detectors as their network "
         "(backbone + FPN + head: cls_logits, bbox_regression, bbox_ctrness), without the resizing and the "
-        "box decoding + NMS (docs/export.md says how to apply them). Export runs on the CPU (the "
+        "box decoding + NMS (docs/export.md says how to apply them). ONNX and TorchScript files hold the "
+        "inference form (--fold-bn, the default: every BatchNorm folded into the convolution before it), "
+        "checked against the model as trained. Export runs on the CPU (the "
         "files are device-independent), so the command has no --device.",
         epilog="example: tdaf export --checkpoint runs/digits/best.pt --format onnx --out digits.onnx",
     )
@@ -57,16 +60,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"ONNX opset (default {DEFAULT_OPSET['torchscript']}; {DEFAULT_OPSET['dynamo']} with "
                    f"--onnx-exporter dynamo, which needs >= 18)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed abs difference (default 1e-4)")
+    add_fold_bn_arg(p, "; for onnx and torchscript: the file holds the folded model and the parity check compares "
+                    "it with the unfolded one; never for --format timm, whose weights stay those of the unfolded "
+                    "architecture, so that timm.create_model(..., pretrained=True) loads them")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     add_threads_arg(p)
     p.set_defaults(func=run)
 
 
-def _metadata(loaded: LoadedModel, meta: dict[str, Any], network: Any) -> dict[str, Any]:
+def _metadata(loaded: LoadedModel, meta: dict[str, Any], network: Any, folded: bool) -> dict[str, Any]:
     keys = ("class_names", "categories", "mean", "std", "input_size", "resize", "min_size", "max_size", "data",
             "keypoint_names", "heatmap_stride")
     out: dict[str, Any] = {"model": loaded.name, "task": loaded.task, "model_kwargs": loaded.kwargs,
-                           "trained": loaded.trained, "source": loaded.source}
+                           "trained": loaded.trained, "source": loaded.source, "batchnorm_folded": folded}
     out.update({k: meta[k] for k in keys if k in meta})
     if getattr(network, "output_names", None):  # a network of several named outputs (detection's head)
         out["outputs"] = list(network.output_names)
@@ -74,7 +80,7 @@ def _metadata(loaded: LoadedModel, meta: dict[str, Any], network: Any) -> dict[s
 
 
 def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_bytes: int,
-              outputs: Any = None) -> str:
+              outputs: Any = None, folded: bool = False) -> str:
     how = f"ONNX opset {report.opset}, {report.exporter} exporter" if report.format == "onnx" else "TorchScript (traced)"
     c, *dims = report.input_size
     names = ("T", "H", "W")[-len(dims):]  # (C, H, W) for images, (C, T, H, W) for video
@@ -83,7 +89,8 @@ def _describe(report: ExportReport, loaded: LoadedModel, tolerance: float, size_
         f"exported {loaded.describe()} -> {report.path} ({how}, {size_bytes / 1e6:.1f} MB)",
         f"input (B, {c}, {', '.join(names)}): batch dynamic, {what} "
         + ("dynamic" if report.dynamic_hw else f"fixed at {'x'.join(map(str, dims))}"),
-        f"parity vs PyTorch ({'onnxruntime' if report.format == 'onnx' else 'torch.jit.load'}), random inputs:",
+        f"parity vs PyTorch{' (the model before folding its BatchNorms)' if folded else ''} "
+        f"({'onnxruntime' if report.format == 'onnx' else 'torch.jit.load'}), random inputs:",
     ]
     if outputs:  # a part of the model (detection's network): say what comes out and what is left to do
         lines.insert(2, f"outputs: {', '.join(outputs)} (the {loaded.task} network; docs/export.md#every-task says "
@@ -160,22 +167,26 @@ def run(args: argparse.Namespace) -> int:
     if len(meta.get("input_size") or []) not in (3, 4):
         raise ValueError(f"{loaded.source}: no input_size [C, H, W] recorded; give --input-size H W")
     size = task.example_size(meta, args.input_size)
-    network = task.network(loaded.model)
+    reference = task.network(loaded.model)
+    network = task.network(fold_batchnorm(loaded.model)) if args.fold_bn else reference
     with outputs:
         # Exported to a temporary beside --out and checked there; --out gets it only when the
         # export, the parity check and the report all succeeded.
         tmp = outputs.temporary(out)
         report = export_model(
             network, tmp, args.format, size, check_size=args.check_size, dynamic_hw=not args.static_hw,
-            exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance, metadata=_metadata(loaded, meta, network),
+            exporter=args.onnx_exporter, opset=args.opset, tolerance=args.tolerance,
+            metadata=_metadata(loaded, meta, network, args.fold_bn), reference=reference,
         )
         size_bytes = Path(report.path).stat().st_size
         report.path = out
         ok = report.ok(args.tolerance)
         if args.json:
-            text = json.dumps(dict(report.to_dict(), ok=ok, tolerance=args.tolerance, written=ok))
+            text = json.dumps(dict(report.to_dict(), ok=ok, tolerance=args.tolerance, written=ok,
+                                   fold_bn=args.fold_bn))
         else:
-            text = _describe(report, loaded, args.tolerance, size_bytes, getattr(network, "output_names", None))
+            text = _describe(report, loaded, args.tolerance, size_bytes, getattr(network, "output_names", None),
+                             args.fold_bn)
         if not ok:
             outputs.discard()  # a failed check leaves nothing behind (a rerun is not refused by it)
     print(text)

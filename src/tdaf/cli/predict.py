@@ -8,9 +8,11 @@ import argparse
 import json
 
 from ..engine.options import PredictOptions
+from ..inference import fold_batchnorm
 from ..io.files import json_safe
 from ._common import (
-    add_device_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads, resolve_device,
+    add_device_arg, add_fold_bn_arg, add_overwrite_arg, add_progress_arg, add_threads_arg, apply_threads,
+    resolve_device,
 )
 from ._load import add_model_args, load_model
 from ._task_args import add_task_args, task_options
@@ -36,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding worker processes (default: automatic, in-process for small jobs)")
     add_device_arg(p)
+    add_fold_bn_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with all results instead of a table")
     add_progress_arg(p)
     add_threads_arg(p)
@@ -54,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     task = loaded.task_object()
     own = task_options(args, "predict", task, args.checkpoint)
     inputs = task.predict_inputs(args.images)
+    model = fold_batchnorm(loaded.model) if args.fold_bn else loaded.model
     options = PredictOptions(checkpoint=str(args.checkpoint), device=device, batch_size=args.batch_size,
                              workers=args.workers, progress=args.progress, overwrite=args.overwrite,
                              described=loaded.describe(), task=own)
-    report = task.run_predictions(loaded.model, loaded.meta, inputs, options)
+    report = task.run_predictions(model, loaded.meta, inputs, options)
     report["ignored"] = inputs.ignored
     if args.json:
         print(json.dumps(json_safe({"checkpoint": str(args.checkpoint), "model": loaded.name, **report})))

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import ShardSampler
 from ..errors import UserError
+from ..inference import fold_batchnorm
 from ..io.progress import track
 from .checkpoint import load_checkpoint, model_from_payload
 from .distributed import all_reduce_sum, setup, teardown
@@ -165,6 +166,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions
     """``tdaf eval`` of a checkpoint of any task: its task's metrics on a data set split, with the
     checkpoint's own preprocessing. ``options`` (an :class:`EvalOptions`; ``fields`` replace
     its values, e.g. ``evaluate_checkpoint(path, split="val", task={"ten_crop": True})``).
+    The model evaluated is its inference form (:func:`tdaf.fold_batchnorm`, folded in every
+    process) unless ``options.fold_bn`` is False; the training loop's own validation runs
+    :func:`evaluate` on the model it trains, never folded.
     Returns the result on the main process: ``checkpoint``, ``model``, ``data``, ``split``,
     ``data_dir``, ``epoch``, the metrics, ``skipped`` and the task's own keys; None on the
     other processes when run under ``torchrun``."""
@@ -183,7 +187,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions
         raise ValueError(f"--batch-size: got {batch_size}; allowed: >= 1")
     data = task.eval_data(opened, options)
     workers = 0 if options.workers is None and data.in_memory else options.workers
-    result = evaluate_dataset(opened.model, data.dataset, data.collate, task, batch_size=batch_size, workers=workers,
+    model = fold_batchnorm(opened.model) if options.fold_bn else opened.model
+    result = evaluate_dataset(model, data.dataset, data.collate, task, batch_size=batch_size, workers=workers,
                               device=options.device, amp=options.amp, channels_last=options.channels_last,
                               strict=options.strict, progress=options.progress, evaluator=data.evaluator)
     if result is None:
@@ -191,7 +196,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], options: EvalOptions
     out = {"checkpoint": str(checkpoint), "task": task.name, "model": opened.meta.get("model_name"),
            "data": opened.data,
            "split": options.split, "data_dir": opened.data_dir, "epoch": opened.meta.get("epoch"), **data.info,
-           **result}
+           "fold_bn": options.fold_bn, **result}
     if data.finish is not None:
         data.finish(out)
     return out

@@ -26,6 +26,9 @@ class EvalOptions:
     ``data``: the data set (None: the checkpoint's); ``data_dir``: its folder (None: where
     the checkpoint's run read it); ``subset``: a fixed random subset of N samples;
     ``batch_size`` None: the task's ``eval_batch_size``; ``workers`` None: automatic.
+    ``fold_bn``: evaluate the inference form of the checkpoint's model
+    (:func:`tdaf.fold_batchnorm`: every BatchNorm and MFBN folded into the convolution
+    before it; the same outputs to float rounding); False: the model as trained.
     ``task``: the task's own options by the dests of its flags (``{"ten_crop": True}``,
     ``{"person_boxes": "dets.json"}``, ...; see each task's ``add_eval_args``).
     """
@@ -42,6 +45,7 @@ class EvalOptions:
     strict: bool = False
     progress: bool | None = None  # None: bars on a terminal, plain lines elsewhere
     overwrite: bool = False
+    fold_bn: bool = True
     task: dict[str, Any] = field(default_factory=dict)
 
     def option(self, dest: str, default: Any = None) -> Any:
