@@ -40,10 +40,12 @@ def _norms(model: nn.Module) -> int:
 
 
 def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max abs difference, checked against 1e-5 of the output's scale."""
+    """Max abs difference, checked against 3e-5 of the output's scale (float32 rounding through
+    a deep net with random statistics: measured up to 1.1e-5 on the attention maps; a wrong
+    fold is off by far more)."""
     assert a.shape == b.shape
     error = (a - b).abs().max().item()
-    assert error <= 1e-5 * max(b.abs().max().item(), 1e-6), (error, b.abs().max().item())
+    assert error <= 3e-5 * max(b.abs().max().item(), 1e-6), (error, b.abs().max().item())
     return error
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import tdaf
+from tdaf.profile import count_params
 from tdaf.export import export_model, second_size
 from tdaf.layers import ANAR, FrozenMultiFlowBatchNorm, MultiFlowBatchNorm, convert_to_mfbn, freeze_mfbn
 from tdaf.r2dns import TDAF_ARCH_KEYS, TDAF_DEFAULTS, R2DNS, min_input_size
@@ -39,17 +40,23 @@ def _train_stats(module: nn.Module, x: torch.Tensor) -> None:
 
 def test_defaults_live_in_one_place() -> None:
     assert TDAF_DEFAULTS == dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto",
-                                 anar_min_width=1, anar_up="deconv")
+                                 anar_min_width=8, anar_up="deconv")
     assert TDAF_ARCH_KEYS == ("flows", "anar", "eta", "downsample", "anar_min_width", "anar_up")
     r = R2DNS(_stages([4, 4, 4], [2, 2, 2]), [4] * 3, [2] * 3)
     assert (r.flows, r.anar_name, r.eta, r.down.mode, r.anar_min_width, r.anar_up) == tuple(
         TDAF_DEFAULTS[k] for k in TDAF_ARCH_KEYS)
-    paper = TDAF_ARCH_KEYS[:4]  # the paper's settings are always recorded, the options beyond it when set
+    # the paper's settings are always recorded, the options beyond it where they differ from Table 1
+    paper = TDAF_ARCH_KEYS[:4]
     model = tdaf.create_model("tdaf_resnet18_cifar")
     assert {k: model.pretrained_cfg[k] for k in paper} == {k: TDAF_DEFAULTS[k] for k in paper}
-    assert not {"anar_min_width", "anar_up"} & set(model.pretrained_cfg)
-    model = tdaf.create_model("tdaf_resnet18_cifar", anar_min_width=8, anar_up="resize")
-    assert (model.pretrained_cfg["anar_min_width"], model.pretrained_cfg["anar_up"]) == (8, "resize")
+    assert model.pretrained_cfg["anar_min_width"] == 8 and "anar_up" not in model.pretrained_cfg
+    model = tdaf.create_model("tdaf_resnet18_cifar", anar_min_width=1, anar_up="resize")
+    assert "anar_min_width" not in model.pretrained_cfg and model.pretrained_cfg["anar_up"] == "resize"
+    # the floor changes narrow stages only: ANAR-3 on 64 channels (c/32 = 2) gets 8, on 256 (c/32 = 8) nothing
+    narrow = tdaf.create_model("tdaf_resnet18_cifar", anar_min_width=1)
+    assert count_params(tdaf.create_model("tdaf_resnet18_cifar")) > count_params(narrow)
+    assert count_params(tdaf.create_model("tdaf_resnet50", anar_min_width=1)) == count_params(
+        tdaf.create_model("tdaf_resnet50"))
 
 
 def test_anar_none_runs_independent_flows() -> None:

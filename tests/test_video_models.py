@@ -19,9 +19,10 @@ def _meta(name: str, **kwargs) -> nn.Module:
         return tdaf.create_model(name, **kwargs)
 
 
-def _anar5_3d(c: int) -> int:
-    """Table 1, ANAR-5 with 3x3x3 down and 4x4x4 up kernels; BN adds 2 per channel."""
-    t, d, u1, u2 = c // 4, c // 8, c // 16, c // 32
+def _anar5_3d(c: int, floor: int = 1) -> int:
+    """Table 1, ANAR-5 with 3x3x3 down and 4x4x4 up kernels; BN adds 2 per channel. ``floor``:
+    no layer narrower (``anar_min_width``; the library's default is 8)."""
+    t, d, u1, u2 = (max(c // k, floor) for k in (4, 8, 16, 32))
     return (c * t + 2 * t                 # 1x1x1 trans c -> c/4
             + 27 * t * d + 2 * d          # 3x3x3 /2   c/4 -> c/8
             + 64 * d * u1 + 2 * u1        # 4x4x4 x2   c/8 -> c/16
@@ -44,7 +45,8 @@ def test_hara_counts_and_tdaf_adds_table1_anar5_on_stages_1_to_3():
 def test_3d_anar_kernels_are_3x3x3_down_and_4x4x4_up():
     anar = _meta("tdaf_r3d_resnet18").backbone.attention[0]
     assert isinstance(anar, ANAR) and anar.dims == 3
-    assert count_params(anar) == _anar5_3d(64)
+    assert count_params(anar) == _anar5_3d(64, floor=8)  # c/16, c/32 = 4, 2 channels -> 8
+    assert count_params(_meta("tdaf_r3d_resnet18", anar_min_width=1).backbone.attention[0]) == _anar5_3d(64)
     convs = [m for m in anar.modules() if isinstance(m, nn.Conv3d)]
     deconvs = [m for m in anar.modules() if isinstance(m, nn.ConvTranspose3d)]
     assert sorted({m.kernel_size for m in convs}) == [(1, 1, 1), (3, 3, 3)]

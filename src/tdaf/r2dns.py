@@ -43,10 +43,13 @@ __all__ = [
 
 # The paper's setting (§4): 3 flows, ANAR-3, eta = 0.5 (Eq. 5), 2x2 average pooling between
 # flows (Eq. 2). Every builder reads these, so changing a default means changing it here.
-# ``anar_min_width`` and ``anar_up`` are this library's options beyond the paper (Table 1's
-# widths and transposed convs by default; docs/deviations.md).
+# ``anar_min_width`` and ``anar_up`` are this library's options beyond the paper. No ANAR
+# layer is narrower than 8 channels (a deviation, docs/deviations.md): Table 1's c/8 and
+# c/32 are 1-4 channels on 32-128 channel stages, and on the main job the floor is what made
+# the attention find the digit and carry weight (docs/attention-study.md); on ResNet-50 and
+# wider (stages of 256+ channels) it changes nothing. Table 1's transposed convs stay.
 TDAF_DEFAULTS: dict[str, Any] = dict(flows=3, anar="anar3", eta=0.5, downsample="avg", attention_init="auto",
-                                     anar_min_width=1, anar_up="deconv")
+                                     anar_min_width=8, anar_up="deconv")
 # The settings that decide a TDAF network's layout and forward (recorded in its config and
 # checkpoints, compared when weights are loaded); ``attention_init`` only decides the start.
 TDAF_ARCH_KEYS: tuple[str, ...] = ("flows", "anar", "eta", "downsample", "anar_min_width", "anar_up")
@@ -305,8 +308,8 @@ class R2DNS(nn.Module):
             counterpart at step 0), ``"random"``, ``"fan_in"`` or ``"auto"`` (from scratch:
             :data:`SCRATCH_ATTENTION_INIT`; builders that load trained weights pass
             ``"identity"``). See :meth:`init_attention`.
-        anar_min_width: the narrowest ANAR layer (1: Table 1's widths, which are 1-4 channels
-            on narrow backbones).
+        anar_min_width: the narrowest ANAR layer (default 8; 1: Table 1's widths exactly,
+            which are 1-4 channels on narrow backbones).
         anar_up: ANAR's up layers: ``"deconv"`` (Table 1) or ``"resize"`` (x2 resize + 3x3 conv).
 
     Defaults are :data:`TDAF_DEFAULTS`. ``forward`` returns the last flow's stage outputs

@@ -129,8 +129,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "(Kaiming fan-out: wide stages start with gates near 0 or 1), fan_in (Kaiming fan-in around the "
                    f"identity level: every ANAR layer learns from step 1), or auto (identity over trained weights, {SCRATCH_ATTENTION_INIT} from scratch; the default)")
     g.add_argument("--anar-min-width", type=int, metavar="C",
-                   help="no ANAR layer narrower than C channels (default 1: Table 1's c/8 .. c/32, which are 1-4 "
-                   "channels on a 32-128 channel backbone)")
+                   help="no ANAR layer narrower than C channels (default 8; 1: Table 1's c/8 .. c/32 exactly, which are "
+                   "1-4 channels on a 32-128 channel backbone; ResNet-50 and wider are Table 1 either way)")
     g.add_argument("--anar-up", choices=list(ANAR_UPS),
                    help="ANAR's x2 up layers: deconv (Table 1's 4x4 stride-2 transposed conv, default) or resize "
                    "(bilinear x2, then a 3x3 conv)")

@@ -77,7 +77,7 @@ class TrainConfig:
     eta: float | None = None
     downsample: str | None = None
     attention_init: str | None = None  # None: "auto" (identity over trained weights)
-    anar_min_width: int | None = None  # None: 1, Table 1's widths
+    anar_min_width: int | None = None  # None: the model's default (8); 1: Table 1's widths
     anar_up: str | None = None  # None: "deconv", Table 1's transposed convs
     pretrained: str | None = None
     init_from: str | None = None  # a trained model's weights to start from (engine/init_from.py)

@@ -118,7 +118,8 @@ def tdaf_settings(backbone: R2DNS | StageNet) -> dict[str, Any]:
     if backbone.anar_name is None:
         return dict(flows=backbone.flows, downsample=backbone.down.mode)
     # The options beyond the paper are recorded where they differ from Table 1.
-    extra = {k: getattr(backbone, k) for k in ("anar_min_width", "anar_up") if getattr(backbone, k) != TDAF_DEFAULTS[k]}
+    extra = {k: getattr(backbone, k) for k, table1 in (("anar_min_width", 1), ("anar_up", "deconv"))
+             if getattr(backbone, k) != table1}
     return dict(flows=backbone.flows, anar=backbone.anar_name, eta=backbone.eta, downsample=backbone.down.mode,
                 **extra)
 
