@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# Seeds 100-103: the recipe was chosen on seeds 0-3, so the headline run is on seeds that
+# took no part in choosing it.
 demo: install
-	$(VENV)/bin/tdaf demo --out runs/demo --overwrite
+	$(VENV)/bin/tdaf demo --seeds 100-103 --out runs/demo --overwrite
 
 test: install
 	$(PY) -m pytest tests
