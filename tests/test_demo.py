@@ -75,7 +75,7 @@ def test_compare_leaves_out_runs_that_did_not_learn(tmp_path):
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seeds", "3-4", "--epochs", "1", "--train-subset", "24",
-                 "--val-subset", "20", "--batch-size", "8", "--no-progress"]) == 0
+                 "--val-subset", "20", "--batch-size", "8"]) == 0  # progress as make demo runs it: the default
     text = capsys.readouterr().out
     assert "verdict:" in text and "Top-1 mean ± std" in text and "Focus [95%]" in text
     assert "by its average map over images" in text and "over 2 seeds" in text

@@ -98,3 +98,14 @@ def test_a_command_whose_output_is_a_file_writes_plain_lines(classification_run,
     assert _tdaf(["predict", "--checkpoint", str(ckpt), str(folder), "--json"], tmp_path, log) == 0
     text = log.read_text()
     assert "\r" not in text and "predict: 2/2 img (100%)" in text, text
+
+
+def test_the_main_job_into_a_file_writes_plain_lines(tmp_path):
+    """``make demo > log.txt 2>&1``: training's step and validation progress as plain lines."""
+    log = tmp_path / "log.txt"
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--seeds", "1", "--epochs", "1", "--train-subset", "16",
+            "--val-subset", "8", "--batch-size", "8"]
+    assert _tdaf(argv, tmp_path, log) == 0
+    text = log.read_text()
+    assert "\r" not in text, text[:2000]
+    assert "epoch 1/1: 2/2 step (100%)" in text and "val 1: " in text and "verdict" in text, text[-2000:]

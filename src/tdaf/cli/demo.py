@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
     warmup = min(DEMO_RECIPE["warmup_epochs"], args.epochs / 5)  # a fifth of a shorter run
     recipe = dict(DEMO_RECIPE, epochs=args.epochs, warmup_epochs=warmup, batch_size=args.batch_size,
                   train_subset=args.train_subset,
-                  val_subset=args.val_subset, device=args.device, progress=args.progress, overwrite=args.overwrite,
+                  val_subset=args.val_subset, device=args.device, overwrite=args.overwrite,
+                  # --progress's default (None: bars on a terminal, plain lines elsewhere) is the trainer's True
+                  progress=True if args.progress is None else args.progress,
                   tensorboard=False)
     tdaf_extra = {"flows": args.flows, "anar": args.anar, "attention_init": args.attention_init}
     start = time.perf_counter()

@@ -320,7 +320,8 @@ class Trainer:
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     val = evaluate(self._eval_model(), val_loader, env.device, task, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
                                    channels_last=cfg.channels_last, strict=cfg.strict,
-                                   progress=cfg.progress and env.is_main, desc=f"val {epoch + 1}")
+                                   progress=None if cfg.progress and env.is_main else False,
+                                   desc=f"val {epoch + 1}")  # bars on a terminal only, as training's
                 if val and val["skipped"] and env.is_main:
                     log.warning("epoch %d: skipped %d unreadable validation %s (e.g. %s)", epoch + 1,
                                 val["skipped"], data.unit, ", ".join(val.get("skipped_examples", [])))
