@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import tdaf
-from tdaf.engine.monitor import monitor_batch
+from tdaf.engine.monitor import checkpoint_attention_stats, monitor_batch
+from tdaf.engine.options import EvalOptions
 from tdaf.engine.trainer import train
 
 SMALL_RUN = dict(epochs=1, workers=0, progress=False, tensorboard=False)
@@ -22,6 +23,17 @@ def _focus_columns(out: Path) -> dict[str, float]:
     with open(out / "metrics.csv") as f:
         row = list(csv.DictReader(f))[-1]
     return {k: float(v) for k, v in row.items() if k.startswith("attn_") and k.endswith("_focus")}
+
+
+def _checkpoint_stats_agree(result: dict, focus: dict[str, float]) -> None:
+    """``tdaf attention --stats`` of the run's checkpoint: the focus training logged (same
+    subset, same model) and an ablation of the task's own metric (its evaluator)."""
+    stats = checkpoint_attention_stats(result["last"], EvalOptions(progress=False))
+    assert stats["regions"]
+    for key, value in focus.items():
+        assert stats["gates"][key[5:-6]]["focus"] == pytest.approx(value, rel=1e-4), key
+    ablation = stats["ablation"]
+    assert all(math.isfinite(ablation[k]) for k in ("trained", "average_map", "constant")), ablation
 
 
 # ---------------------------------------------------------------- detection
@@ -60,6 +72,7 @@ def test_detection_monitor_focus_on_a_tiny_run(tmp_path: Path) -> None:
                     "lr_batch": 16, "out": str(tmp_path / "run")})
     focus = _focus_columns(result["out"])
     assert focus and all(math.isfinite(v) and v > 0 for v in focus.values()), focus
+    _checkpoint_stats_agree(result, focus)
 
 
 # ---------------------------------------------------------------- pose
@@ -119,6 +132,7 @@ def test_pose_regions_from_the_data_pipeline_and_the_monitor_focus(tmp_path: Pat
     result = train(cfg)
     focus = _focus_columns(result["out"])
     assert focus and all(math.isfinite(v) and v > 0 for v in focus.values()), focus
+    _checkpoint_stats_agree(result, focus)
 
 
 # ---------------------------------------------------------------- video
@@ -230,3 +244,4 @@ def test_video_monitor_focus_on_a_tiny_moving_digits_run(tmp_path: Path) -> None
                     "out": str(tmp_path / "run")})
     focus = _focus_columns(result["out"])
     assert focus and all(math.isfinite(v) and v > 0 for v in focus.values()), focus
+    _checkpoint_stats_agree(result, focus)

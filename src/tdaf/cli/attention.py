@@ -123,8 +123,8 @@ def format_stats(report: dict[str, Any]) -> str:
              f"each gate g multiplies by g + {report['eta']:g}, so {1 - report['eta']:g} is the identity)",
              f"{'gate':<6} {'mean':>6} {'std':>6} {'p5':>6} {'p95':>6} {'moved':>6} {'focus':>6} {'of g+eta':>8}"]
     for key, g in report["gates"].items():
-        lines.append(f"{key:<6} {f(g.get('mean'))} {f(g.get('std'))} {f(g.get('p5'))} {f(g.get('p95'))} "
-                     f"{f(g.get('moved'))} {f(g.get('focus'))} {f(g.get('focus_applied')):>8}")
+        cells = [f(g.get(k)) for k in ("mean", "std", "p5", "p95", "moved", "focus")]
+        lines.append(f"{key:<6} " + " ".join(f"{c:>6}" for c in cells) + f" {f(g.get('focus_applied')):>8}")
     if not report["regions"]:
         lines.append("focus: - (the data give no object boxes)")
     ab = report.get("ablation")

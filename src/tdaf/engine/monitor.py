@@ -16,6 +16,7 @@ are the same with and without it (tested).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -253,8 +254,10 @@ def checkpoint_attention_stats(checkpoint: str | Any, options: Any = None, count
         key = task.main_metric
 
         def metric() -> float:
+            # a fresh copy of the task's evaluator for each pass (detection's holds the ground truth)
+            evaluator = copy.deepcopy(data.evaluator) if data.evaluator is not None else None
             result = evaluate_dataset(model, data.dataset, data.collate, task, batch_size=batch_size, workers=0,
-                                      device=options.device, progress=options.progress, evaluator=None)
+                                      device=options.device, progress=options.progress, evaluator=evaluator)
             return float(result[key]) if result is not None else math.nan
 
         report["ablation"] = {"metric": key, **attention_ablation(r2dns, metric)}
