@@ -65,6 +65,8 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
                        {"model": BASELINE, "data": "cluttered_digits_small", "epochs": 16}),
     "small_16": ("small digits in dense clutter, 16 epochs",
                  {**TABLE1, "data": "cluttered_digits_small", "epochs": 16}),
+    "small_16_width8": ("small digits, 16 epochs, no ANAR layer below 8 channels (the default since)",
+                        {"model": TDAF_MODEL, "anar_min_width": 8, "data": "cluttered_digits_small", "epochs": 16}),
     "width8_fan_in": ("width floor 8 and fan-in start", {"model": TDAF_MODEL, "anar_min_width": 8,
                                                          "attention_init": "fan_in"}),
 }

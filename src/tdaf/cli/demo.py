@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "flow the focus on the digit (mean gate inside its box / outside) with its interval over seeds, and the "
         "top-1 lost when the maps are replaced by their average over images or by a constant. Writes "
         "OUT/summary.json, OUT/summary.csv, OUT/curves.png, attention pictures of the first seed's TDAF model "
-        "(OUT/attention/) and every checkpoint. About 12 minutes on 2 CPU cores for 4 seeds.",
+        "(OUT/attention/) and every checkpoint. About 15 minutes on 2 CPU cores for 4 seeds.",
         epilog="examples: tdaf demo --out runs/demo ; tdaf demo --seeds 100-103 --out runs/demo  (make demo: seeds "
         "that took no part in choosing the recipe)",
     )
