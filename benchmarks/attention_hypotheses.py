@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,12 +30,12 @@ from typing import Any
 
 import torch
 
-from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, learned
+from tdaf.cli.demo import BASELINE, DEMO_RECIPE, TDAF_MODEL, learned, seed_list
 from tdaf.engine.config import TrainConfig
 from tdaf.engine.monitor import checkpoint_attention_stats
 from tdaf.engine.options import EvalOptions
 from tdaf.engine.trainer import Trainer
-from tdaf.evidence import mean_std, paired_difference
+from tdaf.evidence import format_interval, mean_std
 from tdaf.io.files import atomic_write_text, json_safe
 
 # The TDAF model as the main job was before this study: Table 1's ANAR widths (no floor).
@@ -79,13 +78,6 @@ def baseline_of(setting: str) -> str:
     return "plain_long" if values.get("epochs") == 24 else "plain"
 
 
-def seeds_arg(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
-
-
 def run_one(setting: str, seed: int, out: Path, records: Path, threads: int | None) -> dict[str, Any]:
     path = records / setting / f"seed{seed}.json"
     if path.exists():
@@ -107,16 +99,6 @@ def run_one(setting: str, seed: int, out: Path, records: Path, threads: int | No
     return record
 
 
-def _interval(values: list[float], digits: int = 2) -> str:
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return "-"
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    d = paired_difference([0.0] * len(values), values)
-    return f"{d.mean:.{digits}f} [{d.low:.{digits}f}, {d.high:.{digits}f}]"
-
-
 def report(records: Path) -> str:
     rows = []
     done = {s: {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted((records / s).glob("seed*.json"))}
@@ -131,19 +113,19 @@ def report(records: Path) -> str:
         cells = [setting, SETTINGS[setting][0], ",".join(map(str, seeds)), f"{top.mean:.2f} ± {top.std:.2f}"]
         base = done.get(baseline_of(setting), {})
         pairs = [s for s in seeds if s in base] if "gates" in runs[seeds[0]] else []
-        cells.append(_interval([runs[s]["top1"] - base[s]["top1"] for s in pairs]) if pairs else "-")
+        cells.append(format_interval([runs[s]["top1"] - base[s]["top1"] for s in pairs]) if pairs else "-")
         if "gates" in runs[seeds[0]]:
             gates = sorted(runs[seeds[0]]["gates"])
             focus = {g: [runs[s]["gates"][g]["focus"] for s in seeds] for g in gates}
             best = max(gates, key=lambda g: sum(focus[g]) / len(focus[g]))
             means = [sum(v) / len(v) for v in focus.values()]
-            cells.append(f"{best} {_interval(focus[best])}")
+            cells.append(f"{best} {format_interval(focus[best])}")
             cells.append(f"{min(means):.2f}-{max(means):.2f}")
             spread = [sum(runs[s]["gates"][g]["std"] for s in seeds) / len(seeds) for g in gates]
             cells.append(f"{min(spread):.3f}-{max(spread):.3f}")
             drops_a = [100 * runs[s]["ablation"]["average_map_drop"] for s in seeds]
             drops_c = [100 * runs[s]["ablation"]["constant_drop"] for s in seeds]
-            cells.append(f"{_interval(drops_a)} / {_interval(drops_c)}")
+            cells.append(f"{format_interval(drops_a)} / {format_interval(drops_c)}")
         else:
             cells += ["-", "-", "-", "-"]
         rows.append(cells)
@@ -169,7 +151,8 @@ def curve(records: Path, setting: str, seed: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=[])
-    p.add_argument("--seeds", type=seeds_arg, default=[0, 1, 2], help="e.g. 0-2 or 0,3 (default 0-2)")
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2],
+                   help="as tdaf demo's: N (seeds 0..N-1), A-B or A,B,C (default 0-2)")
     p.add_argument("--out", type=Path, default=Path("runs/hypotheses"), help="checkpoints (default runs/hypotheses)")
     p.add_argument("--records", type=Path, default=Path(__file__).resolve().parent / "results" / "attention_hypotheses",
                    help="one JSON per run (default benchmarks/results/attention_hypotheses)")

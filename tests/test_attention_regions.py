@@ -113,7 +113,7 @@ def test_pose_regions_from_the_data_pipeline_and_the_monitor_focus(tmp_path: Pat
                       out=str(tmp_path / "run"), **SMALL_RUN)
     task = get_task("pose").from_config(cfg)
     data = task.build_data(cfg)
-    inputs, targets, indices = monitor_batch(task, data)
+    inputs, targets, indices = monitor_batch(task, data.val, data.collate)
     regions = task.attention_regions(None, data.val, indices, inputs, targets)
     assert regions is not None and regions.shape == (2, 128, 96)
     want = torch.zeros(128, 96, dtype=torch.bool)  # every joint on crop pixel 4 x its grid place

@@ -367,10 +367,10 @@ def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path
 
 # --- what the trained attention does -----------------------------------------------------
 
-# The gate statistics are read on the test canvases training monitored (the task's
-# monitor_count, 64), so they are the last epoch's logged numbers and "moved" is measured
-# from the start maps the run recorded; the ablation uses every test canvas.
-FOCUS_COUNT = None
+def _over_seeds(values: list[float]) -> dict[str, Any]:
+    """One statistic over the seeds: its mean with the 95% interval, and each seed's value."""
+    d = mean_interval(values)
+    return {"mean": d.mean, "low": d.low, "high": d.high, "per_seed": values}
 
 
 def attention_report(tdaf: list[dict[str, Any]], val_subset: int | None = None) -> dict[str, Any]:
@@ -383,22 +383,15 @@ def attention_report(tdaf: list[dict[str, Any]], val_subset: int | None = None) 
     run's numbers are added to its record as ``attention``."""
     options = EvalOptions(subset=val_subset, progress=False)
     for r in tdaf:
-        stats = checkpoint_attention_stats(r["checkpoint"], options, count=FOCUS_COUNT)
+        # the gates on the test canvases training monitored (the task's monitor_count), so they
+        # are the last epoch's logged numbers and "moved" is measured from the run's own start
+        stats = checkpoint_attention_stats(r["checkpoint"], options)
         r["attention"] = {"gates": stats["gates"], "ablation": stats["ablation"], "images": stats["images"]}
     gates = list(tdaf[0]["attention"]["gates"])
-    per_gate = {}
-    for g in gates:
-        cells = {}
-        for stat in ("focus", "focus_applied", "std", "moved"):
-            values = [r["attention"]["gates"][g][stat] for r in tdaf]
-            d = mean_interval(values)
-            cells[stat] = {"mean": d.mean, "low": d.low, "high": d.high, "per_seed": values}
-        per_gate[g] = cells
-    drops = {}
-    for kind in ("average_map", "constant"):
-        values = [100 * r["attention"]["ablation"][f"{kind}_drop"] for r in tdaf]
-        d = mean_interval(values)
-        drops[kind] = {"mean": d.mean, "low": d.low, "high": d.high, "per_seed": values}
+    per_gate = {g: {stat: _over_seeds([r["attention"]["gates"][g][stat] for r in tdaf])
+                    for stat in ("focus", "focus_applied", "std", "moved")} for g in gates}
+    drops = {kind: _over_seeds([100 * r["attention"]["ablation"][f"{kind}_drop"] for r in tdaf])
+             for kind in ("average_map", "constant")}
     above = [g for g in gates if per_gate[g]["focus"]["low"] > 1]
     n_images = tdaf[0]["attention"]["images"]
     rows = [[g, *(format_interval(per_gate[g][stat]["per_seed"], digits)

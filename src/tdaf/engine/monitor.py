@@ -36,14 +36,16 @@ __all__ = ["AttentionMonitor", "attention_line", "monitor_batch", "gradient_norm
 PICTURES = 4  # validation inputs drawn in TensorBoard every epoch
 
 
-def monitor_batch(task: Task, data: TaskData, count: int | None = None) -> tuple[Any, Any, list[int] | None] | None:
+def monitor_batch(task: Task, dataset: Any, collate: Any,
+                  count: int | None = None) -> tuple[Any, Any, list[int] | None] | None:
     """The fixed monitoring subset: ``(inputs, targets, indices)`` of the first ``count``
-    (default ``task.monitor_count``) validation items, collated (``indices`` None when some
-    of them were unreadable: then no focus, which needs to know which item is which); None
-    when none is readable."""
+    (default ``task.monitor_count``) items of ``dataset`` (training's validation split, or a
+    checkpoint's evaluation data), collated (``indices`` None when some of them were
+    unreadable: then no focus, which needs to know which item is which); None when none is
+    readable."""
     count = task.monitor_count if count is None else count
-    indices = list(range(min(count, len(data.val))))
-    batch = data.collate([data.val[i] for i in indices])
+    indices = list(range(min(count, len(dataset))))
+    batch = collate([dataset[i] for i in indices])
     if batch.inputs is None:
         return None
     return batch.inputs, batch.targets, None if batch.skipped else indices
@@ -150,7 +152,7 @@ class AttentionMonitor:
         self.seconds = 0.0
         if not self.active:
             return
-        picked = monitor_batch(task, data)
+        picked = monitor_batch(task, data.val, data.collate)
         if picked is None:
             self.active = False
             return
@@ -237,11 +239,12 @@ def checkpoint_attention_stats(checkpoint: str | Any, options: Any = None, count
                          f"(a plain model, one flow, or flows without ANAR)")
     data = task.eval_data(opened, options)
     n = min(task.monitor_count if count is None else count, len(data.dataset))
-    batch = data.collate([data.dataset[i] for i in range(n)])
-    if batch.inputs is None:
+    picked = monitor_batch(task, data.dataset, data.collate, n)
+    if picked is None:
         raise ValueError(f"--checkpoint: none of the first {n} evaluation items of {opened.data} is readable")
-    inputs, targets = task.move(batch.inputs, batch.targets, next(model.parameters()).device)
-    regions = None if batch.skipped else task.attention_regions(model, data.dataset, list(range(n)), inputs, targets)
+    inputs, targets, indices = picked
+    inputs, targets = task.move(inputs, targets, next(model.parameters()).device)
+    regions = None if indices is None else task.attention_regions(model, data.dataset, indices, inputs, targets)
     maps = subset_maps(task, model, inputs)
     saved = start_from_state(opened.payload.get("attention_start"))
     start = saved if saved is not None and n == task.monitor_count and not options.subset else None
